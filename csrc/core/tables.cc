@@ -1,0 +1,114 @@
+#include "core/tables.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+
+namespace cosyfast {
+
+uint16_t FloatToBFloat16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu)) return static_cast<uint16_t>((bits >> 16) | 0x40);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+float BFloat16ToFloat(uint16_t b) {
+  uint32_t bits = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+Table::Table(const float* data, int64_t rows, int64_t dim, Storage storage)
+    : rows_(rows), dim_(dim), storage_(storage) {
+  if (rows < 0 || dim <= 0) throw std::invalid_argument("a table needs rows >= 0 and dim > 0");
+  const int64_t n = rows * dim;
+  if (storage == Storage::kFloat32) {
+    f32_.assign(data, data + n);
+  } else {
+    bf16_.resize(n);
+    for (int64_t i = 0; i < n; ++i) bf16_[i] = FloatToBFloat16(data[i]);
+  }
+}
+
+void Table::CopyRow(int64_t r, float* out, const char* table_name) const {
+  if (r < 0 || r >= rows_) {
+    throw std::invalid_argument(std::string(table_name) + ": id " + std::to_string(r) + " is outside [0, " +
+                            std::to_string(rows_) + ")");
+  }
+  if (storage_ == Storage::kFloat32) {
+    std::memcpy(out, f32_.data() + r * dim_, dim_ * sizeof(float));
+  } else {
+    const uint16_t* row = bf16_.data() + r * dim_;
+    for (int64_t i = 0; i < dim_; ++i) out[i] = BFloat16ToFloat(row[i]);
+  }
+}
+
+void SpeechVocab::Validate() const {
+  if (speech_token_size <= 0) throw std::invalid_argument("speech_token_size must be > 0");
+  if (decoder_rows <= speech_token_size) {
+    throw std::invalid_argument("decoder_rows (" + std::to_string(decoder_rows) +
+                                ") must exceed speech_token_size (" + std::to_string(speech_token_size) + ")");
+  }
+  if (stop_ids.empty()) throw std::invalid_argument("a speech vocabulary needs at least one stop id");
+  for (int id : stop_ids) {
+    if (id < 0 || id >= decoder_rows) {
+      throw std::invalid_argument("stop id " + std::to_string(id) + " is outside the decoder rows [0, " +
+                                  std::to_string(decoder_rows) + ")");
+    }
+  }
+  if (!IsStop(eos)) throw std::invalid_argument("eos " + std::to_string(eos) + " must be one of the stop ids");
+}
+
+bool SpeechVocab::IsStop(int token) const {
+  return std::find(stop_ids.begin(), stop_ids.end(), token) != stop_ids.end();
+}
+
+void PromptTables::Validate() const {
+  const int64_t h = hidden();
+  if (h <= 0) throw std::invalid_argument("the text embedding table is empty");
+  if (speech_embedding.dim() != h) {
+    throw std::invalid_argument("speech embedding width " + std::to_string(speech_embedding.dim()) +
+                                " differs from the text embedding width " + std::to_string(h));
+  }
+  if (static_cast<int64_t>(sos.size()) != h || static_cast<int64_t>(task_id.size()) != h) {
+    throw std::invalid_argument("the sos and task_id rows must have " + std::to_string(h) + " values");
+  }
+}
+
+std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab& vocab,
+                                  const std::vector<int32_t>& text_ids,
+                                  const std::vector<int32_t>& prompt_speech_tokens) {
+  if (vocab.required_text_id >= 0 &&
+      std::find(text_ids.begin(), text_ids.end(), vocab.required_text_id) == text_ids.end()) {
+    throw std::invalid_argument(vocab.name + " needs the text to contain id " + std::to_string(vocab.required_text_id) +
+                                " (<|endofprompt|>), as CosyVoice3 does");
+  }
+  for (int32_t t : prompt_speech_tokens) {
+    if (t < 0 || t >= vocab.speech_token_size) {
+      throw std::invalid_argument("prompt speech token " + std::to_string(t) + " is outside [0, " +
+                                  std::to_string(vocab.speech_token_size) + ")");
+    }
+  }
+  const int64_t h = tables.hidden();
+  const size_t rows = 2 + text_ids.size() + prompt_speech_tokens.size();
+  std::vector<float> out(rows * h);
+  float* p = out.data();
+  std::copy(tables.sos.begin(), tables.sos.end(), p);
+  p += h;
+  for (int32_t t : text_ids) {
+    tables.text_embedding.CopyRow(t, p, "text id");
+    p += h;
+  }
+  std::copy(tables.task_id.begin(), tables.task_id.end(), p);
+  p += h;
+  for (int32_t t : prompt_speech_tokens) {
+    tables.speech_embedding.CopyRow(t, p, "prompt speech token");
+    p += h;
+  }
+  return out;
+}
+
+}  // namespace cosyfast

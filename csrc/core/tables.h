@@ -1,0 +1,68 @@
+// Host-memory embedding tables and the speech-vocabulary facts of one CosyVoice LLM.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace cosyfast {
+
+// A row-major [rows, dim] table stored as float32 or bfloat16 (half the memory for the
+// 151936-row text table). Rows are read out as float32.
+class Table {
+ public:
+  enum class Storage { kFloat32, kBFloat16 };
+
+  Table() = default;
+  // Copies `data` (float32, rows * dim values) into the chosen storage.
+  Table(const float* data, int64_t rows, int64_t dim, Storage storage);
+
+  int64_t rows() const { return rows_; }
+  int64_t dim() const { return dim_; }
+  Storage storage() const { return storage_; }
+  // Writes row `r` as float32 into out[0..dim). Throws std::invalid_argument naming the table.
+  void CopyRow(int64_t r, float* out, const char* table_name) const;
+
+ private:
+  int64_t rows_ = 0, dim_ = 0;
+  Storage storage_ = Storage::kFloat32;
+  std::vector<float> f32_;
+  std::vector<uint16_t> bf16_;
+};
+
+uint16_t FloatToBFloat16(float f);  // round to nearest even, NaN kept
+float BFloat16ToFloat(uint16_t b);
+
+// Which token ids mean what, for CosyVoice2 or CosyVoice3 (see COSYVOICE_LLM.md).
+struct SpeechVocab {
+  std::string name;              // "cosyvoice2" or "cosyvoice3"
+  int speech_token_size = 6561;  // ids below this are speech tokens
+  int decoder_rows = 0;          // llm_decoder output rows (CV2 6564, CV3 6761)
+  int eos = 6561;                // masked (with every stop id) while step < min_len
+  std::vector<int> stop_ids;     // a sampled stop id ends the session and is not emitted
+  int fill_token = -1;           // bistream "append more text" (CV2 6563, CV3 6564)
+  int required_text_id = -1;     // CV3: the text must contain <|endofprompt|> (151646)
+
+  void Validate() const;
+  bool IsStop(int token) const;
+};
+
+// Everything prompt assembly needs: [sos, text..., task_id, prompt speech...].
+struct PromptTables {
+  Table text_embedding;     // Qwen embed_tokens [151936, hidden]
+  Table speech_embedding;   // speech_embedding [decoder_rows or more, hidden]
+  std::vector<float> sos;      // CV2 llm_embedding[0], CV3 speech_embedding[6561]
+  std::vector<float> task_id;  // CV2 llm_embedding[1], CV3 speech_embedding[6563]
+
+  int64_t hidden() const { return text_embedding.dim(); }
+  void Validate() const;
+};
+
+// Builds the prompt rows [sos, text_ids..., task_id, speech_embedding[prompt_speech]...] as
+// float32, (2 + text + speech) x hidden. `text_ids` is prompt text followed by text.
+// Throws std::invalid_argument for an id outside its table or a missing required id.
+std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab& vocab,
+                                  const std::vector<int32_t>& text_ids,
+                                  const std::vector<int32_t>& prompt_speech_tokens);
+
+}  // namespace cosyfast

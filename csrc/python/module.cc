@@ -1,0 +1,14 @@
+// The private extension module cosyfast._core. One file per bound type; each defines a
+// Bind* function called here.
+#include <pybind11/pybind11.h>
+
+#include "python/bindings.h"
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "cosyfast C++ core: prompt assembly, RAS sampling, the round scheduler and engines";
+  cosyfast::python::BindOptions(m);
+  cosyfast::python::BindSampling(m);
+  cosyfast::python::BindCpuEngine(m);
+  cosyfast::python::BindGenerator(m);
+  cosyfast::python::BindTurboMind(m);
+}
