@@ -5,9 +5,11 @@
 namespace cosyfast {
 
 bool TokenQueue::OnToken(int32_t token) {
+  const double at = std::chrono::duration<double>(std::chrono::steady_clock::now() - created_).count();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     tokens_.push_back(token);
+    arrivals_.push_back(at);
   }
   ready_.notify_all();
   return true;
@@ -35,6 +37,11 @@ std::optional<int32_t> TokenQueue::Next(double timeout_s) {
   const int32_t t = tokens_.front();
   tokens_.pop_front();
   return t;
+}
+
+std::vector<double> TokenQueue::arrival_seconds() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return arrivals_;
 }
 
 bool TokenQueue::finished() const {

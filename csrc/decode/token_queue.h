@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "decode/session.h"
 
@@ -23,12 +24,18 @@ class TokenQueue : public TokenSink {
   // taken (nullopt). A negative timeout waits forever; on timeout throws std::runtime_error.
   std::optional<int32_t> Next(double timeout_s = -1.0);
 
+  // Seconds from this queue's creation (the request's start) to each token's arrival, measured
+  // on the scheduler thread: latency figures that no consumer thread can skew.
+  std::vector<double> arrival_seconds() const;
+
   bool finished() const;
   FinishReason reason() const;
   std::string error() const;
 
  private:
+  const std::chrono::steady_clock::time_point created_ = std::chrono::steady_clock::now();
   mutable std::mutex mutex_;
+  std::vector<double> arrivals_;
   std::condition_variable ready_;
   std::deque<int32_t> tokens_;
   bool finished_ = false;

@@ -72,6 +72,7 @@ class Stream {
   int min_len() const { return session_->min_len(); }
   int max_len() const { return session_->max_len(); }
   int prompt_len() const { return session_->prompt_len(); }
+  std::vector<double> arrivals() const { return queue_->arrival_seconds(); }
 
  private:
   std::shared_ptr<Session> session_;
@@ -97,7 +98,9 @@ void BindGenerator(py::module_& m) {
       .def_property_readonly("finish_reason", &Stream::reason)
       .def_property_readonly("min_len", &Stream::min_len)
       .def_property_readonly("max_len", &Stream::max_len)
-      .def_property_readonly("prompt_len", &Stream::prompt_len);
+      .def_property_readonly("prompt_len", &Stream::prompt_len)
+      .def_property_readonly("arrival_seconds", &Stream::arrivals,
+                             "Seconds from the request's start to each token's arrival (for benchmarks).");
 
   py::class_<Generator, std::shared_ptr<Generator>>(m, "Generator",
                                                     "A loaded model over one engine; every request steps together.")
@@ -119,9 +122,9 @@ void BindGenerator(py::module_& m) {
              tables->task_id = MakeRow(task_id);
              SchedulerOptions sched;
              sched.max_batch = max_batch;
-             return std::make_shared<Generator>(tables, MakeVocab(vocab),
-                                                decoder_bias ? MakeRow(*decoder_bias) : std::vector<float>(),
-                                                std::move(engine), sched);
+             return OwnedReleasingGil(new Generator(tables, MakeVocab(vocab),
+                                                    decoder_bias ? MakeRow(*decoder_bias) : std::vector<float>(),
+                                                    std::move(engine), sched));
            }),
            py::kw_only(), py::arg("text_embedding"), py::arg("speech_embedding"), py::arg("sos"), py::arg("task_id"),
            py::arg("vocab"), py::arg("decoder_bias"), py::arg("engine"), py::arg("max_batch") = 256,
