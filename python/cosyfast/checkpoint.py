@@ -65,7 +65,8 @@ LAYER_KEYS: tuple[str, ...] = (
 )
 _LAYER_RE = re.compile(r"^llm\.model\.model\.layers\.(\d+)\.")
 # Keys that may appear and are deliberately not loaded (the tied lm_head; old HF RoPE buffers).
-_IGNORED_RE = re.compile(r"^llm\.model\.(lm_head\.weight|model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq)$")
+_IGNORED_RE = re.compile(
+    r"^llm\.model\.(lm_head\.weight|model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq)$")
 
 
 class CheckpointError(ValueError):
@@ -141,7 +142,8 @@ def expected_shapes(kind: str, config: Mapping[str, Any],
     writes and the checks made here cannot drift apart.
     """
     lay = _layout(kind)
-    h, n_layers, ffn = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
+    h, ffn = config["hidden_size"], config["intermediate_size"]
+    n_layers = config["num_hidden_layers"]
     hd = config.get("head_dim") or h // config["num_attention_heads"]
     q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
     shapes: dict[str, tuple[int, ...]] = {}
@@ -188,6 +190,7 @@ def load_checkpoint(path: str | os.PathLike[str],
     # freed as soon as its float32 copy exists, and float32 tensors are shared, not copied.
     for key in [k for k in state if k not in expected]:
         del state[key]
+
     def take(key: str) -> np.ndarray:
         return _to_f32(state.pop(key), key, ckpt)
 
@@ -199,8 +202,8 @@ def load_checkpoint(path: str | os.PathLike[str],
     dec_w = take("llm_decoder.weight")
     dec_b = take("llm_decoder.bias") if lay.decoder_bias else None
     speech = take("speech_embedding.weight")
-    special = emb if emb is not None else speech[[_CV3_SOS, _CV3_TASK]]
-    sos, task = special[0].copy(), special[1].copy()
+    sos, task = (emb[0], emb[1]) if emb is not None else (speech[_CV3_SOS], speech[_CV3_TASK])
+    sos, task = sos.copy(), task.copy()  # own rows, not views that pin a whole table
 
     vocab = {
         "name": lay.kind,
@@ -252,11 +255,15 @@ def _read_state_dict(ckpt: Path) -> dict[str, Any]:
     try:
         obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "weights only load failed" in str(e).lower():
+        # A real pickle naming a class is refused by weights_only; garbage bytes fail the same
+        # unpickler with other opcodes, and are simply not a checkpoint.
+        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if m:
             raise CheckpointError(
-                f"{ckpt}: torch refused to load it with weights_only=True (it holds Python "
-                "objects, not only tensors); cosyfast never unpickles arbitrary code") from None
-        raise CheckpointError(f"{ckpt} is not a torch checkpoint ({_first_line(e)})") from None
+                f"{ckpt}: torch refused to load it with weights_only=True: it holds a Python "
+                f"object ({m.group(1)}), not only tensors, and cosyfast never unpickles code; "
+                "save the state dict alone") from None
+        raise CheckpointError(f"{ckpt} is not a torch checkpoint (unpickling failed)") from None
     except Exception as e:  # torch raises RuntimeError, EOFError, ... for foreign bytes
         raise CheckpointError(f"{ckpt} is not a torch checkpoint "
                               f"({type(e).__name__}: {_first_line(e)})") from None
@@ -306,7 +313,7 @@ def _resolve_config(state: Mapping[str, Any], config: Any, model_dir: Path,
     else:
         src = model_dir / CONFIG_RELPATH
         if not src.is_file():
-            return _infer_config(state, ckpt), f"inferred from {ckpt.name}"
+            return _infer_config(state, ckpt), "inferred from the weights"
     try:
         raw = json.loads(src.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -413,7 +420,7 @@ def _validate(state: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
             raise CheckpointError(f"{ckpt}: {key!r} is a {type(t).__name__}, not a tensor")
         if tuple(t.shape) != shape:
             raise CheckpointError(f"{ckpt}: {key!r} has shape {_shape(t)}, expected {list(shape)} "
-                                  f"({lay.kind} layout, sizes {cfg_src})")
+                                  f"({lay.kind} layout; sizes: {cfg_src})")
         if not t.is_floating_point():
             raise CheckpointError(f"{ckpt}: {key!r} has dtype {t.dtype}, expected a float tensor")
     extra = [k for k in state if k not in expected and not _IGNORED_RE.match(k)]

@@ -37,7 +37,8 @@ import torch
 from tqdm import tqdm
 
 from ._paths import atomic_write, cache_root
-from .checkpoint import CONFIG_RELPATH, LM_HEAD, QWEN, SPEECH_TOKEN_SIZE, TEXT_VOCAB, expected_shapes
+from .checkpoint import (CONFIG_RELPATH, LM_HEAD, QWEN, SPEECH_TOKEN_SIZE, TEXT_VOCAB,
+                         expected_shapes)
 
 __all__ = ["SIZES", "KINDS", "write_model_dir", "ensure_default_model"]
 
@@ -142,7 +143,8 @@ def _dims(size: str | Mapping[str, int]) -> dict[str, int]:
     dims = dict(size)
     keys = set(SIZES["tiny"])
     if set(dims) != keys or not all(isinstance(v, int) and v > 0 for v in dims.values()):
-        raise ValueError(f"size dict needs exactly the positive integers {sorted(keys)}, got {dims}")
+        raise ValueError(f"size dict needs exactly the positive integers {sorted(keys)}, "
+                         f"got {dims}")
     if dims["hidden"] % dims["heads"] or dims["heads"] % dims["kv_heads"]:
         raise ValueError(f"heads must divide hidden and kv_heads must divide heads, got {dims}")
     return dims
@@ -174,7 +176,7 @@ def _qwen2_config(d: Mapping[str, int]) -> dict[str, Any]:
 
 def _init(key: str, shape: tuple[int, ...], hidden: int, decoder_scale: float,
           gen: torch.Generator) -> torch.Tensor:
-    """One tensor, drawn from `gen` (the caller's fixed key order makes the result deterministic)."""
+    """One tensor drawn from `gen`; the caller's fixed key order makes the result deterministic."""
     noise = torch.randn(shape, generator=gen, dtype=torch.float32)
     if key.endswith("norm.weight"):
         return noise.mul_(NORM_NOISE_STD).add_(1.0)
@@ -237,8 +239,10 @@ def _yaml_text(kind: str, d: Mapping[str, int], seed: int) -> str:
     extra = ("# CosyVoice3: sos/eos/task_id/fill are speech rows 6561/6562/6563/6564; stop ids\n"
              "# 6561..6760; the text must contain <|endofprompt|> (151646).\n"
              if kind == "cosyvoice3" else
-             "# CosyVoice2: llm_embedding rows 0/1 are sos/task_id; eos 6561; stop ids 6561..6563.\n")
-    return (f"# Synthetic {kind} model written by cosyfast.synthetic (random weights, seed {seed}):\n"
+             "# CosyVoice2: llm_embedding rows 0/1 are sos/task_id; eos 6561; stop ids\n"
+             "# 6561..6563.\n")
+    return (f"# Synthetic {kind} model written by cosyfast.synthetic (random weights, "
+            f"seed {seed}):\n"
             "# the shapes of the real one, no voice. Not a hyperpyyaml file.\n" + extra +
             f"llm_input_size: {d['hidden']}\n"
             f"llm_output_size: {d['hidden']}\n"
