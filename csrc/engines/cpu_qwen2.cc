@@ -98,13 +98,15 @@ void DotTileAnyShape(const float* w, int weight_rows, const float* x, int input_
 
 // y[r, j] = x[r, :] . w[j, :] (+ bias[j]) for r < rows and j < out; w is [out, in] row-major, as
 // PyTorch's Linear stores it. Threads split the weight rows: each weight tile is read from memory
-// once per row block and every output element is computed by one thread.
+// once per row block and every output element is computed by one thread. Tiles are handed out
+// dynamically so that on a busy machine a descheduled thread does not hold the others up; which
+// thread computes a tile never changes its result.
 void Linear(const float* x, int rows, int in, const float* w, const float* bias, int out,
             float* y) {
   const int tiles = (out + kTileWeightRows - 1) / kTileWeightRows;
   for (int r0 = 0; r0 < rows; r0 += kRowBlock) {
     const int r1 = std::min(rows, r0 + kRowBlock);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(dynamic, 8)
     for (int t = 0; t < tiles; ++t) {
       const int j0 = t * kTileWeightRows;
       const int weight_rows = std::min(kTileWeightRows, out - j0);
