@@ -1,10 +1,11 @@
 #include "engines/cpu_qwen2.h"
 
+#include "core/text.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <sstream>
 #include <stdexcept>
 #include <unordered_set>
 
@@ -176,16 +177,8 @@ int MaxThreads() {
 #endif
 }
 
-void Require(bool ok, const std::string& what) {
-  if (!ok) throw std::invalid_argument(what);
-}
-
 std::string ShapeString(size_t rows, size_t cols) {
-  std::ostringstream s;
-  s << "[" << rows;
-  if (cols != 0) s << ", " << cols;
-  s << "]";
-  return s.str();
+  return "[" + std::to_string(rows) + (cols != 0 ? ", " + std::to_string(cols) : std::string()) + "]";
 }
 
 // cols == 0 means a vector of `rows` floats.
@@ -215,19 +208,17 @@ void CpuQwen2Config::Validate() const {
   Require(head_dim >= 2 && head_dim % 2 == 0,
           "head_dim must be even and >= 2 for rotary embeddings, got " + std::to_string(head_dim));
   Require(ffn >= 1, "ffn must be >= 1, got " + std::to_string(ffn));
-  Require(rms_eps > 0.0, "rms_eps must be > 0, got " + std::to_string(rms_eps));
-  Require(rope_theta > 0.0, "rope_theta must be > 0, got " + std::to_string(rope_theta));
+  Require(rms_eps > 0.0, "rms_eps must be > 0, got " + Num(rms_eps));
+  Require(rope_theta > 0.0, "rope_theta must be > 0, got " + Num(rope_theta));
   Require(max_session_len >= 1,
           "max_session_len must be >= 1, got " + std::to_string(max_session_len));
 }
 
 std::string CpuQwen2Config::ToString() const {
-  std::ostringstream s;
-  s << "CpuQwen2Config(layers=" << layers << ", hidden=" << hidden << ", heads=" << heads
-    << ", kv_heads=" << kv_heads << ", head_dim=" << head_dim << ", ffn=" << ffn
-    << ", rms_eps=" << rms_eps << ", rope_theta=" << rope_theta
-    << ", max_session_len=" << max_session_len << ")";
-  return s.str();
+  return "CpuQwen2Config(layers=" + std::to_string(layers) + ", hidden=" + std::to_string(hidden) +
+         ", heads=" + std::to_string(heads) + ", kv_heads=" + std::to_string(kv_heads) +
+         ", head_dim=" + std::to_string(head_dim) + ", ffn=" + std::to_string(ffn) + ", rms_eps=" + Num(rms_eps) +
+         ", rope_theta=" + Num(rope_theta) + ", max_session_len=" + std::to_string(max_session_len) + ")";
 }
 
 void CpuQwen2Weights::Validate(const CpuQwen2Config& c) const {

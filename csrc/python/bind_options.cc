@@ -59,7 +59,8 @@ void BindOptions(py::module_& m) {
              o.Validate();
              return o;
            }),
-           py::arg("sampling") = SamplingOptions(), py::arg("length") = LengthOptions(), py::arg("seed") = 0)
+           py::arg_v("sampling", SamplingOptions(), "SamplingOptions()"),
+           py::arg_v("length", LengthOptions(), "LengthOptions()"), py::arg("seed") = 0)
       .def_readwrite("sampling", &RequestOptions::sampling)
       .def_readwrite("length", &RequestOptions::length)
       .def_readwrite("seed", &RequestOptions::seed)
