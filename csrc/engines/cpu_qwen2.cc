@@ -81,6 +81,9 @@ constexpr int kTileInputRows = 2;
 // Input rows processed per pass over a weight matrix: enough to reuse each weight tile many times
 // in a long prefill, few enough that the rows stay in the L2 cache.
 constexpr int kRowBlock = 32;
+// Below this many multiply-adds a parallel region costs more than it saves: waking the other
+// threads takes tens of microseconds, more than a small model's whole projection.
+constexpr double kMinParallelMacs = 256 * 1024;
 
 void DotTileAnyShape(const float* w, int weight_rows, const float* x, int input_rows, int n,
                      float* y, size_t y_stride) {
@@ -138,7 +141,8 @@ void Project(const float* x, int rows, int in, const std::array<Projection, N>& 
   for (size_t p = 0; p < N; ++p) first_tile[p + 1] = first_tile[p] + TileCount(projections[p]);
   for (int r0 = 0; r0 < rows; r0 += kRowBlock) {
     const int r1 = std::min(rows, r0 + kRowBlock);
-#pragma omp parallel for schedule(dynamic, 8)
+    const double macs = static_cast<double>(r1 - r0) * in * first_tile[N] * kTileWeightRows;
+#pragma omp parallel for schedule(dynamic, 8) if (macs >= kMinParallelMacs)
     for (int t = 0; t < first_tile[N]; ++t) {
       size_t p = 0;
       while (t >= first_tile[p + 1]) ++p;
@@ -583,8 +587,10 @@ void CpuQwen2Engine::Attend(int layer, const RoundPlan& plan, Workspace& ws) con
   const int q_width = heads * head_dim;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   const int items = ws.rows * heads;
+  double macs = 0.0;  // q.k and p*v over every row's context
+  for (int r = 0; r < ws.rows; ++r) macs += 2.0 * heads * head_dim * (plan.row_position[r] + 1);
 
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for schedule(dynamic, 4) if (macs >= kMinParallelMacs)
   for (int item = 0; item < items; ++item) {
     const int row = item / heads;
     const int head = item % heads;
