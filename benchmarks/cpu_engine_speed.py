@@ -10,11 +10,17 @@ warm-up steps that are not counted. The full shape is CosyVoice2's backbone (24 
 """
 
 import argparse
+import os
 import time
 
-import numpy as np
+# OpenMP threads that spin at barriers starve a descheduled sibling on a busy machine (measured:
+# ~0.9-1.5 s per full-size step instead of ~75 ms while two other processes ran). Passive waiting
+# costs nothing measurable when the machine is quiet. libgomp reads this once, when it loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from cosyfast._core import CpuQwen2Engine
+import numpy as np  # noqa: E402
+
+from cosyfast._core import CpuQwen2Engine  # noqa: E402
 
 SHAPES = {
     "full": dict(layers=24, hidden=896, heads=14, kv_heads=2, ffn=4864, vocab=6592),

@@ -250,7 +250,8 @@ def test_errors_in_a_round(ref):
         engine.forward([(2, prompt(17, 43), None)])
     for _ in range(4):  # 12 prompt rows + 4 tokens = 16 positions: the limit, allowed
         step(engine, 1, 0)
-    with pytest.raises(RuntimeError, match="session 1 is full: it holds 16 positions and max_session_len is 16"):
+    full = "session 1 is full: it holds 16 positions and max_session_len is 16"
+    with pytest.raises(RuntimeError, match=full):
         step(engine, 1, 0)
     assert engine.live_sessions == 1
 
@@ -278,7 +279,8 @@ def test_bad_weights_are_named(ref):
 
     wrong = [dict(layer) for layer in layers]
     wrong[1]["mlp.down_proj.weight"] = wrong[1]["mlp.down_proj.weight"].T.copy()
-    with pytest.raises(ValueError, match=r"layers\[1\]\['mlp.down_proj.weight'\] has shape \[128, 64\], expected \[64, 128\]"):
+    named = r"layers\[1\]\['mlp.down_proj.weight'\] has shape \[128, 64\], expected \[64, 128\]"
+    with pytest.raises(ValueError, match=named):
         build(layers=wrong)
 
     missing = [dict(layer) for layer in layers]

@@ -3,6 +3,7 @@
 #include "core/text.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -81,6 +82,9 @@ constexpr int kTileInputRows = 2;
 // Input rows processed per pass over a weight matrix: enough to reuse each weight tile many times
 // in a long prefill, few enough that the rows stay in the L2 cache.
 constexpr int kRowBlock = 32;
+// Below this many multiply-adds a parallel region costs more than it saves: waking the other
+// threads takes tens of microseconds, more than a small model's whole projection.
+constexpr double kMinParallelMacs = 256 * 1024;
 
 void DotTileAnyShape(const float* w, int weight_rows, const float* x, int input_rows, int n,
                      float* y, size_t y_stride) {
@@ -97,34 +101,59 @@ void DotTileAnyShape(const float* w, int weight_rows, const float* x, int input_
   }
 }
 
-// y[r, j] = x[r, :] . w[j, :] (+ bias[j]) for r < rows and j < out; w is [out, in] row-major, as
-// PyTorch's Linear stores it. Threads split the weight rows: each weight tile is read from memory
-// once per row block and every output element is computed by one thread. Tiles are handed out
-// dynamically so that on a busy machine a descheduled thread does not hold the others up; which
-// thread computes a tile never changes its result.
-void Linear(const float* x, int rows, int in, const float* w, const float* bias, int out,
-            float* y) {
-  const int tiles = (out + kTileWeightRows - 1) / kTileWeightRows;
-  for (int r0 = 0; r0 < rows; r0 += kRowBlock) {
-    const int r1 = std::min(rows, r0 + kRowBlock);
-#pragma omp parallel for schedule(dynamic, 8)
-    for (int t = 0; t < tiles; ++t) {
-      const int j0 = t * kTileWeightRows;
-      const int weight_rows = std::min(kTileWeightRows, out - j0);
-      const float* w_tile = w + static_cast<size_t>(j0) * in;
-      for (int r = r0; r < r1; r += kTileInputRows) {
-        const int input_rows = std::min(kTileInputRows, r1 - r);
-        DotTileAnyShape(w_tile, weight_rows, x + static_cast<size_t>(r) * in, input_rows, in,
-                        y + static_cast<size_t>(r) * out + j0, out);
-      }
-      if (bias != nullptr) {
-        for (int r = r0; r < r1; ++r) {
-          float* y_row = y + static_cast<size_t>(r) * out;
-          for (int j = j0; j < j0 + weight_rows; ++j) y_row[j] += bias[j];
-        }
-      }
+// One linear map of the round's rows: y[r, j] = x[r, :] . w[j, :] (+ bias[j]) for j < out, with
+// w [out, in] row-major as PyTorch's Linear stores it and y [rows, out].
+struct Projection {
+  const float* w;
+  const float* bias;  // nullptr: no bias
+  int out;
+  float* y;
+};
+
+int TileCount(const Projection& p) { return (p.out + kTileWeightRows - 1) / kTileWeightRows; }
+
+// Weight tile `tile` of projection p against input rows [r0, r1).
+void ProjectTile(const float* x, int r0, int r1, int in, const Projection& p, int tile) {
+  const int j0 = tile * kTileWeightRows;
+  const int weight_rows = std::min(kTileWeightRows, p.out - j0);
+  const float* w_tile = p.w + static_cast<size_t>(j0) * in;
+  for (int r = r0; r < r1; r += kTileInputRows) {
+    const int input_rows = std::min(kTileInputRows, r1 - r);
+    DotTileAnyShape(w_tile, weight_rows, x + static_cast<size_t>(r) * in, input_rows, in,
+                    p.y + static_cast<size_t>(r) * p.out + j0, p.out);
+  }
+  if (p.bias != nullptr) {
+    for (int r = r0; r < r1; ++r) {
+      float* y_row = p.y + static_cast<size_t>(r) * p.out;
+      for (int j = j0; j < j0 + weight_rows; ++j) y_row[j] += p.bias[j];
     }
   }
+}
+
+// Applies N projections of the same input x [rows, in]. Threads split the weight tiles of all N
+// (q/k/v, or gate/up, together): each tile is read from memory once per row block, every output
+// element is computed by one thread, and the N maps share one parallel region. Fewer regions
+// means fewer barriers, which is what costs on a busy machine, where a barrier can wait for a
+// descheduled thread. Tiles are handed out dynamically for the same reason; which thread
+// computes a tile never changes its result.
+template <size_t N>
+void Project(const float* x, int rows, int in, const std::array<Projection, N>& projections) {
+  std::array<int, N + 1> first_tile{};
+  for (size_t p = 0; p < N; ++p) first_tile[p + 1] = first_tile[p] + TileCount(projections[p]);
+  for (int r0 = 0; r0 < rows; r0 += kRowBlock) {
+    const int r1 = std::min(rows, r0 + kRowBlock);
+    const double macs = static_cast<double>(r1 - r0) * in * first_tile[N] * kTileWeightRows;
+#pragma omp parallel for schedule(dynamic, 8) if (macs >= kMinParallelMacs)
+    for (int t = 0; t < first_tile[N]; ++t) {
+      size_t p = 0;
+      while (t >= first_tile[p + 1]) ++p;
+      ProjectTile(x, r0, r1, in, projections[p], t - first_tile[p]);
+    }
+  }
+}
+
+void Linear(const float* x, int rows, int in, const Projection& projection) {
+  Project(x, rows, in, std::array{projection});
 }
 
 // Qwen2RMSNorm: x * rsqrt(mean(x^2) + eps) * weight, per row. The mean is summed in double: the
@@ -145,7 +174,7 @@ void AddInPlace(float* x, const float* delta, size_t n) {
   for (size_t i = 0; i < n; ++i) x[i] += delta[i];
 }
 
-// gate = silu(gate) * up, elementwise (SwiGLU). silu(g) = g / (1 + exp(-g)), as PyTorch computes it.
+// gate = silu(gate) * up, elementwise (SwiGLU); silu(g) = g / (1 + exp(-g)) as PyTorch has it.
 void SiluMulInPlace(float* gate, const float* up, size_t n) {
   for (size_t i = 0; i < n; ++i) gate[i] = gate[i] / (1.0f + std::exp(-gate[i])) * up[i];
 }
@@ -486,8 +515,8 @@ void CpuQwen2Engine::RunRound(const RoundPlan& plan, std::span<const EngineInput
   std::vector<float> normed(last.size());
   RmsNormRows(last.data(), outputs, hidden, weights_.norm.data(),
               static_cast<float>(config_.rms_eps), normed.data());
-  Linear(normed.data(), outputs, hidden, weights_.lm_head.data(), nullptr, weights_.vocab_size,
-         logits);
+  Linear(normed.data(), outputs, hidden,
+         Projection{weights_.lm_head.data(), nullptr, weights_.vocab_size, logits});
 }
 
 void CpuQwen2Engine::RunLayer(int layer, const RoundPlan& plan, Workspace& ws) {
@@ -501,9 +530,10 @@ void CpuQwen2Engine::RunLayer(int layer, const RoundPlan& plan, Workspace& ws) {
 
   // Self-attention block.
   RmsNormRows(ws.x.data(), rows, hidden, w.input_layernorm.data(), eps, ws.normed.data());
-  Linear(ws.normed.data(), rows, hidden, w.q_proj.data(), w.q_bias.data(), q_width, ws.q.data());
-  Linear(ws.normed.data(), rows, hidden, w.k_proj.data(), w.k_bias.data(), kv_width, ws.k.data());
-  Linear(ws.normed.data(), rows, hidden, w.v_proj.data(), w.v_bias.data(), kv_width, ws.v.data());
+  Project(ws.normed.data(), rows, hidden,
+          std::array{Projection{w.q_proj.data(), w.q_bias.data(), q_width, ws.q.data()},
+                     Projection{w.k_proj.data(), w.k_bias.data(), kv_width, ws.k.data()},
+                     Projection{w.v_proj.data(), w.v_bias.data(), kv_width, ws.v.data()}});
 
   const int half = head_dim / 2;
   for (int r = 0; r < rows; ++r) {
@@ -521,16 +551,19 @@ void CpuQwen2Engine::RunLayer(int layer, const RoundPlan& plan, Workspace& ws) {
   }
 
   Attend(layer, plan, ws);
-  Linear(ws.attn.data(), rows, q_width, w.o_proj.data(), nullptr, hidden, ws.proj.data());
+  Linear(ws.attn.data(), rows, q_width,
+         Projection{w.o_proj.data(), nullptr, hidden, ws.proj.data()});
   AddInPlace(ws.x.data(), ws.proj.data(), ws.x.size());
 
   // MLP block: down(silu(gate(x)) * up(x)).
   RmsNormRows(ws.x.data(), rows, hidden, w.post_attention_layernorm.data(), eps,
               ws.normed.data());
-  Linear(ws.normed.data(), rows, hidden, w.gate_proj.data(), nullptr, config_.ffn, ws.gate.data());
-  Linear(ws.normed.data(), rows, hidden, w.up_proj.data(), nullptr, config_.ffn, ws.up.data());
+  Project(ws.normed.data(), rows, hidden,
+          std::array{Projection{w.gate_proj.data(), nullptr, config_.ffn, ws.gate.data()},
+                     Projection{w.up_proj.data(), nullptr, config_.ffn, ws.up.data()}});
   SiluMulInPlace(ws.gate.data(), ws.up.data(), ws.gate.size());
-  Linear(ws.gate.data(), rows, config_.ffn, w.down_proj.data(), nullptr, hidden, ws.proj.data());
+  Linear(ws.gate.data(), rows, config_.ffn,
+         Projection{w.down_proj.data(), nullptr, hidden, ws.proj.data()});
   AddInPlace(ws.x.data(), ws.proj.data(), ws.x.size());
 }
 
@@ -545,8 +578,10 @@ void CpuQwen2Engine::Attend(int layer, const RoundPlan& plan, Workspace& ws) con
   const int q_width = heads * head_dim;
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(head_dim)));
   const int items = ws.rows * heads;
+  double macs = 0.0;  // q.k and p*v over every row's context
+  for (int r = 0; r < ws.rows; ++r) macs += 2.0 * heads * head_dim * (plan.row_position[r] + 1);
 
-#pragma omp parallel for schedule(dynamic, 4)
+#pragma omp parallel for schedule(dynamic, 4) if (macs >= kMinParallelMacs)
   for (int item = 0; item < items; ++item) {
     const int row = item / heads;
     const int head = item % heads;

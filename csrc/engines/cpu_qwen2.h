@@ -84,11 +84,14 @@ class CpuQwen2Engine : public Engine {
   int max_session_len() const override { return config_.max_session_len; }
   const CpuQwen2Config& config() const { return config_; }
 
-  // Runs all inputs of a round in one pass over the weights. Every input is checked before any
-  // state changes, so a rejected round (std::invalid_argument: unknown session on a step, prefill
-  // of a live session, a session twice in one round, token out of range, sequence longer than
-  // max_session_len) leaves the engine as it was. A failure while computing
-  // (std::runtime_error, std::bad_alloc) also rolls the round back.
+  // Runs all inputs of a round in one pass over the weights and writes inputs.size() rows of
+  // vocab_size() floats. Every input is checked before any state changes, so a rejected round
+  // leaves the engine as it was:
+  //   std::runtime_error (a session's state): a step for a session that is not live, a prefill
+  //     of a live session, a sequence that would exceed max_session_len;
+  //   std::invalid_argument (a malformed input): a session twice in one round, a token outside
+  //     [0, vocab_size), a prefill with prompt_len < 1, a null logits buffer.
+  // A failure while computing (std::bad_alloc) rolls the round back too.
   void Forward(std::span<const EngineInput> inputs, float* logits) override;
 
   void EndSession(int64_t session_id) override;

@@ -60,7 +60,9 @@ std::vector<float> CopyTensor(py::handle obj, const std::string& name,
 bool Has(const py::dict& d, const char* key) { return d.contains(key) && !d[key].is_none(); }
 
 int ConfigInt(const py::dict& config, const char* key) {
-  if (!Has(config, key)) throw std::invalid_argument(std::string("config is missing '") + key + "'");
+  if (!Has(config, key)) {
+    throw std::invalid_argument(std::string("config is missing '") + key + "'");
+  }
   try {
     return py::cast<int>(config[key]);
   } catch (const py::cast_error&) {
@@ -245,7 +247,8 @@ py::array_t<float> EngineForward(Engine& engine, const py::sequence& inputs) {
     const std::string where = "inputs[" + std::to_string(i) + "]";
     const py::object item = inputs[i];
     if (!py::isinstance<py::sequence>(item) || py::len(item) != 3) {
-      throw std::invalid_argument(where + " must be a tuple (session_id, prompt_rows or None, token)");
+      throw std::invalid_argument(where +
+                                  " must be a tuple (session_id, prompt_rows or None, token)");
     }
     const py::sequence fields = py::reinterpret_borrow<py::sequence>(item);
     EngineInput in;
