@@ -1,5 +1,12 @@
 """cosyfast: CosyVoice2/3's LLM stage (text + voice prompt -> speech tokens), fast and concurrent,
 with CosyVoice's exact repetition-aware sampling."""
+import os as _os
+
+# The CPU engine's OpenMP threads otherwise spin while waiting, which made a step 5-10x slower
+# whenever other work shared the cores. Only effective before the OpenMP runtime loads; a value
+# the user set wins.
+_os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from ._core import LengthOptions, RequestOptions, SamplingOptions
 from .checkpoint import CheckpointError, LlmWeights, load_checkpoint
 from .model import Model, load, request_options
