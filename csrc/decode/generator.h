@@ -1,0 +1,48 @@
+// The front door of the core: one loaded model (prompt tables, speech vocabulary, sampler) over
+// one engine and its scheduler. Start() checks a request, assembles its prompt on the caller's
+// thread (so bad input fails there, at once) and hands the session to the scheduler.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/options.h"
+#include "core/tables.h"
+#include "decode/scheduler.h"
+#include "decode/session.h"
+#include "engines/engine.h"
+#include "sampling/sampler.h"
+
+namespace cosyfast {
+
+struct GenerationRequest {
+  std::vector<int32_t> text_ids;             // the text to speak, without the prompt text
+  std::vector<int32_t> prompt_text_ids;      // the voice prompt's transcript (may be empty)
+  std::vector<int32_t> prompt_speech_tokens; // the voice prompt's speech tokens (may be empty)
+  RequestOptions options;
+};
+
+class Generator {
+ public:
+  Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab vocab, std::vector<float> decoder_bias,
+            std::shared_ptr<Engine> engine, SchedulerOptions scheduler_options);
+
+  // Throws std::invalid_argument naming what is wrong with the request.
+  std::shared_ptr<Session> Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink);
+
+  size_t live_sessions() const { return scheduler_->live_sessions(); }
+  SchedulerStats stats() const { return scheduler_->stats(); }
+  const Engine& engine() const { return *engine_; }
+  const SpeechVocab& vocab() const { return sampler_->vocab(); }
+
+ private:
+  std::shared_ptr<const PromptTables> tables_;
+  std::shared_ptr<const TokenSampler> sampler_;
+  std::shared_ptr<Engine> engine_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::atomic<int64_t> next_id_{1};
+};
+
+}  // namespace cosyfast

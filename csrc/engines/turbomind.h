@@ -1,0 +1,102 @@
+// The GPU engine: LMDeploy 0.14 TurboMind interactive sessions, driven from C++ through the
+// objects of TurboMind's own Python binding (no TurboMind headers ship, so this is the only way
+// in). Everything that touches that binding lives in this file and turbomind.cc.
+//
+// One round = one request per session: a prefill carries the prompt rows as input_embeddings;
+// a step carries the session's last token as input_ids with step = tokens in its KV cache. All
+// requests of a round are submitted before any is waited on. The GIL is held only around
+// binding calls; waiting for the engine's signals happens without it. Logits come back as host
+// tensors read through DLPack without a Python-level copy.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engines/engine.h"
+
+namespace cosyfast {
+
+// A host buffer handed to TurboMind through DLPack (`__dlpack__`). TurboMind keeps the tensor
+// until its request is done and then calls the deleter, which drops this buffer's last
+// reference: the rows stay alive exactly as long as the engine needs them.
+class HostTensor {
+ public:
+  HostTensor(std::shared_ptr<void> storage, void* data, std::vector<int64_t> shape, uint8_t type_code, uint8_t bits);
+  // A fresh "dltensor" capsule; if nobody takes it over, its destructor frees what it holds.
+  pybind11::capsule ToDlpack() const;
+  std::pair<int, int> Device() const { return {1, 0}; }  // host memory
+
+ private:
+  std::shared_ptr<void> storage_;
+  void* data_;
+  std::vector<int64_t> shape_;
+  uint8_t code_, bits_;
+};
+
+struct TurboMindOptions {
+  int hidden_size = 0;
+  int vocab_size = 0;       // the exported (padded) vocabulary: the width of a logits row
+  int max_session_len = 0;  // the engine's session_len
+  void Validate() const;
+};
+
+class TurboMindEngine : public Engine {
+ public:
+  // `tm_module`: lmdeploy.lib._turbomind; `model_comm`: TurboMind.model_comm (its create_request
+  // makes one ModelRequest per session); `gen_config`: a _turbomind.GenerationConfig asking for
+  // one new token with generation logits; `owner`: kept alive as long as this engine (the
+  // Python TurboMind object). Call with the GIL held.
+  TurboMindEngine(pybind11::object tm_module, pybind11::object model_comm, pybind11::object gen_config,
+                  pybind11::object owner, TurboMindOptions options);
+  ~TurboMindEngine() override;
+
+  std::string name() const override { return "turbomind"; }
+  int hidden_size() const override { return options_.hidden_size; }
+  int vocab_size() const override { return options_.vocab_size; }
+  int max_session_len() const override { return options_.max_session_len; }
+
+  void Forward(std::span<const EngineInput> inputs, float* logits) override;
+  void EndSession(int64_t session_id) override;
+
+  size_t live_sessions() const { return sessions_.size(); }
+
+  // Engine signals (one counter per request slot of the current round), bumped from the
+  // engine's signalling thread.
+  class Signals;
+
+ private:
+  struct Live {
+    pybind11::object request;  // the session's ModelRequest, reused for every step
+    int cached = 0;            // tokens in its KV cache
+  };
+  struct Slot;
+  struct Ending {
+    pybind11::object request;
+    std::shared_ptr<std::atomic<bool>> done;  // set by the engine's end callback
+  };
+
+  pybind11::object MakeCallback(size_t slot);
+  void Submit(const EngineInput& input, Slot& slot, size_t index);
+  void WaitAll(std::vector<Slot>& slots);
+  void ReadLogits(Slot& slot, float* out);
+
+  pybind11::object tm_;
+  pybind11::object model_comm_;
+  pybind11::object gen_config_;
+  pybind11::object owner_;
+  TurboMindOptions options_;
+  std::shared_ptr<Signals> signals_;
+  std::vector<pybind11::object> callbacks_;  // one per slot, made once
+  std::unordered_map<int64_t, Live> sessions_;
+  std::vector<Ending> ending_;
+};
+
+}  // namespace cosyfast

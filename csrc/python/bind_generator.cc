@@ -1,0 +1,160 @@
+// Generator (a loaded model over an engine) and Stream (one request's token iterator).
+// Waiting for tokens releases the GIL; the scheduler thread never takes it for these objects.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "decode/generator.h"
+#include "decode/token_queue.h"
+#include "python/bindings.h"
+
+namespace py = pybind11;
+
+namespace cosyfast::python {
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+Table MakeTable(const FloatArray& a, const char* name, Table::Storage storage) {
+  if (a.ndim() != 2) throw std::invalid_argument(std::string(name) + " must be 2-D, got " + std::to_string(a.ndim()) + "-D");
+  return Table(a.data(), a.shape(0), a.shape(1), storage);
+}
+
+std::vector<float> MakeRow(const FloatArray& a) { return std::vector<float>(a.data(), a.data() + a.size()); }
+
+SpeechVocab MakeVocab(const py::dict& d) {
+  SpeechVocab v;
+  v.name = d["name"].cast<std::string>();
+  v.speech_token_size = d["speech_token_size"].cast<int>();
+  v.decoder_rows = d["decoder_rows"].cast<int>();
+  v.eos = d["eos"].cast<int>();
+  v.stop_ids = d["stop_ids"].cast<std::vector<int>>();
+  v.fill_token = d["fill_token"].cast<int>();
+  v.required_text_id = d["required_text_id"].cast<int>();
+  v.Validate();
+  return v;
+}
+
+// One request in flight. Dropping it (the consumer stopped iterating) cancels the session.
+class Stream {
+ public:
+  Stream(std::shared_ptr<Session> session, std::shared_ptr<TokenQueue> queue)
+      : session_(std::move(session)), queue_(std::move(queue)) {}
+  ~Stream() { session_->RequestCancel(); }
+
+  // Next token, or nullopt at the end (raising if the session failed).
+  std::optional<int32_t> Next(double timeout_s) {
+    std::optional<int32_t> t;
+    {
+      py::gil_scoped_release release;
+      t = queue_->Next(timeout_s);
+    }
+    if (!t && queue_->reason() == FinishReason::kError) {
+      throw std::runtime_error("generation failed: " + queue_->error());
+    }
+    return t;
+  }
+
+  std::vector<int32_t> Drain() {
+    std::vector<int32_t> out;
+    while (auto t = Next(-1.0)) out.push_back(*t);
+    return out;
+  }
+
+  void Cancel() { session_->RequestCancel(); }
+  bool finished() const { return queue_->finished(); }
+  std::string reason() const { return FinishReasonName(queue_->reason()); }
+  int min_len() const { return session_->min_len(); }
+  int max_len() const { return session_->max_len(); }
+  int prompt_len() const { return session_->prompt_len(); }
+  std::vector<double> arrivals() const { return queue_->arrival_seconds(); }
+
+ private:
+  std::shared_ptr<Session> session_;
+  std::shared_ptr<TokenQueue> queue_;
+};
+
+}  // namespace
+
+void BindGenerator(py::module_& m) {
+  py::class_<Stream, std::shared_ptr<Stream>>(m, "Stream", "Speech tokens of one request, as they are produced.")
+      .def("__iter__", [](std::shared_ptr<Stream> s) { return s; })
+      .def("__next__",
+           [](Stream& s) {
+             auto t = s.Next(-1.0);
+             if (!t) throw py::stop_iteration();
+             return *t;
+           })
+      .def("next", &Stream::Next, py::arg("timeout") = -1.0,
+           "The next token, or None at the end; a timeout >= 0 raises RuntimeError when it passes.")
+      .def("drain", &Stream::Drain, "Every remaining token, waiting for the end.")
+      .def("cancel", &Stream::Cancel, "Stop the session at the next round; tokens already queued stay readable.")
+      .def_property_readonly("finished", &Stream::finished)
+      .def_property_readonly("finish_reason", &Stream::reason)
+      .def_property_readonly("min_len", &Stream::min_len)
+      .def_property_readonly("max_len", &Stream::max_len)
+      .def_property_readonly("prompt_len", &Stream::prompt_len)
+      .def_property_readonly("arrival_seconds", &Stream::arrivals,
+                             "Seconds from the request's start to each token's arrival (for benchmarks).");
+
+  py::class_<Generator, std::shared_ptr<Generator>>(m, "Generator",
+                                                    "A loaded model over one engine; every request steps together.")
+      .def(py::init([](FloatArray text_embedding, FloatArray speech_embedding, FloatArray sos, FloatArray task_id,
+                       const py::dict& vocab, std::optional<FloatArray> decoder_bias, std::shared_ptr<Engine> engine,
+                       int max_batch, const std::string& table_dtype) {
+             Table::Storage storage;
+             if (table_dtype == "float32") {
+               storage = Table::Storage::kFloat32;
+             } else if (table_dtype == "bfloat16") {
+               storage = Table::Storage::kBFloat16;
+             } else {
+               throw std::invalid_argument("table_dtype must be 'float32' or 'bfloat16', got '" + table_dtype + "'");
+             }
+             auto tables = std::make_shared<PromptTables>();
+             tables->text_embedding = MakeTable(text_embedding, "text_embedding", storage);
+             tables->speech_embedding = MakeTable(speech_embedding, "speech_embedding", storage);
+             tables->sos = MakeRow(sos);
+             tables->task_id = MakeRow(task_id);
+             SchedulerOptions sched;
+             sched.max_batch = max_batch;
+             return OwnedReleasingGil(new Generator(tables, MakeVocab(vocab),
+                                                    decoder_bias ? MakeRow(*decoder_bias) : std::vector<float>(),
+                                                    std::move(engine), sched));
+           }),
+           py::kw_only(), py::arg("text_embedding"), py::arg("speech_embedding"), py::arg("sos"), py::arg("task_id"),
+           py::arg("vocab"), py::arg("decoder_bias"), py::arg("engine"), py::arg("max_batch") = 256,
+           py::arg("table_dtype") = "float32")
+      .def(
+          "start",
+          [](Generator& g, std::vector<int32_t> text_ids, std::vector<int32_t> prompt_text_ids,
+             std::vector<int32_t> prompt_speech_tokens, const RequestOptions& options) {
+            GenerationRequest request{std::move(text_ids), std::move(prompt_text_ids), std::move(prompt_speech_tokens),
+                                      options};
+            auto queue = std::make_shared<TokenQueue>();
+            std::shared_ptr<Session> session;
+            {
+              py::gil_scoped_release release;
+              session = g.Start(request, queue);
+            }
+            return std::make_shared<Stream>(std::move(session), std::move(queue));
+          },
+          py::arg("text_ids"), py::arg("prompt_text_ids"), py::arg("prompt_speech_tokens"), py::arg("options"))
+      .def_property_readonly("live_sessions", &Generator::live_sessions)
+      .def_property_readonly("engine_name", [](const Generator& g) { return g.engine().name(); })
+      .def_property_readonly("max_session_len", [](const Generator& g) { return g.engine().max_session_len(); })
+      .def_property_readonly("stats", [](const Generator& g) {
+        const SchedulerStats s = g.stats();
+        py::dict d;
+        d["rounds"] = s.rounds;
+        d["tokens"] = s.tokens;
+        d["sessions_finished"] = s.sessions_finished;
+        return d;
+      });
+}
+
+}  // namespace cosyfast::python

@@ -1,0 +1,217 @@
+"""The Python front of cosyfast: load a CosyVoice LLM checkpoint onto an engine and generate.
+
+Python reads and merges weights and sets sessions up; the per-token loop (embedding lookup,
+RAS sampling, stepping every live session) runs in the C++ core with the GIL released.
+"""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import _core
+from .checkpoint import LlmWeights, load_checkpoint
+
+ENGINES = ("auto", "cpu", "turbomind")
+
+
+def _ids(values: Any, name: str) -> list[int]:
+    """Token ids from a list, tuple, numpy array or torch tensor (any shape), as a flat list."""
+    if values is None:
+        return []
+    if hasattr(values, "detach"):  # a torch tensor, as CosyVoice passes them
+        values = values.detach().cpu().numpy()
+    arr = np.asarray(values)
+    if arr.size == 0:
+        return []
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{name} must be integer token ids, got an array of {arr.dtype}")
+    return arr.reshape(-1).astype(np.int64).tolist()
+
+
+def request_options(
+    *,
+    seed: int | None = None,
+    top_p: float = 0.8,
+    top_k: int = 25,
+    ras: bool = True,
+    win_size: int = 10,
+    tau_r: float = 0.1,
+    exclude_repeated: bool = True,
+    min_token_text_ratio: float = 2.0,
+    max_token_text_ratio: float = 20.0,
+    max_len: int | None = None,
+    min_len: int | None = None,
+) -> _core.RequestOptions:
+    """Options for one request, validated by the core. `seed=None` draws a fresh seed."""
+    if seed is None:
+        seed = secrets.randbits(63)
+    if seed < 0:
+        raise ValueError(f"seed must be >= 0, got {seed}")
+    sampling = _core.SamplingOptions(
+        top_p=top_p, top_k=top_k, ras=ras, win_size=win_size, tau_r=tau_r, exclude_repeated=exclude_repeated
+    )
+    length = _core.LengthOptions(
+        min_token_text_ratio=min_token_text_ratio,
+        max_token_text_ratio=max_token_text_ratio,
+        max_len=max_len,
+        min_len=min_len,
+    )
+    return _core.RequestOptions(sampling, length, seed)
+
+
+def _gpu_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch CUDA means no GPU engine
+        return False
+
+
+def _make_engine(weights: LlmWeights, engine: str, max_batch: int, max_session_len: int, **engine_options: Any):
+    if engine == "cpu":
+        return _core.CpuQwen2Engine(
+            weights.config,
+            weights.speech_embedding,
+            weights.decoder_weight,
+            weights.layers,
+            weights.norm,
+            max_session_len=max_session_len,
+        )
+    if engine == "turbomind":
+        from .turbomind import make_turbomind_engine
+
+        return make_turbomind_engine(weights, max_batch=max_batch, max_session_len=max_session_len, **engine_options)
+    raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+
+
+def _resolve_engine(engine: str) -> str:
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine != "auto":
+        return engine
+    if _gpu_available() and hasattr(_core, "TurboMindEngine"):
+        try:
+            from .turbomind import check_lmdeploy
+
+            check_lmdeploy()
+            return "turbomind"
+        except ImportError:
+            pass
+    return "cpu"
+
+
+class Model:
+    """A CosyVoice LLM stage on one engine. Many requests, from many threads, step together."""
+
+    def __init__(
+        self,
+        weights: LlmWeights,
+        engine: str = "auto",
+        *,
+        max_batch: int = 256,
+        max_session_len: int = 4096,
+        table_dtype: str = "float32",
+        **engine_options: Any,
+    ) -> None:
+        self.kind = weights.kind
+        self.engine = _resolve_engine(engine)
+        self.vocab = dict(weights.vocab)
+        core_engine = _make_engine(weights, self.engine, max_batch, max_session_len, **engine_options)
+        self._generator = _core.Generator(
+            text_embedding=weights.text_embedding,
+            speech_embedding=weights.speech_embedding,
+            sos=weights.sos,
+            task_id=weights.task_id,
+            vocab=weights.vocab,
+            decoder_bias=weights.decoder_bias,
+            engine=core_engine,
+            max_batch=max_batch,
+            table_dtype=table_dtype,
+        )
+
+    def stream(
+        self,
+        text_ids: Any,
+        prompt_text_ids: Any = (),
+        prompt_speech_tokens: Any = (),
+        **options: Any,
+    ) -> _core.Stream:
+        """Starts a request and returns an iterator of speech token ids as they are produced.
+
+        `text_ids` is the text to speak without the prompt text; the model sees
+        prompt_text_ids + text_ids (CosyVoice's order). Options: seed, top_p, top_k, ras,
+        win_size, tau_r, exclude_repeated, min_token_text_ratio, max_token_text_ratio, max_len,
+        min_len. Greedy decoding: top_k=1, ras=False. Dropping the iterator cancels the session.
+        """
+        gen = self._live()
+        return gen.start(
+            _ids(text_ids, "text_ids"),
+            _ids(prompt_text_ids, "prompt_text_ids"),
+            _ids(prompt_speech_tokens, "prompt_speech_tokens"),
+            request_options(**options),
+        )
+
+    def generate(self, text_ids: Any, prompt_text_ids: Any = (), prompt_speech_tokens: Any = (), **options: Any) -> list[int]:
+        """Every speech token of one request (see `stream` for the arguments)."""
+        return self.stream(text_ids, prompt_text_ids, prompt_speech_tokens, **options).drain()
+
+    @property
+    def live_sessions(self) -> int:
+        """Requests started and not yet finished (waiting or decoding)."""
+        return self._live().live_sessions
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return dict(self._live().stats)
+
+    @property
+    def max_session_len(self) -> int:
+        return self._live().max_session_len
+
+    def close(self) -> None:
+        """Cancels every live request and frees the engine."""
+        self._generator = None
+
+    def _live(self) -> _core.Generator:
+        if self._generator is None:
+            raise RuntimeError("this model is closed")
+        return self._generator
+
+    def __enter__(self) -> "Model":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Model(kind={self.kind!r}, engine={self.engine!r})"
+
+
+def load(
+    path: str | os.PathLike[str] | LlmWeights,
+    engine: str = "auto",
+    *,
+    max_batch: int = 256,
+    max_session_len: int = 4096,
+    table_dtype: str = "float32",
+    **engine_options: Any,
+) -> Model:
+    """Loads a CosyVoice2/3 `llm.pt` (or a model directory holding one) onto an engine.
+
+    engine: "cpu" (reference float32 forward), "turbomind" (lmdeploy 0.14 on an NVIDIA GPU) or
+    "auto" (turbomind where a GPU and lmdeploy 0.14 are present, else cpu).
+    """
+    weights = path if isinstance(path, LlmWeights) else load_checkpoint(Path(path))
+    return Model(
+        weights,
+        engine,
+        max_batch=max_batch,
+        max_session_len=max_session_len,
+        table_dtype=table_dtype,
+        **engine_options,
+    )
