@@ -242,7 +242,7 @@ def test_prompt_speech_is_not_in_the_ras_window(model_dirs):
     with cosyfast.load(path, engine="cpu", max_session_len=len(prompt) + 64) as m:
         greedy = m.generate(text, (), prompt, max_len=1, **GREEDY)
         assert len(greedy) == 1
-        for seed in range(4):
+        for seed in range(2):
             got = m.generate(text, (), prompt, max_len=1, seed=seed, top_k=1, ras=True, win_size=len(prompt) + 10)
             assert got == greedy
 
