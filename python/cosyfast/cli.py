@@ -72,6 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--max-len", type=int, default=None, help="cap on tokens per request")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=run_demo)
+    sub.add_parser("bench", help="benchmark paths over a concurrency sweep (see `cosyfast bench --help`)",
+                   add_help=False)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        from .bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args)

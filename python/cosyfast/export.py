@@ -8,7 +8,6 @@ C++ sampler adds it. The text embedding and sos/task_id rows stay on the host fo
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,14 +17,10 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from ._paths import cache_root
 from .checkpoint import LlmWeights
 
 EXPORT_FORMAT = 1  # bump when the exported layout changes, so stale caches are not reused
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("COSYFAST_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "cosyfast"
 
 
 def _padded(rows: np.ndarray, total: int) -> torch.Tensor:
@@ -79,7 +74,7 @@ def _tokenizer_files(vocab: int) -> dict[str, dict]:
 
 def export_dir_for(weights: LlmWeights, cache_dir: Path | None = None) -> Path:
     key = f"{weights.source_hash[:24]}-v{EXPORT_FORMAT}"
-    return (cache_dir or default_cache_dir()) / "turbomind" / key
+    return (cache_dir or cache_root()) / "turbomind" / key
 
 
 def export_turbomind(weights: LlmWeights, cache_dir: Path | None = None, session_len: int = 4096,

@@ -72,7 +72,9 @@ def _gpu_available() -> bool:
         return False
 
 
-def _make_engine(weights: LlmWeights, engine: str, max_batch: int, max_session_len: int, **engine_options: Any):
+def _make_engine(weights: LlmWeights, engine: str, max_batch: int, max_session_len: int,
+                 **engine_options: Any) -> tuple[Any, Any]:
+    """The core engine, and the backend object behind it (lmdeploy's TurboMind, or None)."""
     if engine == "cpu":
         return _core.CpuQwen2Engine(
             weights.config,
@@ -81,7 +83,7 @@ def _make_engine(weights: LlmWeights, engine: str, max_batch: int, max_session_l
             weights.layers,
             weights.norm,
             max_session_len=max_session_len,
-        )
+        ), None
     if engine == "turbomind":
         from .turbomind import make_turbomind_engine
 
@@ -121,7 +123,7 @@ class Model:
         self.kind = weights.kind
         self.engine = _resolve_engine(engine)
         self.vocab = dict(weights.vocab)
-        core_engine = _make_engine(weights, self.engine, max_batch, max_session_len, **engine_options)
+        core_engine, self.backend = _make_engine(weights, self.engine, max_batch, max_session_len, **engine_options)
         self._generator = _core.Generator(
             text_embedding=weights.text_embedding,
             speech_embedding=weights.speech_embedding,
@@ -176,6 +178,7 @@ class Model:
     def close(self) -> None:
         """Cancels every live request and frees the engine."""
         self._generator = None
+        self.backend = None
 
     def _live(self) -> _core.Generator:
         if self._generator is None:

@@ -38,8 +38,9 @@ def make_turbomind_engine(
     cache_max_entry_count: float = 0.5,
     export_cache: Path | None = None,
     device: int = 0,
-) -> _core.TurboMindEngine:
-    """Exports the checkpoint (cached), starts TurboMind on it and wraps it for the C++ core."""
+) -> tuple[_core.TurboMindEngine, Any]:
+    """Exports the checkpoint (cached), starts TurboMind on it and wraps it for the C++ core.
+    Returns the core engine and lmdeploy's TurboMind object (for lmdeploy's own loop in benchmarks)."""
     check_lmdeploy()
     from lmdeploy import TurbomindEngineConfig
     from lmdeploy.turbomind import TurboMind
@@ -58,7 +59,7 @@ def make_turbomind_engine(
     gen.max_new_tokens = 1
     gen.top_k = 1
     gen.output_logits = 2  # "generation": logits of the next token
-    return _core.TurboMindEngine(
+    engine = _core.TurboMindEngine(
         tm_module=_tm,
         model_comm=tm.model_comm,
         gen_config=gen,
@@ -67,3 +68,4 @@ def make_turbomind_engine(
         vocab_size=weights.padded_vocab(),
         max_session_len=max_session_len,
     )
+    return engine, tm

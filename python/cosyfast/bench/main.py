@@ -1,0 +1,141 @@
+"""Runs the paths over a concurrency sweep on one workload and writes JSONL + markdown (+ PNG)."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from .._paths import atomic_write
+from .metrics import gpu_memory_used_mb, markdown_table, summarize
+from .workload import Workload
+
+PATHS = ("cosyfast", "turbomind-native", "hf")
+
+
+def _device_name() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    except Exception:  # noqa: BLE001
+        pass
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def plot(rows: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    for path in sorted({r["path"] for r in rows}):
+        rs = sorted((r for r in rows if r["path"] == path), key=lambda r: r["concurrency"])
+        xs = [r["concurrency"] for r in rs]
+        a.plot(xs, [r["tok_per_s"] for r in rs], "o-", label=path)
+        b.plot(xs, [r["ms_per_token_p50"] for r in rs], "o-", label=path)
+    for ax, title in ((a, "throughput (tokens/s)"), (b, "ms per token, p50")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("concurrent sessions")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="cosyfast bench", description=__doc__)
+    p.add_argument("--checkpoint", help="llm.pt or model dir (default: the full-size synthetic CV2 model)")
+    p.add_argument("--kind", default="cosyvoice2", choices=["cosyvoice2", "cosyvoice3"])
+    p.add_argument("--size", default="full", choices=["tiny", "full"])
+    p.add_argument("--engine", default="auto", choices=["auto", "cpu", "turbomind"])
+    p.add_argument("--paths", default=",".join(PATHS), help="comma list of " + ", ".join(PATHS))
+    p.add_argument("--concurrency", default="1,4,16,64,128,256")
+    p.add_argument("--prompt-rows", type=int, default=150)
+    p.add_argument("--new-tokens", type=int, default=500)
+    p.add_argument("--hf-new-tokens", type=int, default=None, help="fewer tokens for the slow hf baseline")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per point; the median run is kept")
+    p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--out", default="bench-out", help="directory for results.jsonl, results.md, results.png")
+    p.add_argument("--plot", action="store_true")
+    args = p.parse_args(argv)
+
+    from .. import load
+    from ..checkpoint import load_checkpoint
+    from ..synthetic import ensure_default_model
+    from .paths import run_cosyfast, run_hf, run_turbomind_native
+
+    paths = [x for x in args.paths.split(",") if x]
+    bad = [x for x in paths if x not in PATHS]
+    if bad:
+        p.error(f"unknown path(s) {bad}; choose from {PATHS}")
+    sweep = [int(x) for x in args.concurrency.split(",")]
+    ckpt = Path(args.checkpoint) if args.checkpoint else ensure_default_model(kind=args.kind, size=args.size)
+    weights = load_checkpoint(ckpt)
+    work = Workload(prompt_rows=args.prompt_rows, new_tokens=args.new_tokens)
+    model = load(weights, engine=args.engine, max_batch=max(args.max_batch, max(sweep)))
+    device = _device_name()
+    print(f"bench: {weights.kind} {args.size} on {model.engine}, {device}; prompt {work.prompt_rows} rows, "
+          f"{work.new_tokens} tokens per request; paths {paths}; sweep {sweep}", flush=True)
+
+    rows: list[dict] = []
+
+    def record(res) -> None:
+        row = res.row() | {"engine": model.engine, "device": device, "kind": weights.kind,
+                           "prompt_rows": work.prompt_rows, "new_tokens_per_request": res.tokens // res.concurrency}
+        rows.append(row)
+        print(f"  {res.path:17s} conc {res.concurrency:4d}: {res.tok_per_s:9.1f} tok/s  "
+              f"{res.ms_per_token_p50:7.2f} ms/tok p50  first {res.first_token_ms_p50:8.1f} ms  rtf {res.rtf:.4f}",
+              flush=True)
+
+    def median_run(fn, repeats: int):
+        runs = sorted((fn() for _ in range(repeats)), key=lambda r: r[0])
+        return runs[len(runs) // 2]
+
+    if "cosyfast" in paths:
+        warm = Workload(prompt_rows=work.prompt_rows, new_tokens=8)
+        run_cosyfast(model, warm, warm.requests(min(8, max(sweep)), weights.kind))  # untimed warm-up
+        for c in sweep:
+            reqs = work.requests(c, weights.kind)
+            wall, arr = median_run(lambda: run_cosyfast(model, work, reqs), args.repeats)
+            record(summarize("cosyfast", c, wall, arr, gpu_memory_used_mb()))
+    if "turbomind-native" in paths:
+        tm = getattr(model, "backend", None)
+        if tm is None:
+            print("  turbomind-native: skipped (needs the turbomind engine)", flush=True)
+        else:
+            warm = Workload(prompt_rows=work.prompt_rows, new_tokens=8)
+            run_turbomind_native(tm, weights, warm, warm.requests(4, weights.kind), 1 << 40)
+            for j, c in enumerate(sweep):
+                reqs = work.requests(c, weights.kind)
+                base = (1 << 41) + (j << 20)
+                wall, arr = median_run(lambda: run_turbomind_native(tm, weights, work, reqs, base), args.repeats)
+                record(summarize("turbomind-native", c, wall, arr, gpu_memory_used_mb()))
+    if "hf" in paths:
+        hf_work = Workload(prompt_rows=work.prompt_rows, new_tokens=args.hf_new_tokens or work.new_tokens)
+        dev = "cuda" if "cpu (" not in device else "cpu"
+        req = hf_work.requests(1, weights.kind)[0]
+        run_hf(weights, Workload(prompt_rows=work.prompt_rows, new_tokens=8), req, dev)  # warm-up
+        wall, arr = run_hf(weights, hf_work, req, dev)
+        record(summarize("hf", 1, wall, arr, gpu_memory_used_mb()))
+
+    out = Path(args.out)
+    meta = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+            "device": device, "checkpoint": str(ckpt)}
+    _write_atomic(out / "results.jsonl", "".join(json.dumps(r | {"meta": meta}) + "\n" for r in rows))
+    _write_atomic(out / "results.md", f"device: {device}\n\n" + markdown_table(rows) + "\n")
+    if args.plot:
+        plot(rows, out / "results.png")
+    print(markdown_table(rows))
+    model.close()
+    return 0
