@@ -1,0 +1,117 @@
+// The reference engine: a Qwen2 decoder stack in float32 on the CPU, with a KV cache per session.
+// It exists so that every part of the decode loop can be tested without a GPU, and as the embedded
+// engine of the CPU demo. Its math follows Hugging Face transformers' Qwen2 (eager attention):
+// RMSNorm in float32, rotate-half RoPE with HF's float32 inverse frequencies, grouped-query
+// causal attention with scale 1/sqrt(head_dim), SwiGLU MLP, residual connections.
+//
+// Determinism: every output element is one dot product accumulated in a fixed order by one
+// thread, whatever the batch composition and thread count. A session's logits are therefore
+// bit-identical whether it is stepped alone or together with other sessions.
+//
+// Threading: Forward and EndSession mutate the session table and must be called from one thread
+// at a time (the round scheduler's thread); the engine takes no locks. The const getters may be
+// called from any thread. Forward parallelises internally with OpenMP when it is available.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "engines/engine.h"
+
+namespace cosyfast {
+
+// The shape of the decoder stack. The vocabulary size is not here: it is the row count of the
+// weights' embedding and lm_head tables.
+struct CpuQwen2Config {
+  int layers = 0;
+  int hidden = 0;
+  int heads = 0;     // query heads
+  int kv_heads = 0;  // key/value heads; each serves heads / kv_heads query heads
+  int head_dim = 0;
+  int ffn = 0;       // intermediate size of the SwiGLU MLP
+  double rms_eps = 1e-6;
+  double rope_theta = 1e6;
+  int max_session_len = 4096;  // longest sequence (prompt + generated) a session may reach
+
+  // Throws std::invalid_argument naming the first bad field.
+  void Validate() const;
+  std::string ToString() const;
+};
+
+// One decoder layer, every matrix row-major [out_features, in_features] as in PyTorch's Linear.
+struct CpuQwen2LayerWeights {
+  std::vector<float> q_proj, q_bias;  // [heads*head_dim, hidden], [heads*head_dim]
+  std::vector<float> k_proj, k_bias;  // [kv_heads*head_dim, hidden], [kv_heads*head_dim]
+  std::vector<float> v_proj, v_bias;  // [kv_heads*head_dim, hidden], [kv_heads*head_dim]
+  std::vector<float> o_proj;          // [hidden, heads*head_dim], no bias
+  std::vector<float> gate_proj;       // [ffn, hidden]
+  std::vector<float> up_proj;         // [ffn, hidden]
+  std::vector<float> down_proj;       // [hidden, ffn]
+  std::vector<float> input_layernorm;           // [hidden]
+  std::vector<float> post_attention_layernorm;  // [hidden]
+};
+
+struct CpuQwen2Weights {
+  int vocab_size = 0;
+  // The table the engine looks generated tokens up in (CosyVoice: the speech embedding).
+  std::vector<float> embed_tokens;  // [vocab_size, hidden]
+  // The output projection (CosyVoice: llm_decoder's weight). No bias: the sampler adds it.
+  std::vector<float> lm_head;       // [vocab_size, hidden]
+  std::vector<CpuQwen2LayerWeights> layers;
+  std::vector<float> norm;          // [hidden], the final RMSNorm
+
+  // Throws std::invalid_argument naming the first tensor whose size does not fit `config`.
+  void Validate(const CpuQwen2Config& config) const;
+};
+
+class CpuQwen2Engine : public Engine {
+ public:
+  // Validates both arguments; the weights are moved into the engine.
+  CpuQwen2Engine(const CpuQwen2Config& config, CpuQwen2Weights weights);
+  ~CpuQwen2Engine() override;
+
+  CpuQwen2Engine(const CpuQwen2Engine&) = delete;
+  CpuQwen2Engine& operator=(const CpuQwen2Engine&) = delete;
+
+  std::string name() const override { return "cpu_qwen2"; }
+  int hidden_size() const override { return config_.hidden; }
+  int vocab_size() const override { return weights_.vocab_size; }
+  int max_session_len() const override { return config_.max_session_len; }
+  const CpuQwen2Config& config() const { return config_; }
+
+  // Runs all inputs of a round in one pass over the weights. Every input is checked before any
+  // state changes, so a rejected round (std::invalid_argument: unknown session on a step, prefill
+  // of a live session, a session twice in one round, token out of range, sequence longer than
+  // max_session_len) leaves the engine as it was. A failure while computing
+  // (std::runtime_error, std::bad_alloc) also rolls the round back.
+  void Forward(std::span<const EngineInput> inputs, float* logits) override;
+
+  void EndSession(int64_t session_id) override;
+  size_t live_sessions() const { return sessions_.size(); }
+
+ private:
+  class SessionCache;
+  struct RoundPlan;
+  struct Workspace;
+
+  // Checks every input against the session table; changes nothing.
+  RoundPlan PlanRound(std::span<const EngineInput> inputs) const;
+  // Computes the round: appends keys/values to the caches (without committing their lengths)
+  // and writes the logits.
+  void RunRound(const RoundPlan& plan, std::span<const EngineInput> inputs, float* logits);
+  void RunLayer(int layer, const RoundPlan& plan, Workspace& ws);
+  void Attend(int layer, const RoundPlan& plan, Workspace& ws) const;
+
+  CpuQwen2Config config_;
+  CpuQwen2Weights weights_;
+  // cos and sin of every (position, frequency) pair: [max_session_len, head_dim / 2] each.
+  std::vector<float> rope_cos_, rope_sin_;
+  std::unordered_map<int64_t, std::unique_ptr<SessionCache>> sessions_;
+};
+
+}  // namespace cosyfast

@@ -1,0 +1,326 @@
+// Python bindings of the engine interface (cosyfast._core.Engine) and of the CPU reference engine
+// (cosyfast._core.CpuQwen2Engine).
+//
+// Engine is bound with a std::shared_ptr<Engine> holder so that other bindings (the generator,
+// the TurboMind engine) can take and subclass it: a function bound elsewhere with a
+// std::shared_ptr<cosyfast::Engine> parameter accepts any engine object created from Python.
+// BindCpuEngine therefore has to run before the bindings that refer to Engine (module.cc calls it
+// before BindGenerator and BindTurboMind).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "engines/cpu_qwen2.h"
+#include "engines/engine.h"
+#include "python/bindings.h"
+
+namespace py = pybind11;
+
+namespace cosyfast::python {
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+std::string ShapeString(const std::vector<py::ssize_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::vector<py::ssize_t> ShapeOf(const FloatArray& a) {
+  return std::vector<py::ssize_t>(a.shape(), a.shape() + a.ndim());
+}
+
+// Converts `obj` to a C-contiguous float32 array (any float dtype is cast), or says which
+// argument could not be converted.
+FloatArray AsFloatArray(py::handle obj, const std::string& name) {
+  FloatArray a = FloatArray::ensure(obj);
+  if (!a) throw std::invalid_argument(name + " must be a numpy array of floats");
+  return a;
+}
+
+// The array's floats, copied, after checking that its shape is exactly `shape`.
+std::vector<float> CopyTensor(py::handle obj, const std::string& name,
+                              const std::vector<py::ssize_t>& shape) {
+  const FloatArray a = AsFloatArray(obj, name);
+  if (ShapeOf(a) != shape) {
+    throw std::invalid_argument(name + " has shape " + ShapeString(ShapeOf(a)) + ", expected " +
+                                ShapeString(shape));
+  }
+  return std::vector<float>(a.data(), a.data() + a.size());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading a Hugging Face Qwen2 config dict (config.json, or Qwen2Config.to_dict())
+
+bool Has(const py::dict& d, const char* key) { return d.contains(key) && !d[key].is_none(); }
+
+int ConfigInt(const py::dict& config, const char* key) {
+  if (!Has(config, key)) throw std::invalid_argument(std::string("config is missing '") + key + "'");
+  try {
+    return py::cast<int>(config[key]);
+  } catch (const py::cast_error&) {
+    throw std::invalid_argument(std::string("config['") + key + "'] must be an integer");
+  }
+}
+
+double ConfigFloat(const py::dict& config, const char* key, const char* where = "config") {
+  if (!Has(config, key)) {
+    throw std::invalid_argument(std::string(where) + " is missing '" + key + "'");
+  }
+  try {
+    return py::cast<double>(config[key]);
+  } catch (const py::cast_error&) {
+    throw std::invalid_argument(std::string(where) + "['" + key + "'] must be a number");
+  }
+}
+
+// The engine implements HF's default RoPE only; a scaled variant would silently give other
+// logits, so it is refused.
+void RequireDefaultRope(const py::dict& config) {
+  for (const char* key : {"rope_scaling", "rope_parameters"}) {
+    if (!Has(config, key) || !py::isinstance<py::dict>(config[key])) continue;
+    const py::dict params = config[key];
+    for (const char* type_key : {"rope_type", "type"}) {
+      if (!Has(params, type_key)) continue;
+      const std::string type = py::str(params[type_key]);
+      if (type != "default") {
+        throw std::invalid_argument("only the default RoPE is supported, config['" +
+                                    std::string(key) + "'] has " + type_key + " '" + type + "'");
+      }
+    }
+  }
+}
+
+// transformers 4.x keeps rope_theta at the top level (as CosyVoice-BlankEN/config.json does);
+// transformers 5 moves it into rope_parameters.
+double RopeTheta(const py::dict& config) {
+  if (Has(config, "rope_theta")) return ConfigFloat(config, "rope_theta");
+  if (Has(config, "rope_parameters") && py::isinstance<py::dict>(config["rope_parameters"])) {
+    const py::dict params = config["rope_parameters"];
+    if (Has(params, "rope_theta")) {
+      return ConfigFloat(params, "rope_theta", "config['rope_parameters']");
+    }
+  }
+  throw std::invalid_argument("config is missing 'rope_theta' (top level or in rope_parameters)");
+}
+
+CpuQwen2Config ConfigFromDict(const py::dict& d, int max_session_len) {
+  CpuQwen2Config c;
+  c.layers = ConfigInt(d, "num_hidden_layers");
+  c.hidden = ConfigInt(d, "hidden_size");
+  c.heads = ConfigInt(d, "num_attention_heads");
+  c.kv_heads = ConfigInt(d, "num_key_value_heads");
+  c.ffn = ConfigInt(d, "intermediate_size");
+  c.rms_eps = ConfigFloat(d, "rms_norm_eps");
+  RequireDefaultRope(d);
+  c.rope_theta = RopeTheta(d);
+  if (Has(d, "head_dim")) {
+    c.head_dim = ConfigInt(d, "head_dim");
+  } else {
+    if (c.heads <= 0 || c.hidden % c.heads != 0) {
+      throw std::invalid_argument("config has no 'head_dim' and hidden_size (" +
+                                  std::to_string(c.hidden) +
+                                  ") is not a multiple of num_attention_heads (" +
+                                  std::to_string(c.heads) + ")");
+    }
+    c.head_dim = c.hidden / c.heads;
+  }
+  c.max_session_len = max_session_len;
+  c.Validate();
+  return c;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layer tensors: the HF names (without the "model.layers.N." prefix), where each goes, and its
+// shape in terms of the config.
+
+enum class Dim { kNone, kHidden, kQWidth, kKvWidth, kFfn };
+
+struct LayerTensor {
+  const char* key;
+  std::vector<float> CpuQwen2LayerWeights::*member;
+  Dim rows;
+  Dim cols;  // kNone: a vector
+};
+
+using L = CpuQwen2LayerWeights;
+const LayerTensor kLayerTensors[] = {
+    {"self_attn.q_proj.weight", &L::q_proj, Dim::kQWidth, Dim::kHidden},
+    {"self_attn.q_proj.bias", &L::q_bias, Dim::kQWidth, Dim::kNone},
+    {"self_attn.k_proj.weight", &L::k_proj, Dim::kKvWidth, Dim::kHidden},
+    {"self_attn.k_proj.bias", &L::k_bias, Dim::kKvWidth, Dim::kNone},
+    {"self_attn.v_proj.weight", &L::v_proj, Dim::kKvWidth, Dim::kHidden},
+    {"self_attn.v_proj.bias", &L::v_bias, Dim::kKvWidth, Dim::kNone},
+    {"self_attn.o_proj.weight", &L::o_proj, Dim::kHidden, Dim::kQWidth},
+    {"mlp.gate_proj.weight", &L::gate_proj, Dim::kFfn, Dim::kHidden},
+    {"mlp.up_proj.weight", &L::up_proj, Dim::kFfn, Dim::kHidden},
+    {"mlp.down_proj.weight", &L::down_proj, Dim::kHidden, Dim::kFfn},
+    {"input_layernorm.weight", &L::input_layernorm, Dim::kHidden, Dim::kNone},
+    {"post_attention_layernorm.weight", &L::post_attention_layernorm, Dim::kHidden, Dim::kNone},
+};
+
+py::ssize_t DimSize(Dim dim, const CpuQwen2Config& c) {
+  switch (dim) {
+    case Dim::kHidden: return c.hidden;
+    case Dim::kQWidth: return static_cast<py::ssize_t>(c.heads) * c.head_dim;
+    case Dim::kKvWidth: return static_cast<py::ssize_t>(c.kv_heads) * c.head_dim;
+    case Dim::kFfn: return c.ffn;
+    case Dim::kNone: break;
+  }
+  return 0;
+}
+
+bool IsLayerTensorName(const std::string& key) {
+  for (const LayerTensor& t : kLayerTensors) {
+    if (key == t.key) return true;
+  }
+  return false;
+}
+
+CpuQwen2LayerWeights LayerFromDict(py::handle obj, int index, const CpuQwen2Config& c) {
+  const std::string name = "layers[" + std::to_string(index) + "]";
+  if (!py::isinstance<py::dict>(obj)) throw std::invalid_argument(name + " must be a dict");
+  const py::dict d = py::reinterpret_borrow<py::dict>(obj);
+  // An unknown key is most likely a tensor this architecture lacks (o_proj.bias) or a typo;
+  // ignoring it would compute a different model.
+  for (const auto& item : d) {
+    const std::string key = py::str(item.first);
+    if (!IsLayerTensorName(key)) {
+      throw std::invalid_argument(name + " has an unexpected tensor '" + key +
+                                  "'; a Qwen2 layer has q/k/v_proj weight and bias, o_proj, "
+                                  "gate/up/down_proj and the two layernorm weights");
+    }
+  }
+  CpuQwen2LayerWeights layer;
+  for (const LayerTensor& t : kLayerTensors) {
+    const std::string tensor = name + "['" + t.key + "']";
+    if (!d.contains(t.key)) throw std::invalid_argument(name + " is missing '" + t.key + "'");
+    std::vector<py::ssize_t> shape{DimSize(t.rows, c)};
+    if (t.cols != Dim::kNone) shape.push_back(DimSize(t.cols, c));
+    layer.*(t.member) = CopyTensor(d[t.key], tensor, shape);
+  }
+  return layer;
+}
+
+std::shared_ptr<CpuQwen2Engine> MakeCpuEngine(const py::dict& config, const FloatArray& embed,
+                                              const FloatArray& lm_head, const py::list& layers,
+                                              const FloatArray& norm, int max_session_len) {
+  const CpuQwen2Config c = ConfigFromDict(config, max_session_len);
+  CpuQwen2Weights w;
+  if (embed.ndim() != 2 || embed.shape(1) != c.hidden) {
+    throw std::invalid_argument("embed_tokens has shape " + ShapeString(ShapeOf(embed)) +
+                                ", expected [vocab, " + std::to_string(c.hidden) + "]");
+  }
+  const py::ssize_t vocab = embed.shape(0);
+  w.vocab_size = static_cast<int>(vocab);
+  w.embed_tokens = CopyTensor(embed, "embed_tokens", {vocab, c.hidden});
+  w.lm_head = CopyTensor(lm_head, "lm_head", {vocab, c.hidden});
+  if (static_cast<int>(layers.size()) != c.layers) {
+    throw std::invalid_argument("layers has " + std::to_string(layers.size()) +
+                                " entries but config['num_hidden_layers'] is " +
+                                std::to_string(c.layers));
+  }
+  for (size_t i = 0; i < layers.size(); ++i) {
+    w.layers.push_back(LayerFromDict(layers[i], static_cast<int>(i), c));
+  }
+  w.norm = CopyTensor(norm, "norm", {c.hidden});
+  py::gil_scoped_release no_gil;
+  return std::make_shared<CpuQwen2Engine>(c, std::move(w));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Engine.forward: [(session_id, prompt_rows | None, token)] -> logits [len(inputs), vocab]
+
+py::array_t<float> EngineForward(Engine& engine, const py::sequence& inputs) {
+  const int hidden = engine.hidden_size();
+  std::vector<EngineInput> batch;
+  std::vector<FloatArray> prompts;  // keeps the converted prompt arrays alive without the GIL
+  batch.reserve(inputs.size());
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    const std::string where = "inputs[" + std::to_string(i) + "]";
+    const py::object item = inputs[i];
+    if (!py::isinstance<py::sequence>(item) || py::len(item) != 3) {
+      throw std::invalid_argument(where + " must be a tuple (session_id, prompt_rows or None, token)");
+    }
+    const py::sequence fields = py::reinterpret_borrow<py::sequence>(item);
+    EngineInput in;
+    in.session_id = py::cast<int64_t>(fields[0]);
+    const py::object rows = fields[1];
+    const py::object token = fields[2];
+    if (!rows.is_none()) {
+      FloatArray a = AsFloatArray(rows, where + " prompt_rows");
+      if (a.ndim() != 2 || a.shape(1) != hidden || a.shape(0) < 1) {
+        throw std::invalid_argument(where + " prompt_rows has shape " + ShapeString(ShapeOf(a)) +
+                                    ", expected [n >= 1, " + std::to_string(hidden) + "]");
+      }
+      in.prompt_rows = a.data();
+      in.prompt_len = static_cast<int>(a.shape(0));
+      prompts.push_back(std::move(a));
+    } else {
+      if (token.is_none()) throw std::invalid_argument(where + " is a step and needs a token");
+      in.token = py::cast<int>(token);
+    }
+    batch.push_back(in);
+  }
+  py::array_t<float> logits({static_cast<py::ssize_t>(batch.size()),
+                             static_cast<py::ssize_t>(engine.vocab_size())});
+  float* out = logits.mutable_data();
+  {
+    py::gil_scoped_release no_gil;
+    engine.Forward(batch, out);
+  }
+  return logits;
+}
+
+}  // namespace
+
+void BindCpuEngine(py::module_& m) {
+  py::class_<Engine, std::shared_ptr<Engine>>(
+      m, "Engine",
+      "A transformer engine: owns the KV caches of its sessions and returns raw decoder logits.")
+      .def_property_readonly("name", &Engine::name)
+      .def_property_readonly("hidden_size", &Engine::hidden_size)
+      .def_property_readonly("vocab_size", &Engine::vocab_size,
+                             "Width of one logits row (the speech vocabulary, maybe padded).")
+      .def_property_readonly("max_session_len", &Engine::max_session_len,
+                             "Longest sequence (prompt + generated) a session may reach.")
+      .def("forward", &EngineForward, py::arg("inputs"),
+           "Runs one round. inputs: a list of (session_id, prompt_rows, token). A prefill passes "
+           "prompt_rows, a float array [n, hidden_size] that starts a new session (token is "
+           "ignored and may be None); a step passes None and the token to feed to a live "
+           "session. Returns float32 logits [len(inputs), vocab_size]: for a prefill those of the "
+           "last prompt position, for a step those of the next token. Releases the GIL.")
+      .def(
+          "end_session",
+          [](Engine& engine, int64_t session_id) {
+            py::gil_scoped_release no_gil;
+            engine.EndSession(session_id);
+          },
+          py::arg("session_id"), "Frees a session's cache; an unknown id is ignored.");
+
+  py::class_<CpuQwen2Engine, Engine, std::shared_ptr<CpuQwen2Engine>>(
+      m, "CpuQwen2Engine",
+      "Reference Qwen2 decoder in float32 on the CPU, with a KV cache per session. A session's "
+      "logits are bit-identical whatever else is in its round.")
+      .def(py::init(&MakeCpuEngine), py::arg("config"), py::arg("embed_tokens"),
+           py::arg("lm_head"), py::arg("layers"), py::arg("norm"),
+           py::arg("max_session_len") = 4096,
+           "config: a Hugging Face Qwen2 config dict (num_hidden_layers, hidden_size, "
+           "num_attention_heads, num_key_value_heads, intermediate_size, rms_norm_eps, "
+           "rope_theta, optional head_dim). embed_tokens: [vocab, hidden], the table generated "
+           "tokens are looked up in. lm_head: [vocab, hidden], no bias. layers: one dict per "
+           "layer keyed by HF names without the 'model.layers.N.' prefix. norm: [hidden]. The "
+           "arrays are copied.")
+      .def_property_readonly("live_sessions", &CpuQwen2Engine::live_sessions)
+      .def("__repr__", [](const CpuQwen2Engine& e) {
+        return "CpuQwen2Engine(" + e.config().ToString() + ", vocab_size=" +
+               std::to_string(e.vocab_size()) + ")";
+      });
+}
+
+}  // namespace cosyfast::python
