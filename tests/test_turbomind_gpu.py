@@ -65,8 +65,9 @@ class HfCosyVoice:
 
     def prompt(self, text, prompt_text, prompt_speech) -> torch.Tensor:
         ids = torch.tensor(list(prompt_text) + list(text), device="cuda")
-        return torch.cat([self.sos[None], self.qwen.embed_tokens(ids), self.task[None],
-                          self.speech[torch.tensor(prompt_speech, device="cuda", dtype=torch.long)]], 0)
+        with torch.no_grad():
+            return torch.cat([self.sos[None], self.qwen.embed_tokens(ids), self.task[None],
+                              self.speech[torch.tensor(prompt_speech, device="cuda", dtype=torch.long)]], 0)
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         out = torch.nn.functional.linear(h, self.dec_w)

@@ -91,22 +91,27 @@ class TurboMindEngine::Signals {
   void Reset(size_t n) {
     std::lock_guard<std::mutex> lock(mutex_);
     counts_.assign(n, 0);
+    total_ = 0;
   }
   void Bump(size_t slot) {
+    bool all_signalled;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       if (slot < counts_.size()) ++counts_[slot];
+      all_signalled = ++total_ >= counts_.size();
     }
-    cv_.notify_all();
+    // Waking the waiter before every slot has answered would only make it sleep again.
+    if (all_signalled) cv_.notify_all();
   }
-  // Blocks until a slot not yet done has a signal beyond `seen`; false on timeout.
-  bool WaitForAny(const std::vector<uint64_t>& seen, const std::vector<char>& done) {
+  // Blocks until every slot not yet done has a signal beyond `seen` (one wake-up per round in
+  // the common case, not one per request: each wake-up costs a GIL hand-over); false on timeout.
+  bool WaitForAll(const std::vector<uint64_t>& seen, const std::vector<char>& done) {
     std::unique_lock<std::mutex> lock(mutex_);
     return cv_.wait_for(lock, kRoundTimeout, [&] {
       for (size_t i = 0; i < counts_.size(); ++i) {
-        if (!done[i] && counts_[i] > seen[i]) return true;
+        if (!done[i] && counts_[i] <= seen[i]) return false;
       }
-      return false;
+      return true;
     });
   }
   uint64_t Count(size_t slot) {
@@ -118,6 +123,7 @@ class TurboMindEngine::Signals {
   std::mutex mutex_;
   std::condition_variable cv_;
   std::vector<uint64_t> counts_;
+  size_t total_ = 0;  // signals this round, all slots together
 };
 
 struct TurboMindEngine::Slot {
@@ -170,7 +176,7 @@ py::object TurboMindEngine::MakeCallback(size_t slot) {
 
 void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index) {
   const int64_t id = input.session_id;
-  py::object tensors = tm_.attr("TensorMap")();
+  py::object tensors;
   py::object from_dlpack = tm_.attr("from_dlpack");
   int step = 0;
   Live* live = nullptr;
@@ -185,6 +191,7 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
     auto ids = Buffer<int32_t>(n);  // placeholders: every position is replaced by an embedding row
     auto rows = Buffer<uint16_t>(static_cast<size_t>(n) * h);
     for (size_t i = 0; i < rows->size(); ++i) (*rows)[i] = FloatToBFloat16(input.prompt_rows[i]);
+    tensors = tm_.attr("TensorMap")();
     auto ranges = Buffer<int32_t>(2);
     (*ranges)[0] = 0;
     (*ranges)[1] = n;
@@ -192,7 +199,7 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
     tensors.attr("__setitem__")("input_embeddings",
                                 from_dlpack(HostTensorOf(rows, {n, static_cast<int64_t>(h)}, dlpack::kBfloat)));
     tensors.attr("__setitem__")("input_embedding_ranges", from_dlpack(HostTensorOf(ranges, {1, 2}, dlpack::kInt)));
-    live = &sessions_.emplace(id, Live{model_comm_.attr("create_request")(), 0}).first->second;
+    live = &sessions_.emplace(id, Live{model_comm_.attr("create_request")()}).first->second;
     step = 0;
   } else {
     auto it = sessions_.find(id);
@@ -205,9 +212,15 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
       throw std::invalid_argument("turbomind: session " + std::to_string(id) + " would exceed session_len " +
                                   std::to_string(options_.max_session_len));
     }
-    auto ids = Buffer<int32_t>(1);
-    (*ids)[0] = input.token;
-    tensors.attr("__setitem__")("input_ids", from_dlpack(HostTensorOf(ids, {1}, dlpack::kInt)));
+    if (!live->step_ids) {
+      // One input map per session, reused for every step: only the token in it changes, and the
+      // previous request is finished before the next is submitted.
+      live->step_ids = Buffer<int32_t>(1);
+      live->step_tensors = tm_.attr("TensorMap")();
+      live->step_tensors.attr("__setitem__")("input_ids", from_dlpack(HostTensorOf(live->step_ids, {1}, dlpack::kInt)));
+    }
+    (*live->step_ids)[0] = input.token;
+    tensors = live->step_tensors;
     step = live->cached;
   }
   py::object session = tm_.attr("SessionParam")(py::arg("id") = id, py::arg("step") = step,
@@ -227,7 +240,7 @@ void TurboMindEngine::WaitAll(std::vector<Slot>& slots) {
     bool signalled;
     {
       py::gil_scoped_release release;
-      signalled = signals_->WaitForAny(seen, done);
+      signalled = signals_->WaitForAll(seen, done);
     }
     if (!signalled) throw std::runtime_error("turbomind: no answer from the engine within the round timeout");
     for (size_t i = 0; i < slots.size(); ++i) {

@@ -76,6 +76,8 @@ class TurboMindEngine : public Engine {
   struct Live {
     pybind11::object request;  // the session's ModelRequest, reused for every step
     int cached = 0;            // tokens in its KV cache
+    pybind11::object step_tensors;                // the input map of every step ...
+    std::shared_ptr<std::vector<int32_t>> step_ids;  // ... and the one token it carries
   };
   struct Slot;
   struct Ending {

@@ -38,6 +38,8 @@ def make_turbomind_engine(
     cache_max_entry_count: float = 0.5,
     export_cache: Path | None = None,
     device: int = 0,
+    async_: int = 1,
+    enable_metrics: bool = False,
 ) -> tuple[_core.TurboMindEngine, Any]:
     """Exports the checkpoint (cached), starts TurboMind on it and wraps it for the C++ core.
     Returns the core engine and lmdeploy's TurboMind object (for lmdeploy's own loop in benchmarks)."""
@@ -53,6 +55,8 @@ def make_turbomind_engine(
         cache_max_entry_count=cache_max_entry_count,
         session_len=max_session_len,
         devices=[device],
+        async_=async_,
+        enable_metrics=enable_metrics,
     )
     tm = TurboMind.from_pretrained(str(model_dir), engine_config=config)
     gen = _tm.GenerationConfig()

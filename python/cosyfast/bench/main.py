@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf-new-tokens", type=int, default=None, help="fewer tokens for the slow hf baseline")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per point; the median run is kept")
     p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="turbomind engine option, e.g. async_=0 (repeatable)")
     p.add_argument("--out", default="bench-out", help="directory for results.jsonl, results.md, results.png")
     p.add_argument("--plot", action="store_true")
     args = p.parse_args(argv)
@@ -83,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     ckpt = Path(args.checkpoint) if args.checkpoint else ensure_default_model(kind=args.kind, size=args.size)
     weights = load_checkpoint(ckpt)
     work = Workload(prompt_rows=args.prompt_rows, new_tokens=args.new_tokens)
-    model = load(weights, engine=args.engine, max_batch=max(args.max_batch, max(sweep)))
+    engine_options = {k: int(v) if v.lstrip("-").isdigit() else float(v)
+                      for k, v in (o.split("=", 1) for o in args.engine_option)}
+    model = load(weights, engine=args.engine, max_batch=max(args.max_batch, max(sweep)), **engine_options)
     device = _device_name()
     print(f"bench: {weights.kind} {args.size} on {model.engine}, {device}; prompt {work.prompt_rows} rows, "
           f"{work.new_tokens} tokens per request; paths {paths}; sweep {sweep}", flush=True)

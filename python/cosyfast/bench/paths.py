@@ -28,7 +28,9 @@ def run_turbomind_native(tm: object, weights: LlmWeights, work: Workload, reques
     import torch
     from lmdeploy import GenerationConfig
 
-    gen = GenerationConfig(max_new_tokens=work.new_tokens, min_new_tokens=work.new_tokens, ignore_eos=True,
+    # No stop ids are set, so every request runs to max_new_tokens (min_new_tokens crashed 0.14's
+    # min-length kernel when no eos ids are set).
+    gen = GenerationConfig(max_new_tokens=work.new_tokens, ignore_eos=True,
                            top_k=25, top_p=0.8, temperature=1.0)
     prompts = [torch.from_numpy(prompt_rows(weights, r)).to(torch.bfloat16) for r in requests]
 
