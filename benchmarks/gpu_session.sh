@@ -7,13 +7,13 @@ bash benchmarks/gpu_run.sh tests,bench --paths cosyfast,turbomind-native,hf --co
   --new-tokens 500
 source /tmp/tm_env.sh; cd /tmp
 bench() { python3 -m cosyfast.bench "$@" 2>&1 | grep -E "^  [a-z]" | tee -a "$OUT/variants.log"; }
-bench --paths cosyfast --concurrency 1,64 --new-tokens 200 --engine-option async_=0 --label cosyfast-async0 --out "$OUT/v_async0"
-bench --paths cosyfast --concurrency 64,128,256 --new-tokens 200 --replicas 2 --label cosyfast-r2 --out "$OUT/v_r2"
-bench --paths cosyfast --concurrency 64,128,256 --new-tokens 200 --replicas 4 --label cosyfast-r4 --out "$OUT/v_r4"
-python3 - <<'PY' >> "$OUT/variants.log"
+for r in 4 8; do
+  bench --paths cosyfast --concurrency 1,64,128,256 --new-tokens 500 --replicas $r --label cosyfast-r$r --out "$OUT/v_r$r"
+done
+python3 - <<'PY' > "$OUT/all_rows.txt"
 import json, glob, os
 for f in sorted(glob.glob(os.environ["OUT"] + "/*/results.jsonl")):
     for line in open(f):
-        r = json.loads(line); print(r["path"], r["concurrency"], r["tok_per_s"], r["ms_per_token_p50"], r["extra"])
+        r = json.loads(line); print(r["path"], r["concurrency"], r["tok_per_s"], r["ms_per_token_p50"], r["first_token_ms_p50"], r["extra"])
 PY
-tail -20 "$OUT/variants.log"
+cat "$OUT/all_rows.txt"
