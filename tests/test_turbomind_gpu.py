@@ -130,7 +130,7 @@ def test_logits_and_greedy_match_hf(setup):
     ours = model.generate(text, ptext, pspeech, top_k=1, ras=False, max_len=48, min_len=48, seed=1)
     ref = hf.greedy(rows, 48)
     same_prefix = next((i for i, (a, b) in enumerate(zip(ours, ref)) if a != b), len(ref))
-    # Teacher-forced logits on our engine's own tokens, through a second raw engine.
+    # Teacher-forced logits along the reference tokens, through a second raw engine.
     engine, _ = make_turbomind_engine(weights, max_batch=8, cache_max_entry_count=0.05)
     n = engine.vocab_size
     got = [engine.forward([(1, rows.cpu().numpy().astype(np.float32), -1)])[0]]
@@ -138,16 +138,32 @@ def test_logits_and_greedy_match_hf(setup):
         got.append(engine.forward([(1, None, t)])[0])
     engine.end_session(1)
     bias = weights.decoder_bias if weights.decoder_bias is not None else 0.0
-    want = hf.teacher_forced(rows, ref[:31])
-    rows_rel = [rel(torch.from_numpy(g[: weights.vocab["decoder_rows"]] + bias).cuda(), w) for g, w in zip(got, want)]
-    argmax_eq = sum(int(np.argmax(g[: weights.vocab["decoder_rows"]] + bias)) == int(w.argmax()) for g, w in zip(got, want))
-    report(test="logits_greedy", kind=kind, vocab=n, median_rel_err=float(np.median(rows_rel)),
-           max_rel_err=float(np.max(rows_rel)), teacher_forced_argmax_equal=f"{argmax_eq}/32",
-           greedy_equal_prefix=same_prefix, ours=ours[:48], ref=ref[:48])
+    rows_n = weights.vocab["decoder_rows"]
+    want = [w.cpu().numpy() for w in hf.teacher_forced(rows, ref[:31])]
+    got = [g[:rows_n] + bias for g in got]
+    rels = [float(np.linalg.norm(g - w) / np.linalg.norm(w)) for g, w in zip(got, want)]
+    noise = float(np.median([np.median(np.abs(g - w)) for g, w in zip(got, want)]))
+
+    def near_tie(step: int, a: int, b: int) -> bool:
+        """At this step the float32 reference itself cannot tell a from b at bf16 accuracy."""
+        return abs(float(want[step][a] - want[step][b])) < 6 * noise
+
+    mismatches = [k for k, (g, w) in enumerate(zip(got, want)) if int(g.argmax()) != int(w.argmax())]
+    report(test="logits_greedy", kind=kind, vocab=n, median_rel_err=float(np.median(rels)),
+           max_rel_err=float(np.max(rels)), median_abs_err=noise,
+           teacher_forced_argmax_equal=f"{32 - len(mismatches)}/32", greedy_equal_prefix=same_prefix,
+           ours=ours[:48], ref=ref[:48])
     # bf16 weights and activations through 24 layers against float32: ~2% relative (measured 0.022
     # on an H100); a wrong bias, position or cache would give O(1).
-    assert np.median(rows_rel) < 5e-2, f"median logits rel err {np.median(rows_rel):.4f} is beyond bf16 accuracy"
-    assert same_prefix >= 32, f"greedy streams differ at token {same_prefix}: {ours[:same_prefix + 2]} vs {ref[:same_prefix + 2]}"
+    assert np.median(rels) < 5e-2, f"median logits rel err {np.median(rels):.4f} is beyond bf16 accuracy"
+    # An argmax may differ only where the reference's top two are within bf16 noise of each other.
+    for k in mismatches:
+        assert near_tie(k, int(got[k].argmax()), int(want[k].argmax())), f"teacher-forced step {k} differs clearly"
+    # Greedy: the first 32 tokens match, unless the streams part at such a near-tie.
+    if same_prefix < 32:
+        assert near_tie(same_prefix, ours[same_prefix], ref[same_prefix]), (
+            f"greedy streams differ at token {same_prefix} where the reference is not ambiguous: "
+            f"{ours[:same_prefix + 2]} vs {ref[:same_prefix + 2]}")
 
 
 def test_ras_sampling_valid_and_stops(setup):

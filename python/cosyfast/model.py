@@ -16,6 +16,9 @@ from . import _core
 from .checkpoint import LlmWeights, load_checkpoint
 
 ENGINES = ("auto", "cpu", "turbomind")
+# TurboMind's per-request intake, not the GPU, bounds one instance's rounds; several instances
+# per GPU take requests in parallel (H100, 64 sessions: 1 -> 2.1k, 4 -> 5.6k tokens/s).
+DEFAULT_TURBOMIND_REPLICAS = 4
 
 
 def _ids(values: Any, name: str) -> list[int]:
@@ -121,14 +124,16 @@ class Model:
         max_batch: int = 256,
         max_session_len: int = 4096,
         table_dtype: str = "float32",
-        replicas: int = 1,
+        replicas: int | None = None,
         devices: Sequence[int] | None = None,
         **engine_options: Any,
     ) -> None:
+        self.engine = _resolve_engine(engine)
+        if replicas is None:
+            replicas = DEFAULT_TURBOMIND_REPLICAS * len(devices or [0]) if self.engine == "turbomind" else 1
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
         self.kind = weights.kind
-        self.engine = _resolve_engine(engine)
         self.vocab = dict(weights.vocab)
         if self.engine == "turbomind":
             devices = list(devices) if devices else [0]
@@ -227,7 +232,7 @@ def load(
     max_batch: int = 256,
     max_session_len: int = 4096,
     table_dtype: str = "float32",
-    replicas: int = 1,
+    replicas: int | None = None,
     devices: Sequence[int] | None = None,
     **engine_options: Any,
 ) -> Model:
@@ -236,7 +241,7 @@ def load(
     engine: "cpu" (reference float32 forward), "turbomind" (lmdeploy 0.14 on an NVIDIA GPU) or
     "auto" (turbomind where a GPU and lmdeploy 0.14 are present, else cpu).
     replicas: engine instances, each with its own scheduler thread; requests go to the least
-    loaded. devices (turbomind): GPU ids the replicas are spread over, round robin.
+    loaded (default: 4 per GPU on turbomind, 1 on cpu). devices (turbomind): GPU ids the replicas are spread over, round robin.
     Other keyword options go to the turbomind engine (cache_max_entry_count, async_, ...).
     """
     weights = path if isinstance(path, LlmWeights) else load_checkpoint(Path(path))

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf-new-tokens", type=int, default=None, help="fewer tokens for the slow hf baseline")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per point; the median run is kept")
     p.add_argument("--max-batch", type=int, default=256)
-    p.add_argument("--replicas", type=int, default=1, help="engine instances (turbomind: may share a GPU)")
+    p.add_argument("--replicas", type=int, default=None,
+                   help="engine instances (default: 4 per GPU on turbomind, 1 on cpu)")
     p.add_argument("--devices", default=None, help="comma list of GPU ids the replicas are spread over")
     p.add_argument("--label", default="cosyfast", help="path name for the cosyfast rows (e.g. cosyfast-r2)")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
