@@ -15,4 +15,5 @@ for f in sorted(glob.glob(os.environ["OUT"] + "/*/results.jsonl")):
     for line in open(f):
         r = json.loads(line); print(r["path"], r["concurrency"], r["tok_per_s"], r["ms_per_token_p50"], r["first_token_ms_p50"], r["extra"])
 PY
+rm -f "$OUT/two_gpu/results.md" "$OUT/bench.log"
 cat "$OUT/all_rows.txt"
