@@ -183,21 +183,45 @@ def first_divergence(a: list[int], b: list[int]) -> int:
 
 
 def test_64_concurrent_sessions_equal_solo(setup):
-    """64 sessions in flight finish cleanly, and each gives its solo tokens. Greedy must match
-    exactly. Sampled streams are compared and reported: TurboMind's bf16 GEMMs round differently
-    at different batch sizes, so a draw that lands near a boundary can flip (the CPU engine is
-    bit-exact under batching; tests/test_determinism.py holds it to that)."""
-    kind, _, _, _, model = setup
+    """64 sessions in flight finish cleanly, and each computes what it computes alone.
+
+    Token equality with solo runs is measured and reported, not required: TurboMind's bf16
+    kernels round differently at different batch sizes (probe on an H200, one instance: greedy
+    streams among 64 parted from solo at a near-tie as early as token 0), so a near-tie can flip.
+    What is required is the thing a mix-up would break: each session's logits, stepped among 64
+    through one engine, equal its solo logits to bf16 accuracy, at the prefill and 10 steps after.
+    The CPU engine is bit-exact under batching (tests/test_determinism.py)."""
+    kind, _, weights, hf, model = setup
     reqs = [request(kind, seed=100 + i) for i in range(64)]
-    checked = range(0, 64, 8)
-    for name, opts in (("greedy", dict(top_k=1, ras=False)), ("ras", {})):
-        opts = dict(opts, max_len=40, min_len=40)
-        solo = {i: model.generate(*reqs[i], seed=i, **opts) for i in checked}
-        streams = [model.stream(*r, seed=i, **opts) for i, r in enumerate(reqs)]
-        together = [s.drain() for s in streams]
-        assert all(s.finish_reason == "max_len" and len(t) == 40 for s, t in zip(streams, together))
-        diverge = [first_divergence(together[i], solo[i]) for i in checked]
-        report(test="concurrent", kind=kind, sampling=name, first_divergence=diverge, live_after=model.live_sessions)
-        if name == "greedy":
-            assert diverge == [40] * len(diverge), f"greedy tokens among 64 differ from solo at {diverge}"
+    checked = list(range(0, 64, 8))
+    opts = dict(max_len=40, min_len=40)
+    solo_tokens = {i: model.generate(*reqs[i], seed=i, **opts) for i in checked}
+    streams = [model.stream(*r, seed=i, **opts) for i, r in enumerate(reqs)]
+    together_tokens = [s.drain() for s in streams]
+    assert all(s.finish_reason == "max_len" and len(t) == 40 for s, t in zip(streams, together_tokens))
     assert model.live_sessions == 0
+    diverge = [first_divergence(together_tokens[i], solo_tokens[i]) for i in checked]
+
+    engine, _ = make_turbomind_engine(weights, max_batch=64, cache_max_entry_count=0.05)
+    rows = [hf.prompt(*r).cpu().numpy().astype(np.float32) for r in reqs]
+    feed = [solo_tokens[i][:10] for i in checked]  # the same tokens fed back in both runs
+    base = 1 << 51
+
+    def run(sessions: list[int], ids: list[int]) -> list[list[np.ndarray]]:
+        out = [[r] for r in engine.forward([(sid, rows[i], -1) for sid, i in zip(ids, sessions)])]
+        for k in range(10):
+            step = engine.forward([(sid, None, feed[checked.index(i)][k] if i in checked else 7)
+                                   for sid, i in zip(ids, sessions)])
+            for row, o in zip(step, out):
+                o.append(row)
+        for sid in ids:
+            engine.end_session(sid)
+        return out
+
+    solo = {i: run([i], [base + i])[0] for i in checked}
+    together = run(list(range(64)), [base + 1000 + i for i in range(64)])
+    worst = max(float(np.linalg.norm(t - s) / np.linalg.norm(s))
+                for i in checked for t, s in zip(together[i], solo[i]))
+    report(test="concurrent", kind=kind, token_first_divergence=diverge, logits_worst_rel_err=worst,
+           live_after=model.live_sessions)
+    assert worst < 5e-2, f"a session's logits among 64 differ from solo by {worst:.3f} (a mix-up, not rounding)"
