@@ -96,14 +96,16 @@ Session::Plan BistreamSession::PlanRound(EngineInput& input, int engine_limit) {
       StartTail();
       if (state() == State::kFinished) return Plan::kDone;
     } else {
-      if (!asked_for_text_) {
-        asked_for_text_ = true;
-        sink().OnNeedText();
-      }
-      return Plan::kIdle;
+      return Plan::kIdle;  // OnParked asks for the next piece
     }
   }
   return Feed(input, engine_limit);
+}
+
+void BistreamSession::OnParked() {
+  if (asked_for_text_) return;  // one request per piece: woken by a cancel, it asks no more
+  asked_for_text_ = true;
+  sink().OnNeedText();
 }
 
 void BistreamSession::TakePiece(const std::vector<int32_t>& piece) {

@@ -69,6 +69,7 @@ class BistreamSession final : public Session {
   Plan PlanRound(EngineInput& input, int engine_limit) override;
   bool Advance(const float* logits, const TokenSampler& sampler) override;
   bool HasNews() const override;
+  void OnParked() override;
 
  private:
   // One row of lm_input, named rather than copied: rows are built when a round needs them.

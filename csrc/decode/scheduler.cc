@@ -174,15 +174,21 @@ void Scheduler::RunRound() {
 }
 
 void Scheduler::Park(std::shared_ptr<Session> session) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  // News that arrived after the session planned found it not yet parked, so its ring did
-  // nothing: checking again under the lock that rings take closes that gap.
-  if (session->HasNews()) {
-    waiting_.push_front(std::move(session));
-  } else {
-    const int64_t id = session->id();
-    parked_.emplace(id, std::move(session));
+  Session* parked = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // News that arrived after the session planned found it not yet parked, so its ring did
+    // nothing: checking again under the lock that rings take closes that gap.
+    if (session->HasNews()) {
+      waiting_.push_front(std::move(session));
+      return;
+    }
+    parked = session.get();
+    parked_.emplace(parked->id(), std::move(session));
   }
+  // Outside the lock: the sink may wake a consumer that rings at once. The session stays alive:
+  // only this thread retires sessions, so a ring can only move it back to waiting_.
+  parked->OnParked();
 }
 
 void Scheduler::Resume(int64_t session_id) {

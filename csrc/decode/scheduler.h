@@ -73,7 +73,8 @@ class Scheduler {
   // One round over `active_` (already holding the newly admitted sessions).
   void RunRound();
   void Retire(Session& session);
-  // Moves a session with nothing to run to parked_, unless news arrived meanwhile.
+  // Moves a session with nothing to run to parked_ and tells it so, unless news arrived
+  // meanwhile (then it goes back to the queue).
   void Park(std::shared_ptr<Session> session);
   // Doorbell: a parked session goes back to the front of the queue.
   void Resume(int64_t session_id);

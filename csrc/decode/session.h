@@ -71,6 +71,9 @@ class Session {
   virtual bool Advance(const float* logits, const TokenSampler& sampler) = 0;
   // Thread-safe: whether a parked session must come back to the rounds (new input, or a cancel).
   virtual bool HasNews() const { return cancel_requested(); }
+  // Scheduler thread, after a kIdle plan has parked the session (not if news arrived first):
+  // the moment to ask for input, so that whoever answers finds the session parked.
+  virtual void OnParked() {}
 
   // Thread-safe request to stop; honoured at the start of the next round, and wakes the session
   // if it is parked.
