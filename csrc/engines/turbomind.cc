@@ -233,14 +233,17 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
 }
 
 void TurboMindEngine::WaitAll(std::vector<Slot>& slots) {
+  using Clock = std::chrono::steady_clock;
   std::vector<uint64_t> seen(slots.size(), 0);
   std::vector<char> done(slots.size(), 0);
   size_t remaining = slots.size();
   while (remaining > 0) {
     bool signalled;
     {
+      const auto t0 = Clock::now();
       py::gil_scoped_release release;
       signalled = signals_->WaitForAll(seen, done);
+      profile_.wait_s += std::chrono::duration<double>(Clock::now() - t0).count();
     }
     if (!signalled) throw std::runtime_error("turbomind: no answer from the engine within the round timeout");
     for (size_t i = 0; i < slots.size(); ++i) {
@@ -290,6 +293,8 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
   std::vector<Slot> slots(inputs.size());
   signals_->Reset(inputs.size());
   MakeCallback(inputs.empty() ? 0 : inputs.size() - 1);
+  using Clock = std::chrono::steady_clock;
+  const auto t_start = Clock::now();
   size_t submitted = 0;
   try {
     for (size_t i = 0; i < inputs.size(); ++i) {
@@ -304,6 +309,8 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
     WaitAll(slots);
     throw;
   }
+  const auto t_submitted = Clock::now();
+  const double wait_before = profile_.wait_s;
   WaitAll(slots);
   std::string errors;
   for (size_t i = 0; i < slots.size(); ++i) {
@@ -316,6 +323,11 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
     live.cached = slots[i].prefill ? inputs[i].prompt_len : live.cached + 1;
     ReadLogits(slots[i], logits + i * static_cast<size_t>(options_.vocab_size));
   }
+  const double waited = profile_.wait_s - wait_before;
+  profile_.rounds += 1;
+  profile_.requests += static_cast<int64_t>(slots.size());
+  profile_.submit_s += std::chrono::duration<double>(t_submitted - t_start).count();
+  profile_.read_s += std::chrono::duration<double>(Clock::now() - t_submitted).count() - waited;
   if (!errors.empty()) throw std::runtime_error("turbomind: " + errors);
 }
 

@@ -68,6 +68,15 @@ class TurboMindEngine : public Engine {
 
   size_t live_sessions() const { return sessions_.size(); }
 
+  // Where rounds spend their time, summed since construction (seconds): building and
+  // submitting requests (GIL held), waiting for the engine's signals (GIL free), consuming
+  // states and reading logits (GIL held). For benchmarks/NOTES.md.
+  struct Profile {
+    int64_t rounds = 0, requests = 0;
+    double submit_s = 0, wait_s = 0, read_s = 0;
+  };
+  Profile profile() const { return profile_; }
+
   // Engine signals (one counter per request slot of the current round), bumped from the
   // engine's signalling thread.
   class Signals;
@@ -99,6 +108,7 @@ class TurboMindEngine : public Engine {
   std::vector<pybind11::object> callbacks_;  // one per slot, made once
   std::unordered_map<int64_t, Live> sessions_;
   std::vector<Ending> ending_;
+  Profile profile_;
 };
 
 }  // namespace cosyfast

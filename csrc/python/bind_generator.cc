@@ -133,11 +133,10 @@ void BindGenerator(py::module_& m) {
       .def_property_readonly("arrival_seconds", &Stream::arrivals,
                              "Seconds from the request's start to each token's arrival (for benchmarks).");
 
-  py::class_<Generator, std::shared_ptr<Generator>>(m, "Generator",
-                                                    "A loaded model over one engine; every request steps together.")
+  py::class_<PromptTables, std::shared_ptr<PromptTables>>(
+      m, "PromptTables", "Host tables for prompt assembly; one copy serves every replica of a model.")
       .def(py::init([](FloatArray text_embedding, FloatArray speech_embedding, FloatArray sos, FloatArray task_id,
-                       const py::dict& vocab, std::optional<FloatArray> decoder_bias, std::shared_ptr<Engine> engine,
-                       int max_batch, const std::string& table_dtype) {
+                       const std::string& table_dtype) {
              Table::Storage storage;
              if (table_dtype == "float32") {
                storage = Table::Storage::kFloat32;
@@ -151,15 +150,25 @@ void BindGenerator(py::module_& m) {
              tables->speech_embedding = MakeTable(speech_embedding, "speech_embedding", storage);
              tables->sos = MakeRow(sos);
              tables->task_id = MakeRow(task_id);
+             tables->Validate();
+             return tables;
+           }),
+           py::kw_only(), py::arg("text_embedding"), py::arg("speech_embedding"), py::arg("sos"), py::arg("task_id"),
+           py::arg("table_dtype") = "float32")
+      .def_property_readonly("hidden", &PromptTables::hidden);
+
+  py::class_<Generator, std::shared_ptr<Generator>>(m, "Generator",
+                                                    "A loaded model over one engine; every request steps together.")
+      .def(py::init([](std::shared_ptr<PromptTables> tables, const py::dict& vocab,
+                       std::optional<FloatArray> decoder_bias, std::shared_ptr<Engine> engine, int max_batch) {
              SchedulerOptions sched;
              sched.max_batch = max_batch;
-             return OwnedReleasingGil(new Generator(tables, MakeVocab(vocab),
+             return OwnedReleasingGil(new Generator(std::move(tables), MakeVocab(vocab),
                                                     decoder_bias ? MakeRow(*decoder_bias) : std::vector<float>(),
                                                     std::move(engine), sched));
            }),
-           py::kw_only(), py::arg("text_embedding"), py::arg("speech_embedding"), py::arg("sos"), py::arg("task_id"),
-           py::arg("vocab"), py::arg("decoder_bias"), py::arg("engine"), py::arg("max_batch") = 256,
-           py::arg("table_dtype") = "float32")
+           py::kw_only(), py::arg("tables"), py::arg("vocab"), py::arg("decoder_bias"), py::arg("engine"),
+           py::arg("max_batch") = 256)
       .def(
           "start",
           [](Generator& g, std::vector<int32_t> text_ids, std::vector<int32_t> prompt_text_ids,

@@ -31,7 +31,17 @@ void BindTurboMind(py::module_& m) {
            }),
            py::kw_only(), py::arg("tm_module"), py::arg("model_comm"), py::arg("gen_config"), py::arg("owner"),
            py::arg("hidden_size"), py::arg("vocab_size"), py::arg("max_session_len"))
-      .def_property_readonly("live_sessions", &TurboMindEngine::live_sessions);
+      .def_property_readonly("live_sessions", &TurboMindEngine::live_sessions)
+      .def_property_readonly("profile", [](const TurboMindEngine& e) {
+        const auto p = e.profile();
+        py::dict d;
+        d["rounds"] = p.rounds;
+        d["requests"] = p.requests;
+        d["submit_s"] = p.submit_s;
+        d["wait_s"] = p.wait_s;
+        d["read_s"] = p.read_s;
+        return d;
+      });
 }
 
 }  // namespace cosyfast::python

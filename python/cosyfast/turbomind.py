@@ -38,10 +38,13 @@ def make_turbomind_engine(
     cache_max_entry_count: float = 0.5,
     export_cache: Path | None = None,
     device: int = 0,
-    async_: int = 1,
+    async_: int = 0,
     enable_metrics: bool = False,
 ) -> tuple[_core.TurboMindEngine, Any]:
     """Exports the checkpoint (cached), starts TurboMind on it and wraps it for the C++ core.
+
+    async_=0 by default: with one request per token, TurboMind's asynchronous mode (its default)
+    adds an engine iteration to every request's latency (H100: 3.5 -> 2.1 ms/token at batch 1).
     Returns the core engine and lmdeploy's TurboMind object (for lmdeploy's own loop in benchmarks)."""
     check_lmdeploy()
     from lmdeploy import TurbomindEngineConfig

@@ -53,6 +53,19 @@ def plot(rows: list[dict], out: Path) -> None:
     fig.savefig(out, dpi=110)
 
 
+def round_breakdown(before: dict, after: dict) -> dict:
+    """Mean milliseconds per engine round spent submitting, waiting and reading (replica 0), and
+    rounds run, between two `Model.stats` snapshots."""
+    rounds = after["rounds"] - before["rounds"]
+    out: dict = {"rounds": rounds, "replicas": len(after.get("engine_profiles", [])) or 1}
+    if "engine_profiles" in after and after["engine_profiles"]:
+        a, b = after["engine_profiles"][0], before["engine_profiles"][0]
+        n = max(a["rounds"] - b["rounds"], 1)
+        for k in ("submit_s", "wait_s", "read_s"):
+            out[k.replace("_s", "_ms_per_round")] = round((a[k] - b[k]) / n * 1000, 3)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="cosyfast bench", description=__doc__)
     p.add_argument("--checkpoint", help="llm.pt or model dir (default: the full-size synthetic CV2 model)")
@@ -66,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hf-new-tokens", type=int, default=None, help="fewer tokens for the slow hf baseline")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per point; the median run is kept")
     p.add_argument("--max-batch", type=int, default=256)
+    p.add_argument("--replicas", type=int, default=None,
+                   help="engine instances (default: 4 per GPU on turbomind, 1 on cpu)")
+    p.add_argument("--devices", default=None, help="comma list of GPU ids the replicas are spread over")
+    p.add_argument("--label", default="cosyfast", help="path name for the cosyfast rows (e.g. cosyfast-r2)")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                    help="turbomind engine option, e.g. async_=0 (repeatable)")
     p.add_argument("--out", default="bench-out", help="directory for results.jsonl, results.md, results.png")
@@ -87,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     work = Workload(prompt_rows=args.prompt_rows, new_tokens=args.new_tokens)
     engine_options = {k: int(v) if v.lstrip("-").isdigit() else float(v)
                       for k, v in (o.split("=", 1) for o in args.engine_option)}
-    model = load(weights, engine=args.engine, max_batch=max(args.max_batch, max(sweep)), **engine_options)
+    devices = [int(d) for d in args.devices.split(",")] if args.devices else None
+    model = load(weights, engine=args.engine, max_batch=max(args.max_batch, max(sweep)), replicas=args.replicas,
+                 devices=devices, **engine_options)
     device = _device_name()
     print(f"bench: {weights.kind} {args.size} on {model.engine}, {device}; prompt {work.prompt_rows} rows, "
           f"{work.new_tokens} tokens per request; paths {paths}; sweep {sweep}", flush=True)
@@ -111,8 +130,10 @@ def main(argv: list[str] | None = None) -> int:
         run_cosyfast(model, warm, warm.requests(min(8, max(sweep)), weights.kind))  # untimed warm-up
         for c in sweep:
             reqs = work.requests(c, weights.kind)
+            before = model.stats
             wall, arr = median_run(lambda: run_cosyfast(model, work, reqs), args.repeats)
-            record(summarize("cosyfast", c, wall, arr, gpu_memory_used_mb()))
+            record(summarize(args.label, c, wall, arr, gpu_memory_used_mb(),
+                             **round_breakdown(before, model.stats)))
     if "turbomind-native" in paths:
         tm = getattr(model, "backend", None)
         if tm is None:
