@@ -339,6 +339,33 @@ def test_patch_reads_no_file_and_is_idempotent(model_dirs, monkeypatch):
         llm.close()
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_weights_from_state_dict_equal_the_files(model_dirs, kind):
+    """The module's state_dict gives the tables load_checkpoint reads from llm.pt; the cache key
+    follows the tensors, not a file."""
+    from cosyfast.checkpoint import load_checkpoint, weights_from_state_dict
+
+    module = build_standin(model_dirs[kind], kind, scale=1.0)
+    config = module.llm.model.config.to_dict()
+    got = weights_from_state_dict(module.state_dict(), config)
+    want = load_checkpoint(model_dirs[kind])
+    assert got.kind == want.kind == kind
+    assert got.vocab == want.vocab
+    assert {k: got.config[k] for k in want.config} == want.config
+    for name in ("text_embedding", "speech_embedding", "sos", "task_id", "decoder_weight", "norm"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name), err_msg=name)
+    assert (got.decoder_bias is None) == (want.decoder_bias is None)
+    for a, b in zip(got.layers, want.layers):
+        assert all(np.array_equal(a[k], b[k]) for k in b)
+    again = weights_from_state_dict({k: v.half() for k, v in module.state_dict().items()}, config)
+    assert again.source_hash != got.source_hash  # other values, other export
+    assert weights_from_state_dict(module.state_dict(), config).source_hash == got.source_hash
+    state = module.state_dict()
+    del state["speech_embedding.weight"]
+    with pytest.raises(cosyfast.CheckpointError, match="speech_embedding"):
+        weights_from_state_dict(state, config)
+
+
 def test_patch_refuses_what_it_cannot_run(standins):
     with pytest.raises(TypeError, match="llm"):
         patch(object(), engine="cpu")
@@ -397,6 +424,14 @@ def test_bad_input_is_refused_at_the_call(patched):
         next(llm.inference(ids([1]), torch.tensor([1]), ids([]), torch.tensor([0]), ids([6561]),
                            torch.tensor([1]), torch.zeros(0, 192)))
     assert llm.live_sessions == 0
+
+
+def test_empty_text_yields_nothing_as_upstream(patched):
+    llm = patched["cosyvoice2"].llm
+    assert list(llm.inference(ids([]), torch.tensor([0]), ids([40]), torch.tensor([1]), ids([5]), torch.tensor([1]),
+                              torch.zeros(0, 192))) == []
+    assert list(llm.inference(ids([1, 2]), torch.tensor([2]), ids([]), torch.tensor([0]), ids([]), torch.tensor([0]),
+                              torch.zeros(0, 192), max_token_text_ratio=0.4)) == []  # int(2 * 0.4) = 0
 
 
 def test_cv3_text_needs_endofprompt(patched):

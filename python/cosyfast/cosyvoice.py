@@ -148,13 +148,16 @@ class CosyVoiceLLM:
         Tensors as CosyVoice passes them: [1, T] ids with [1] lengths. `embedding` is ignored
         (upstream's Qwen2LM ignores it too); so is `sampling` (upstream's RAS path takes top_k
         from its sampler, not from this argument); `uuid` only names the request upstream.
-        Closing the generator ends the engine session before close() returns.
+        Closing the generator ends the engine session before close() returns. An empty text
+        yields nothing, as upstream (its max_len is 0).
         """
         text_ids = _row(text, "text", text_len)
         prompt_ids = _row(prompt_text, "prompt_text", prompt_text_len)
         speech = _row(prompt_speech_token, "prompt_speech_token", prompt_speech_token_len)
         options = self._options(min_token_text_ratio=min_token_text_ratio,
                                 max_token_text_ratio=max_token_text_ratio)
+        if int(len(text_ids) * max_token_text_ratio) < 1:
+            return iter(())  # upstream's max_len is 0: it yields nothing
         return self._tokens(lambda: self.model.stream(text_ids, prompt_ids, speech, **options))
 
     def inference_bistream(
