@@ -133,10 +133,11 @@ def test_logits_and_greedy_match_hf(setup):
     # Teacher-forced logits along the reference tokens, through a second raw engine.
     engine, _ = make_turbomind_engine(weights, max_batch=8, cache_max_entry_count=0.05)
     n = engine.vocab_size
-    got = [engine.forward([(1, rows.cpu().numpy().astype(np.float32), -1)])[0]]
+    sid = 1 << 50  # far from the model's own session ids
+    got = [engine.forward([(sid, rows.cpu().numpy().astype(np.float32), -1)])[0]]
     for t in ref[:31]:
-        got.append(engine.forward([(1, None, t)])[0])
-    engine.end_session(1)
+        got.append(engine.forward([(sid, None, t)])[0])
+    engine.end_session(sid)
     bias = weights.decoder_bias if weights.decoder_bias is not None else 0.0
     rows_n = weights.vocab["decoder_rows"]
     want = [w.cpu().numpy() for w in hf.teacher_forced(rows, ref[:31])]

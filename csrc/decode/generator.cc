@@ -1,9 +1,21 @@
 #include "decode/generator.h"
 
+#include <atomic>
 #include <stdexcept>
 #include <string>
 
 namespace cosyfast {
+namespace {
+
+// Session ids are unique in the whole process, not per generator: several TurboMind instances in
+// one process share state keyed by session id, and replicas numbering their sessions 1, 2, ...
+// each mixed up one another's KV caches (greedy tokens differed from solo runs).
+int64_t NextSessionId() {
+  static std::atomic<int64_t> next{1};
+  return next.fetch_add(1);
+}
+
+}  // namespace
 
 Generator::Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab vocab, std::vector<float> decoder_bias,
                      std::shared_ptr<Engine> engine, SchedulerOptions scheduler_options)
@@ -42,7 +54,7 @@ std::shared_ptr<Session> Generator::Start(const GenerationRequest& request, std:
     throw std::invalid_argument("max_len is " + std::to_string(options.length.MaxLen(text_len)) +
                                 " for a text of " + std::to_string(text_len) + " ids: nothing would be generated");
   }
-  auto session = std::make_shared<PromptSession>(next_id_.fetch_add(1), std::move(rows), prompt_len, text_len,
+  auto session = std::make_shared<PromptSession>(NextSessionId(), std::move(rows), prompt_len, text_len,
                                                  options, std::move(sink));
   scheduler_->Submit(session);
   return session;
@@ -71,7 +83,7 @@ std::shared_ptr<BistreamSession> Generator::StartBistream(const BistreamRequest&
                                   std::to_string(text_rows) + ")");
     }
   }
-  auto session = std::make_shared<BistreamSession>(next_id_.fetch_add(1), tables_, vocab, request.prompt_text_ids,
+  auto session = std::make_shared<BistreamSession>(NextSessionId(), tables_, vocab, request.prompt_text_ids,
                                                    request.prompt_speech_tokens, request.options, request.mix,
                                                    std::move(sink));
   scheduler_->Submit(session);

@@ -56,7 +56,6 @@ class Generator {
   std::shared_ptr<const TokenSampler> sampler_;
   std::shared_ptr<Engine> engine_;
   std::unique_ptr<Scheduler> scheduler_;
-  std::atomic<int64_t> next_id_{1};
 };
 
 }  // namespace cosyfast

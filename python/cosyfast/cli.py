@@ -59,6 +59,17 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_export_bundle(args: argparse.Namespace) -> int:
+    from .bundle import export_cpu_bundle
+
+    try:
+        out = export_cpu_bundle(args.checkpoint, args.out_dir, overwrite=args.overwrite)
+    except FileExistsError as e:
+        raise ValueError(str(e)) from None
+    print(f"wrote the CPU bundle {out} (run it with cosyfast-host {out} --text IDS)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cosyfast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -72,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--max-len", type=int, default=None, help="cap on tokens per request")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=run_demo)
+    export = sub.add_parser("export-bundle", help="write a CPU bundle for C++ hosts (include/cosyfast/c_api.h)")
+    export.add_argument("checkpoint", help="a CosyVoice2/3 llm.pt or model directory")
+    export.add_argument("out_dir", help="the bundle directory to create")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
+    export.set_defaults(func=run_export_bundle)
     sub.add_parser("bench", help="benchmark paths over a concurrency sweep (see `cosyfast bench --help`)",
                    add_help=False)
     argv = sys.argv[1:] if argv is None else argv

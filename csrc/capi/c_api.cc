@@ -1,0 +1,315 @@
+// The C API (include/cosyfast/c_api.h) over the core's Generator, TokenQueue and CPU engine.
+// Every exported function catches everything it can throw and turns it into the calling thread's
+// last error, so no exception crosses the C boundary.
+#include "cosyfast/c_api.h"
+
+#include <exception>
+#include <memory>
+#include <new>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "core/options.h"
+#include "decode/generator.h"
+#include "decode/token_queue.h"
+#include "engines/cpu_qwen2.h"
+#include "io/bundle.h"
+
+#ifndef COSYFAST_VERSION
+#define COSYFAST_VERSION "unknown"
+#endif
+
+struct CosyfastModel {
+  std::shared_ptr<cosyfast::Generator> generator;
+  std::string kind;
+};
+
+struct CosyfastRequest {
+  std::shared_ptr<cosyfast::Generator> generator;  // keeps the engine alive while the request is
+  std::shared_ptr<cosyfast::Session> session;
+  std::shared_ptr<cosyfast::TokenQueue> queue;
+  // A request dropped while running is cancelled; the scheduler frees it at its next round.
+  ~CosyfastRequest() {
+    if (session) session->RequestCancel();
+  }
+};
+
+namespace {
+
+using cosyfast::FinishReason;
+
+thread_local std::string last_error;
+
+void SetError(std::string message) { last_error = std::move(message); }
+void ClearError() { last_error.clear(); }
+
+// Runs `body` and returns its value; on an exception records the message and returns `failed`.
+template <typename T, typename F>
+T Guard(T failed, F&& body) noexcept {
+  try {
+    ClearError();
+    return body();
+  } catch (const std::bad_alloc&) {
+    SetError("out of memory");
+  } catch (const std::exception& e) {
+    SetError(e.what());
+  } catch (...) {
+    SetError("unknown error");
+  }
+  return failed;
+}
+
+struct Result : CosyfastResult {
+  std::vector<int32_t> token_storage;
+  std::string reason_storage;
+};
+
+void RequireArg(bool ok, const char* what) {
+  if (!ok) throw std::invalid_argument(what);
+}
+
+std::vector<int32_t> Ids(const int32_t* ids, int32_t count, const char* name) {
+  if (count < 0) throw std::invalid_argument(std::string(name) + ": the count is negative");
+  if (count > 0 && !ids) throw std::invalid_argument(std::string(name) + " is NULL but its count is " + std::to_string(count));
+  return std::vector<int32_t>(ids, ids + count);
+}
+
+cosyfast::RequestOptions ToCore(const CosyfastRequestOptions& o) {
+  cosyfast::RequestOptions r;
+  r.seed = o.seed;
+  r.sampling.top_p = o.top_p;
+  r.sampling.top_k = o.top_k;
+  r.sampling.ras = o.ras != 0;
+  r.sampling.win_size = o.win_size;
+  r.sampling.tau_r = o.tau_r;
+  r.sampling.exclude_repeated = o.exclude_repeated != 0;
+  r.length.min_token_text_ratio = o.min_token_text_ratio;
+  r.length.max_token_text_ratio = o.max_token_text_ratio;
+  r.length.max_len_override = o.max_len;
+  r.length.min_len_override = o.min_len;
+  return r;  // Generator::Start validates
+}
+
+CosyfastRequest* StartRequest(CosyfastModel* model, const CosyfastInput* input, const CosyfastRequestOptions* options) {
+  RequireArg(model != nullptr, "the model is NULL");
+  RequireArg(input != nullptr, "the input is NULL");
+  RequireArg(options != nullptr, "the options are NULL");
+  cosyfast::GenerationRequest request;
+  request.text_ids = Ids(input->text_ids, input->num_text_ids, "text_ids");
+  request.prompt_text_ids = Ids(input->prompt_text_ids, input->num_prompt_text_ids, "prompt_text_ids");
+  request.prompt_speech_tokens =
+      Ids(input->prompt_speech_tokens, input->num_prompt_speech_tokens, "prompt_speech_tokens");
+  request.options = ToCore(*options);
+  auto handle = std::make_unique<CosyfastRequest>();
+  handle->generator = model->generator;
+  handle->queue = std::make_shared<cosyfast::TokenQueue>();
+  handle->session = model->generator->Start(request, handle->queue);
+  return handle.release();
+}
+
+}  // namespace
+
+extern "C" {
+
+const char* cosyfast_version(void) { return COSYFAST_VERSION; }
+
+const char* cosyfast_last_error(void) { return last_error.c_str(); }
+
+CosyfastModelConfig cosyfast_model_config_default(void) {
+  CosyfastModelConfig c;
+  c.bundle_dir = nullptr;
+  c.max_batch = cosyfast::SchedulerOptions{}.max_batch;
+  c.max_session_len = 4096;
+  c.table_bfloat16 = 0;
+  return c;
+}
+
+CosyfastRequestOptions cosyfast_request_options_default(void) {
+  const cosyfast::RequestOptions d;
+  CosyfastRequestOptions o;
+  o.seed = d.seed;
+  o.top_p = d.sampling.top_p;
+  o.top_k = d.sampling.top_k;
+  o.ras = d.sampling.ras ? 1 : 0;
+  o.win_size = d.sampling.win_size;
+  o.tau_r = d.sampling.tau_r;
+  o.exclude_repeated = d.sampling.exclude_repeated ? 1 : 0;
+  o.min_token_text_ratio = d.length.min_token_text_ratio;
+  o.max_token_text_ratio = d.length.max_token_text_ratio;
+  o.max_len = d.length.max_len_override;
+  o.min_len = d.length.min_len_override;
+  return o;
+}
+
+CosyfastModel* cosyfast_model_create(const CosyfastModelConfig* config) {
+  return Guard<CosyfastModel*>(nullptr, [&] {
+    RequireArg(config != nullptr, "the model config is NULL");
+    RequireArg(config->bundle_dir != nullptr && config->bundle_dir[0] != '\0',
+               "the model config has no bundle_dir: pass the directory of an exported bundle");
+    RequireArg(config->max_session_len >= 1,
+               ("max_session_len must be >= 1, got " + std::to_string(config->max_session_len)).c_str());
+    cosyfast::SchedulerOptions sched;
+    sched.max_batch = config->max_batch;
+    sched.Validate();
+    const auto storage = config->table_bfloat16 ? cosyfast::Table::Storage::kBFloat16
+                                                : cosyfast::Table::Storage::kFloat32;
+    cosyfast::io::CpuBundle bundle =
+        cosyfast::io::LoadCpuBundle(config->bundle_dir, config->max_session_len, storage);
+    auto engine = std::make_shared<cosyfast::CpuQwen2Engine>(bundle.engine_config, std::move(bundle.engine_weights));
+    auto tables = std::make_shared<const cosyfast::PromptTables>(std::move(bundle.tables));
+    auto model = std::make_unique<CosyfastModel>();
+    model->kind = bundle.kind;
+    model->generator = std::make_shared<cosyfast::Generator>(std::move(tables), std::move(bundle.vocab),
+                                                             std::move(bundle.decoder_bias), std::move(engine), sched);
+    return model.release();
+  });
+}
+
+void cosyfast_model_destroy(CosyfastModel* model) {
+  Guard<int>(0, [&] {
+    delete model;  // the generator lives on while requests hold it
+    return 0;
+  });
+}
+
+const char* cosyfast_model_kind(const CosyfastModel* model) {
+  return Guard<const char*>("", [&] {
+    RequireArg(model != nullptr, "the model is NULL");
+    return model->kind.c_str();
+  });
+}
+
+int32_t cosyfast_model_hidden_size(const CosyfastModel* model) {
+  return Guard<int32_t>(-1, [&] {
+    RequireArg(model != nullptr, "the model is NULL");
+    return model->generator->engine().hidden_size();
+  });
+}
+
+int32_t cosyfast_model_vocab_size(const CosyfastModel* model) {
+  return Guard<int32_t>(-1, [&] {
+    RequireArg(model != nullptr, "the model is NULL");
+    return model->generator->engine().vocab_size();
+  });
+}
+
+int32_t cosyfast_model_max_session_len(const CosyfastModel* model) {
+  return Guard<int32_t>(-1, [&] {
+    RequireArg(model != nullptr, "the model is NULL");
+    return model->generator->engine().max_session_len();
+  });
+}
+
+int32_t cosyfast_model_live_sessions(const CosyfastModel* model) {
+  return Guard<int32_t>(-1, [&] {
+    RequireArg(model != nullptr, "the model is NULL");
+    return static_cast<int32_t>(model->generator->live_sessions());
+  });
+}
+
+CosyfastRequest* cosyfast_request_start(CosyfastModel* model, const CosyfastInput* input,
+                                        const CosyfastRequestOptions* options) {
+  return Guard<CosyfastRequest*>(nullptr, [&] { return StartRequest(model, input, options); });
+}
+
+int32_t cosyfast_request_next(CosyfastRequest* request, double timeout_s, int32_t* token) {
+  return Guard<int32_t>(COSYFAST_NEXT_ERROR, [&]() -> int32_t {
+    RequireArg(request != nullptr, "the request is NULL");
+    RequireArg(token != nullptr, "the token pointer is NULL");
+    std::optional<int32_t> t;
+    try {
+      t = request->queue->Next(timeout_s);
+    } catch (const std::runtime_error& e) {  // TokenQueue's timeout
+      SetError(e.what());
+      return COSYFAST_NEXT_TIMEOUT;
+    }
+    if (t) {
+      *token = *t;
+      return COSYFAST_NEXT_TOKEN;
+    }
+    if (request->queue->reason() == FinishReason::kError) {
+      SetError("generation failed: " + request->queue->error());
+      return COSYFAST_NEXT_ERROR;
+    }
+    return COSYFAST_NEXT_END;
+  });
+}
+
+void cosyfast_request_cancel(CosyfastRequest* request) {
+  Guard<int>(0, [&] {
+    RequireArg(request != nullptr, "the request is NULL");
+    request->session->RequestCancel();
+    return 0;
+  });
+}
+
+const char* cosyfast_request_finish_reason(const CosyfastRequest* request) {
+  return Guard<const char*>("", [&] {
+    RequireArg(request != nullptr, "the request is NULL");
+    return cosyfast::FinishReasonName(request->queue->reason());
+  });
+}
+
+int32_t cosyfast_request_min_len(const CosyfastRequest* request) {
+  return Guard<int32_t>(-1, [&] {
+    RequireArg(request != nullptr, "the request is NULL");
+    return request->session->min_len();
+  });
+}
+
+int32_t cosyfast_request_max_len(const CosyfastRequest* request) {
+  return Guard<int32_t>(-1, [&] {
+    RequireArg(request != nullptr, "the request is NULL");
+    return request->session->max_len();
+  });
+}
+
+int32_t cosyfast_request_prompt_len(const CosyfastRequest* request) {
+  return Guard<int32_t>(-1, [&] {
+    RequireArg(request != nullptr, "the request is NULL");
+    return request->session->prompt_len();
+  });
+}
+
+void cosyfast_request_destroy(CosyfastRequest* request) {
+  Guard<int>(0, [&] {
+    delete request;  // cancels it if still running
+    return 0;
+  });
+}
+
+const CosyfastResult* cosyfast_generate(CosyfastModel* model, const CosyfastInput* input,
+                                        const CosyfastRequestOptions* options, CosyfastTokenCallback callback,
+                                        void* user_data) {
+  return Guard<const CosyfastResult*>(nullptr, [&]() -> const CosyfastResult* {
+    std::unique_ptr<CosyfastRequest> request(StartRequest(model, input, options));
+    auto result = std::make_unique<Result>();
+    bool stopped = false;
+    // Tokens produced after the callback said stop (before the scheduler saw the cancel) are
+    // read and dropped, so the result ends exactly at the token the callback stopped on.
+    while (std::optional<int32_t> t = request->queue->Next(-1.0)) {
+      if (stopped) continue;
+      result->token_storage.push_back(*t);
+      if (callback && callback(*t, user_data) == 0) {
+        stopped = true;
+        request->session->RequestCancel();
+      }
+    }
+    const FinishReason reason = request->queue->reason();
+    if (reason == FinishReason::kError) throw std::runtime_error("generation failed: " + request->queue->error());
+    result->reason_storage = cosyfast::FinishReasonName(stopped ? FinishReason::kCancelled : reason);
+    result->tokens = result->token_storage.data();
+    result->num_tokens = static_cast<int32_t>(result->token_storage.size());
+    result->finish_reason = result->reason_storage.c_str();
+    return result.release();
+  });
+}
+
+void cosyfast_result_destroy(const CosyfastResult* result) {
+  delete static_cast<const Result*>(result);
+}
+
+}  // extern "C"
