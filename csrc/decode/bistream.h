@@ -21,7 +21,10 @@
 //        `out` and ends this piece's decoding without being emitted or fed back; lm_input keeps
 //        the rows of that last forward. Any other token is emitted and becomes lm_input.
 //   At most one 5-id group is taken per piece after the prompt speech: ids left over wait for
-//   the tail.
+//   later pieces, or the tail.
+//   Pieces come from the caller (PushText). When the session needs one and has none it sits
+//   out the rounds (parked, keeping its cache) and asks its sink once (OnNeedText): exactly when
+//   upstream would advance its iterator.
 //   End of text: lm_input += all of text_cache + [task_id]; prompt speech not yet interleaved is
 //     dropped; decode (no min_len) until a stop id, which ends the session and is not emitted.
 //   So after a fill, the tail feeds the rows of the fill's forward a second time: upstream does,
