@@ -10,6 +10,7 @@
 
 #include "core/options.h"
 #include "core/tables.h"
+#include "decode/bistream.h"
 #include "decode/scheduler.h"
 #include "decode/session.h"
 #include "engines/engine.h"
@@ -17,11 +18,20 @@
 
 namespace cosyfast {
 
+// CosyVoice's inference(): the whole text is known up front.
 struct GenerationRequest {
   std::vector<int32_t> text_ids;             // the text to speak, without the prompt text
   std::vector<int32_t> prompt_text_ids;      // the voice prompt's transcript (may be empty)
   std::vector<int32_t> prompt_speech_tokens; // the voice prompt's speech tokens (may be empty)
   RequestOptions options;
+};
+
+// CosyVoice's inference_bistream(): the text follows as pieces (BistreamSession::PushText).
+struct BistreamRequest {
+  std::vector<int32_t> prompt_text_ids;       // the voice prompt's transcript (may be empty)
+  std::vector<int32_t> prompt_speech_tokens;  // the voice prompt's speech tokens (may be empty)
+  RequestOptions options;                     // min_len does not apply; see decode/bistream.h
+  BistreamOptions mix;
 };
 
 class Generator {
@@ -31,8 +41,12 @@ class Generator {
 
   // Throws std::invalid_argument naming what is wrong with the request.
   std::shared_ptr<Session> Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink);
+  // The same for a bistream request; also throws std::invalid_argument when the engine cannot
+  // append rows to a live session.
+  std::shared_ptr<BistreamSession> StartBistream(const BistreamRequest& request, std::shared_ptr<TokenSink> sink);
 
   size_t live_sessions() const { return scheduler_->live_sessions(); }
+  size_t parked_sessions() const { return scheduler_->parked_sessions(); }
   SchedulerStats stats() const { return scheduler_->stats(); }
   const Engine& engine() const { return *engine_; }
   const SpeechVocab& vocab() const { return sampler_->vocab(); }

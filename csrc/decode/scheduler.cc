@@ -18,10 +18,23 @@ Scheduler::Scheduler(std::shared_ptr<Engine> engine, std::shared_ptr<const Token
     throw std::invalid_argument("the engine's logits rows (" + std::to_string(engine_->vocab_size()) +
                                 ") differ from the sampler's (" + std::to_string(sampler_->engine_vocab()) + ")");
   }
+  doorbell_ = std::make_shared<Doorbell>(this);
   thread_ = std::thread([this] { Loop(); });
 }
 
+void Doorbell::Ring(int64_t session_id) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (scheduler_ != nullptr) scheduler_->Resume(session_id);
+}
+
+void Doorbell::Disconnect() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  scheduler_ = nullptr;
+}
+
 Scheduler::~Scheduler() {
+  // First, so that no ring reaches this scheduler once it starts going away.
+  doorbell_->Disconnect();
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;
@@ -31,6 +44,7 @@ Scheduler::~Scheduler() {
 }
 
 void Scheduler::Submit(std::shared_ptr<Session> session) {
+  session->AttachDoorbell(doorbell_);
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) throw std::runtime_error("the scheduler is shutting down");
@@ -45,6 +59,11 @@ size_t Scheduler::live_sessions() const {
   return live_;
 }
 
+size_t Scheduler::parked_sessions() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return parked_.size();
+}
+
 SchedulerStats Scheduler::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
   return stats_;
@@ -52,22 +71,23 @@ SchedulerStats Scheduler::stats() const {
 
 void Scheduler::Loop() {
   for (;;) {
+    bool stopping;
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [this] { return stopping_ || !waiting_.empty() || !active_.empty(); });
-      if (stopping_) {
+      // Read once, under the same lock that collects the queues: a stop that lands later is
+      // seen on the next pass, so no queued or parked session is left behind.
+      stopping = stopping_;
+      if (stopping) {
         for (auto& s : waiting_) active_.push_back(std::move(s));
         waiting_.clear();
+        for (auto& [id, s] : parked_) active_.push_back(std::move(s));
+        parked_.clear();
       }
       while (!waiting_.empty() && static_cast<int>(active_.size()) < options_.max_batch) {
         active_.push_back(std::move(waiting_.front()));
         waiting_.pop_front();
       }
-    }
-    bool stopping;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      stopping = stopping_;
     }
     if (stopping) {
       for (auto& s : active_) {
@@ -82,46 +102,58 @@ void Scheduler::Loop() {
 }
 
 void Scheduler::RunRound() {
-  // Cancelled sessions leave before the round, so no engine work is spent on them.
-  std::erase_if(active_, [this](const std::shared_ptr<Session>& s) {
-    if (!s->cancel_requested()) return false;
-    s->Finish(FinishReason::kCancelled);
-    Retire(*s);
-    return true;
-  });
-  if (active_.empty()) return;
-
+  // Every session plans its input: cancelled ones leave before any engine work is spent on
+  // them, idle ones are parked, and the rest make up the round.
   inputs_.clear();
-  for (const auto& s : active_) {
+  batch_.clear();
+  for (auto& s : active_) {
+    if (s->cancel_requested()) {
+      s->Finish(FinishReason::kCancelled);
+      Retire(*s);
+      continue;
+    }
     EngineInput in;
     in.session_id = s->id();
-    if (s->state() == Session::State::kWaiting) {
-      in.prompt_rows = s->prompt_rows();
-      in.prompt_len = s->prompt_len();
-    } else {
-      in.token = s->last_token();
+    Session::Plan plan;
+    try {
+      plan = s->PlanRound(in, engine_->max_session_len());
+    } catch (const std::exception& e) {
+      s->Finish(FinishReason::kError, e.what());
+      plan = Session::Plan::kDone;
     }
-    inputs_.push_back(in);
+    switch (plan) {
+      case Session::Plan::kForward:
+        inputs_.push_back(in);
+        batch_.push_back(std::move(s));
+        break;
+      case Session::Plan::kIdle:
+        Park(std::move(s));
+        break;
+      case Session::Plan::kDone:
+        Retire(*s);
+        break;
+    }
   }
+  active_.clear();
+  if (batch_.empty()) return;
+
   const size_t vocab = static_cast<size_t>(engine_->vocab_size());
   logits_.resize(inputs_.size() * vocab);
   try {
     engine_->Forward(inputs_, logits_.data());
   } catch (const std::exception& e) {
     // An engine failure fails this round's sessions, not the scheduler.
-    for (auto& s : active_) {
+    for (auto& s : batch_) {
       s->Finish(FinishReason::kError, e.what());
       Retire(*s);
     }
-    active_.clear();
+    batch_.clear();
     return;
   }
 
   int64_t sampled = 0;
-  std::vector<std::shared_ptr<Session>> still_active;
-  still_active.reserve(active_.size());
-  for (size_t i = 0; i < active_.size(); ++i) {
-    Session& s = *active_[i];
+  for (size_t i = 0; i < batch_.size(); ++i) {
+    Session& s = *batch_[i];
     bool goes_on = false;
     try {
       goes_on = s.Advance(logits_.data() + i * vocab, *sampler_);
@@ -130,15 +162,45 @@ void Scheduler::RunRound() {
       s.Finish(FinishReason::kError, e.what());
     }
     if (goes_on) {
-      still_active.push_back(std::move(active_[i]));
+      active_.push_back(std::move(batch_[i]));
     } else {
       Retire(s);
     }
   }
-  active_.swap(still_active);
+  batch_.clear();
   std::lock_guard<std::mutex> lock(mutex_);
   ++stats_.rounds;
   stats_.tokens += sampled;
+}
+
+void Scheduler::Park(std::shared_ptr<Session> session) {
+  Session* parked = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    // News that arrived after the session planned found it not yet parked, so its ring did
+    // nothing: checking again under the lock that rings take closes that gap.
+    if (session->HasNews()) {
+      waiting_.push_front(std::move(session));
+      return;
+    }
+    parked = session.get();
+    parked_.emplace(parked->id(), std::move(session));
+  }
+  // Outside the lock: the sink may wake a consumer that rings at once. The session stays alive:
+  // only this thread retires sessions, so a ring can only move it back to waiting_.
+  parked->OnParked();
+}
+
+void Scheduler::Resume(int64_t session_id) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = parked_.find(session_id);
+    if (it == parked_.end()) return;
+    // To the front: it already holds an engine cache, so it goes before sessions yet to start.
+    waiting_.push_front(std::move(it->second));
+    parked_.erase(it);
+  }
+  wake_.notify_one();
 }
 
 void Scheduler::Retire(Session& session) {

@@ -1,6 +1,8 @@
 // The round scheduler: one thread that steps every live session together. Each round it admits
-// waiting sessions (prefill), drops cancelled ones, runs one engine Forward over all of them,
-// samples every row and retires the finished. Sessions join and leave between rounds.
+// waiting sessions (prefill), drops cancelled ones, asks every session for its input, runs one
+// engine Forward over all of them, samples every row and retires the finished. Sessions join and
+// leave between rounds. A session with nothing to run (a bistream session waiting for text) is
+// parked: it keeps its engine cache but sits out the rounds until its doorbell rings.
 #pragma once
 
 #include <condition_variable>
@@ -29,6 +31,25 @@ struct SchedulerStats {
   int64_t sessions_finished = 0;
 };
 
+class Scheduler;
+
+// How a session reaches its scheduler from another thread (new text, a cancel) to be taken back
+// from the parked set. Shared by the scheduler and its sessions, so that a session that
+// outlives its scheduler (a Python stream kept after Model.close()) rings nothing instead of a
+// freed object.
+class Doorbell {
+ public:
+  explicit Doorbell(Scheduler* scheduler) : scheduler_(scheduler) {}
+  // Wakes the session if it is parked; otherwise does nothing (it is in the rounds already).
+  void Ring(int64_t session_id);
+  // The scheduler is going away: later rings do nothing.
+  void Disconnect();
+
+ private:
+  std::mutex mutex_;  // taken before the scheduler's own mutex, never after it
+  Scheduler* scheduler_;
+};
+
 class Scheduler {
  public:
   Scheduler(std::shared_ptr<Engine> engine, std::shared_ptr<const TokenSampler> sampler, SchedulerOptions options);
@@ -38,16 +59,25 @@ class Scheduler {
 
   // Thread-safe. The session waits until a round has room for it.
   void Submit(std::shared_ptr<Session> session);
-  // Sessions submitted and not yet finished (waiting or decoding).
+  // Sessions submitted and not yet finished (waiting, decoding or parked).
   size_t live_sessions() const;
+  // Of those, the parked ones.
+  size_t parked_sessions() const;
   SchedulerStats stats() const;
   const Engine& engine() const { return *engine_; }
 
  private:
+  friend class Doorbell;
+
   void Loop();
   // One round over `active_` (already holding the newly admitted sessions).
   void RunRound();
   void Retire(Session& session);
+  // Moves a session with nothing to run to parked_ and tells it so, unless news arrived
+  // meanwhile (then it goes back to the queue).
+  void Park(std::shared_ptr<Session> session);
+  // Doorbell: a parked session goes back to the front of the queue.
+  void Resume(int64_t session_id);
 
   std::shared_ptr<Engine> engine_;
   std::shared_ptr<const TokenSampler> sampler_;
@@ -56,12 +86,16 @@ class Scheduler {
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::shared_ptr<Session>> waiting_;  // guarded by mutex_
+  std::unordered_map<int64_t, std::shared_ptr<Session>> parked_;  // guarded by mutex_
   bool stopping_ = false;                          // guarded by mutex_
   size_t live_ = 0;                                // guarded by mutex_
   SchedulerStats stats_;                           // guarded by mutex_
 
+  std::shared_ptr<Doorbell> doorbell_;
+
   // Scheduler thread only.
   std::vector<std::shared_ptr<Session>> active_;
+  std::vector<std::shared_ptr<Session>> batch_;  // the sessions of this round's inputs_
   std::vector<EngineInput> inputs_;
   std::vector<float> logits_;
   std::thread thread_;

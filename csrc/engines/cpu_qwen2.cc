@@ -330,9 +330,10 @@ class CpuQwen2Engine::SessionCache {
 struct CpuQwen2Engine::RoundPlan {
   struct Segment {
     int64_t session_id = 0;
-    bool prefill = false;
+    bool prefill = false;   // creates the session
+    bool has_rows = false;  // its input is rows (a prefill or an append), not a token
     int first_row = 0;   // first row of this input in the round's activations
-    int rows = 0;        // prompt_len for a prefill, 1 for a step
+    int rows = 0;        // prompt_len for a prefill or an append, 1 for a step
     int start = 0;       // position of the first row in the session
     SessionCache* cache = nullptr;  // set by Forward once the session exists
   };
@@ -400,7 +401,10 @@ CpuQwen2Engine::CpuQwen2Engine(const CpuQwen2Config& config, CpuQwen2Weights wei
 
 CpuQwen2Engine::~CpuQwen2Engine() = default;
 
-void CpuQwen2Engine::EndSession(int64_t session_id) { sessions_.erase(session_id); }
+void CpuQwen2Engine::EndSession(int64_t session_id) {
+  sessions_.erase(session_id);
+  live_count_.store(sessions_.size());
+}
 
 void CpuQwen2Engine::Forward(std::span<const EngineInput> inputs, float* logits) {
   if (inputs.empty()) return;
@@ -425,9 +429,11 @@ void CpuQwen2Engine::Forward(std::span<const EngineInput> inputs, float* logits)
     RunRound(plan, inputs, logits);
   } catch (...) {
     for (int64_t id : created) sessions_.erase(id);
+    live_count_.store(sessions_.size());
     throw;
   }
   for (const RoundPlan::Segment& seg : plan.segments) seg.cache->Commit(seg.start + seg.rows);
+  live_count_.store(sessions_.size());
 }
 
 CpuQwen2Engine::RoundPlan CpuQwen2Engine::PlanRound(std::span<const EngineInput> inputs) const {
@@ -443,7 +449,23 @@ CpuQwen2Engine::RoundPlan CpuQwen2Engine::PlanRound(std::span<const EngineInput>
     RoundPlan::Segment seg;
     seg.session_id = in.session_id;
     seg.first_row = plan.total_rows;
-    if (in.prompt_rows != nullptr) {
+    if (in.prompt_rows != nullptr && in.append) {
+      Require(in.prompt_len >= 1,
+              who + ": an append needs at least one row, got prompt_len " +
+                  std::to_string(in.prompt_len));
+      if (live == sessions_.end()) {
+        throw std::runtime_error(who + " is not live; an append needs a prefill first");
+      }
+      const int length = live->second->length();
+      if (length + in.prompt_len > max_len) {
+        throw std::runtime_error(who + " cannot take " + std::to_string(in.prompt_len) +
+                                 " more rows: it holds " + std::to_string(length) +
+                                 " positions and max_session_len is " + std::to_string(max_len));
+      }
+      seg.has_rows = true;
+      seg.rows = in.prompt_len;
+      seg.start = length;
+    } else if (in.prompt_rows != nullptr) {
       Require(in.prompt_len >= 1,
               who + ": a prefill needs at least one prompt row, got prompt_len " +
                   std::to_string(in.prompt_len));
@@ -455,6 +477,7 @@ CpuQwen2Engine::RoundPlan CpuQwen2Engine::PlanRound(std::span<const EngineInput>
                                  " rows, more than max_session_len " + std::to_string(max_len));
       }
       seg.prefill = true;
+      seg.has_rows = true;
       seg.rows = in.prompt_len;
       seg.start = 0;
     } else {
@@ -489,11 +512,12 @@ void CpuQwen2Engine::RunRound(const RoundPlan& plan, std::span<const EngineInput
   const size_t row_bytes = sizeof(float) * hidden;
   Workspace ws(config_, plan.total_rows, plan.longest_context);
 
-  // Input rows: a prefill's assembled prompt replaces the embedding; a step looks its token up.
+  // Input rows: a prefill's or an append's rows replace the embedding; a step looks its token
+  // up.
   for (size_t i = 0; i < plan.segments.size(); ++i) {
     const RoundPlan::Segment& seg = plan.segments[i];
     float* dst = ws.x.data() + static_cast<size_t>(seg.first_row) * hidden;
-    if (seg.prefill) {
+    if (seg.has_rows) {
       std::memcpy(dst, inputs[i].prompt_rows, row_bytes * seg.rows);
     } else {
       std::memcpy(dst, weights_.embed_tokens.data() + static_cast<size_t>(inputs[i].token) * hidden,

@@ -13,6 +13,7 @@
 // called from any thread. Forward parallelises internally with OpenMP when it is available.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -87,15 +88,18 @@ class CpuQwen2Engine : public Engine {
   // Runs all inputs of a round in one pass over the weights and writes inputs.size() rows of
   // vocab_size() floats. Every input is checked before any state changes, so a rejected round
   // leaves the engine as it was:
-  //   std::runtime_error (a session's state): a step for a session that is not live, a prefill
-  //     of a live session, a sequence that would exceed max_session_len;
+  //   std::runtime_error (a session's state): a step or an append for a session that is not
+  //     live, a prefill of a live session, a sequence that would exceed max_session_len;
   //   std::invalid_argument (a malformed input): a session twice in one round, a token outside
-  //     [0, vocab_size), a prefill with prompt_len < 1, a null logits buffer.
-  // A failure while computing (std::bad_alloc) rolls the round back too.
+  //     [0, vocab_size), a prefill or append with prompt_len < 1, a null logits buffer.
+  // A failure while computing (std::bad_alloc) rolls the round back too. An append computes
+  // its rows exactly as the same rows would be computed at the end of a longer prefill.
   void Forward(std::span<const EngineInput> inputs, float* logits) override;
 
   void EndSession(int64_t session_id) override;
-  size_t live_sessions() const { return sessions_.size(); }
+  // Read from any thread (a counter, not the session table).
+  size_t live_sessions() const override { return live_count_.load(); }
+  bool supports_append() const override { return true; }
 
  private:
   class SessionCache;
@@ -115,6 +119,8 @@ class CpuQwen2Engine : public Engine {
   // cos and sin of every (position, frequency) pair: [max_session_len, head_dim / 2] each.
   std::vector<float> rope_cos_, rope_sin_;
   std::unordered_map<int64_t, std::unique_ptr<SessionCache>> sessions_;
+  // sessions_.size(), kept apart so that other threads can read it while a round runs.
+  std::atomic<size_t> live_count_{0};
 };
 
 }  // namespace cosyfast

@@ -3,20 +3,28 @@
 // ignores lm_head biases). Engines: cpu_qwen2 (reference, float32) and turbomind (GPU).
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <span>
 #include <string>
 
 namespace cosyfast {
 
-// One unit of work in a round. Either a prefill (prompt_rows != nullptr: prompt_len rows of
-// hidden floats, the assembled prompt; the session is new) or one step (feed `token` to a live
-// session; the engine looks up its own embedding of it).
+// One unit of work in a round, one of three kinds:
+//   prefill: prompt_rows != nullptr, append false: prompt_len rows of hidden floats (the
+//            assembled prompt) start a new session;
+//   append:  prompt_rows != nullptr, append true: prompt_len rows continue a live session after
+//            its cached positions (bistream: text that arrives while the session decodes). Only
+//            sent to engines whose supports_append() is true;
+//   step:    prompt_rows == nullptr: feed `token` to a live session (the engine looks up its
+//            own embedding of it).
+// Either way the engine returns the logits of the input's last position.
 struct EngineInput {
   int64_t session_id = 0;
   const float* prompt_rows = nullptr;
   int prompt_len = 0;
   int token = -1;
+  bool append = false;
 };
 
 class Engine {
@@ -38,6 +46,14 @@ class Engine {
 
   // Frees a session's cache. Safe to call for an unknown id.
   virtual void EndSession(int64_t session_id) = 0;
+
+  // Sessions whose cache the engine holds: what a leak check reads once every request has
+  // ended. Exact only while no round runs.
+  virtual size_t live_sessions() const = 0;
+
+  // Whether Forward takes `append` inputs. Bistream sessions need it, so a generator refuses
+  // them on an engine without it rather than failing mid-request.
+  virtual bool supports_append() const { return false; }
 };
 
 }  // namespace cosyfast

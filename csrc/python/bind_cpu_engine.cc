@@ -236,7 +236,7 @@ std::shared_ptr<CpuQwen2Engine> MakeCpuEngine(const py::dict& config, const Floa
 }
 
 // ---------------------------------------------------------------------------------------------
-// Engine.forward: [(session_id, prompt_rows | None, token)] -> logits [len(inputs), vocab]
+// Engine.forward: [(session_id, prompt_rows | None, token[, append])] -> logits [len(inputs), vocab]
 
 py::array_t<float> EngineForward(Engine& engine, const py::sequence& inputs) {
   const int hidden = engine.hidden_size();
@@ -246,9 +246,9 @@ py::array_t<float> EngineForward(Engine& engine, const py::sequence& inputs) {
   for (size_t i = 0; i < inputs.size(); ++i) {
     const std::string where = "inputs[" + std::to_string(i) + "]";
     const py::object item = inputs[i];
-    if (!py::isinstance<py::sequence>(item) || py::len(item) != 3) {
-      throw std::invalid_argument(where +
-                                  " must be a tuple (session_id, prompt_rows or None, token)");
+    if (!py::isinstance<py::sequence>(item) || (py::len(item) != 3 && py::len(item) != 4)) {
+      throw std::invalid_argument(
+          where + " must be a tuple (session_id, prompt_rows or None, token[, append])");
     }
     const py::sequence fields = py::reinterpret_borrow<py::sequence>(item);
     EngineInput in;
@@ -263,6 +263,7 @@ py::array_t<float> EngineForward(Engine& engine, const py::sequence& inputs) {
       }
       in.prompt_rows = a.data();
       in.prompt_len = static_cast<int>(a.shape(0));
+      in.append = py::len(fields) == 4 && py::cast<bool>(fields[3]);
       prompts.push_back(std::move(a));
     } else {
       if (token.is_none()) throw std::invalid_argument(where + " is a step and needs a token");
@@ -292,12 +293,17 @@ void BindCpuEngine(py::module_& m) {
                              "Width of one logits row (the speech vocabulary, maybe padded).")
       .def_property_readonly("max_session_len", &Engine::max_session_len,
                              "Longest sequence (prompt + generated) a session may reach.")
+      .def_property_readonly("live_sessions", &Engine::live_sessions,
+                             "Sessions whose cache the engine holds (exact when no round runs).")
+      .def_property_readonly("supports_append", &Engine::supports_append,
+                             "Whether forward takes appends (rows for a live session): bistream needs it.")
       .def("forward", &EngineForward, py::arg("inputs"),
-           "Runs one round. inputs: a list of (session_id, prompt_rows, token). A prefill passes "
-           "prompt_rows, a float array [n, hidden_size] that starts a new session (token is "
-           "ignored and may be None); a step passes None and the token to feed to a live "
-           "session. Returns float32 logits [len(inputs), vocab_size]: for a prefill those of the "
-           "last prompt position, for a step those of the next token. Releases the GIL.")
+           "Runs one round. inputs: a list of (session_id, prompt_rows, token[, append]). A prefill "
+           "passes prompt_rows, a float array [n, hidden_size] that starts a new session (token is "
+           "ignored and may be None); with append=True the rows continue a live session instead "
+           "(engines with supports_append); a step passes None and the token to feed to a live "
+           "session. Returns float32 logits [len(inputs), vocab_size]: for rows those of the last "
+           "row's position, for a step those of the next token. Releases the GIL.")
       .def(
           "end_session",
           [](Engine& engine, int64_t session_id) {

@@ -43,22 +43,15 @@ SpeechVocab MakeVocab(const py::dict& d) {
 // One request in flight. Dropping it (the consumer stopped iterating) cancels the session.
 class Stream {
  public:
-  Stream(std::shared_ptr<Session> session, std::shared_ptr<TokenQueue> queue)
-      : session_(std::move(session)), queue_(std::move(queue)) {}
+  Stream(std::shared_ptr<Session> session, std::shared_ptr<TokenQueue> queue,
+         std::shared_ptr<BistreamSession> bistream = nullptr)
+      : session_(std::move(session)), queue_(std::move(queue)), bistream_(std::move(bistream)) {}
   ~Stream() { session_->RequestCancel(); }
 
   // Next token, or nullopt at the end (raising if the session failed).
-  std::optional<int32_t> Next(double timeout_s) {
-    std::optional<int32_t> t;
-    {
-      py::gil_scoped_release release;
-      t = queue_->Next(timeout_s);
-    }
-    if (!t && queue_->reason() == FinishReason::kError) {
-      throw std::runtime_error("generation failed: " + queue_->error());
-    }
-    return t;
-  }
+  std::optional<int32_t> Next(double timeout_s) { return Checked(Wait(&TokenQueue::Next, timeout_s)); }
+  // Next token, kNeedText, or nullopt at the end (raising if the session failed).
+  std::optional<int32_t> NextEvent(double timeout_s) { return Checked(Wait(&TokenQueue::NextEvent, timeout_s)); }
 
   std::vector<int32_t> Drain() {
     std::vector<int32_t> out;
@@ -66,8 +59,16 @@ class Stream {
     return out;
   }
 
+  void PushText(std::vector<int32_t> ids) { Bistream().PushText(std::move(ids)); }
+  void EndText() { Bistream().EndText(); }
+
   void Cancel() { session_->RequestCancel(); }
+  bool WaitFinished(double timeout_s) {
+    py::gil_scoped_release release;
+    return queue_->WaitFinished(timeout_s);
+  }
   bool finished() const { return queue_->finished(); }
+  bool is_bistream() const { return bistream_ != nullptr; }
   std::string reason() const { return FinishReasonName(queue_->reason()); }
   int min_len() const { return session_->min_len(); }
   int max_len() const { return session_->max_len(); }
@@ -75,8 +76,28 @@ class Stream {
   std::vector<double> arrivals() const { return queue_->arrival_seconds(); }
 
  private:
+  using Reader = std::optional<int32_t> (TokenQueue::*)(double);
+
+  std::optional<int32_t> Wait(Reader read, double timeout_s) {
+    py::gil_scoped_release release;
+    return ((*queue_).*read)(timeout_s);
+  }
+
+  std::optional<int32_t> Checked(std::optional<int32_t> t) const {
+    if (!t && queue_->reason() == FinishReason::kError) {
+      throw std::runtime_error("generation failed: " + queue_->error());
+    }
+    return t;
+  }
+
+  BistreamSession& Bistream() {
+    if (!bistream_) throw std::logic_error("this stream was started with the whole text; only a bistream takes text");
+    return *bistream_;
+  }
+
   std::shared_ptr<Session> session_;
   std::shared_ptr<TokenQueue> queue_;
+  std::shared_ptr<BistreamSession> bistream_;
 };
 
 }  // namespace
@@ -93,7 +114,17 @@ void BindGenerator(py::module_& m) {
       .def("next", &Stream::Next, py::arg("timeout") = -1.0,
            "The next token, or None at the end; a timeout >= 0 raises RuntimeError when it passes.")
       .def("drain", &Stream::Drain, "Every remaining token, waiting for the end.")
+      .def("next_event", &Stream::NextEvent, py::arg("timeout") = -1.0,
+           "A bistream's next event: a token id, Stream.NEED_TEXT when the session waits for the next "
+           "piece of text (answer with push_text or end_text), or None at the end.")
+      .def("push_text", &Stream::PushText, py::arg("ids"),
+           "Bistream: one piece of text (one item of CosyVoice's text iterator), as text ids.")
+      .def("end_text", &Stream::EndText, "Bistream: no more text; the session decodes the tail.")
       .def("cancel", &Stream::Cancel, "Stop the session at the next round; tokens already queued stay readable.")
+      .def("wait", &Stream::WaitFinished, py::arg("timeout") = -1.0,
+           "Waits until the session has ended and its engine cache is freed; False if the timeout passed first.")
+      .def_readonly_static("NEED_TEXT", &TokenQueue::kNeedText)
+      .def_property_readonly("is_bistream", &Stream::is_bistream)
       .def_property_readonly("finished", &Stream::finished)
       .def_property_readonly("finish_reason", &Stream::reason)
       .def_property_readonly("min_len", &Stream::min_len)
@@ -153,7 +184,29 @@ void BindGenerator(py::module_& m) {
             return std::make_shared<Stream>(std::move(session), std::move(queue));
           },
           py::arg("text_ids"), py::arg("prompt_text_ids"), py::arg("prompt_speech_tokens"), py::arg("options"))
+      .def(
+          "start_bistream",
+          [](Generator& g, std::vector<int32_t> prompt_text_ids, std::vector<int32_t> prompt_speech_tokens,
+             const RequestOptions& options, int text_group, int speech_group) {
+            BistreamRequest request{std::move(prompt_text_ids), std::move(prompt_speech_tokens), options,
+                                    BistreamOptions{text_group, speech_group}};
+            auto queue = std::make_shared<TokenQueue>();
+            std::shared_ptr<BistreamSession> session;
+            {
+              py::gil_scoped_release release;
+              session = g.StartBistream(request, queue);
+            }
+            return std::make_shared<Stream>(session, std::move(queue), session);
+          },
+          py::arg("prompt_text_ids"), py::arg("prompt_speech_tokens"), py::arg("options"), py::arg("text_group") = 5,
+          py::arg("speech_group") = 15,
+          "Starts a bistream request (CosyVoice's inference_bistream); feed it text with push_text.")
       .def_property_readonly("live_sessions", &Generator::live_sessions)
+      .def_property_readonly("parked_sessions", &Generator::parked_sessions,
+                             "Live bistream sessions that wait for text.")
+      .def_property_readonly("engine_live_sessions", [](const Generator& g) { return g.engine().live_sessions(); },
+                             "Sessions whose cache the engine holds (exact when no round runs).")
+      .def_property_readonly("supports_bistream", [](const Generator& g) { return g.engine().supports_append(); })
       .def_property_readonly("engine_name", [](const Generator& g) { return g.engine().name(); })
       .def_property_readonly("max_session_len", [](const Generator& g) { return g.engine().max_session_len(); })
       .def_property_readonly("stats", [](const Generator& g) {

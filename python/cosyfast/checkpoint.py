@@ -43,6 +43,7 @@ __all__ = [
     "ENDOFPROMPT_ID",
     "expected_shapes",
     "load_checkpoint",
+    "weights_from_state_dict",
     "file_sha256",
 ]
 
@@ -218,6 +219,57 @@ def load_checkpoint(path: str | os.PathLike[str],
                       sos=sos, task_id=task, decoder_weight=dec_w, decoder_bias=dec_b,
                       layers=layers, norm=norm, vocab=vocab, source_hash=file_sha256(ckpt),
                       source_path=ckpt.resolve())
+
+
+def weights_from_state_dict(state: Mapping[str, Any], config: Mapping[str, Any],
+                            source: str = "state_dict") -> LlmWeights:
+    """`LlmWeights` from weights already in memory: a loaded Qwen2LM / CosyVoice3LM's
+    `state_dict()` and its Qwen2 config (`module.llm.model.config.to_dict()`), so that a running
+    CosyVoice need not read `llm.pt` a second time.
+
+    Checked exactly as `load_checkpoint` checks a file; `source` names the weights in errors.
+    Tensors may live on any device in any float dtype; float32 CPU tensors are shared, not
+    copied. `source_hash` (the export cache key) is a sha256 of every loaded tensor's name,
+    shape and float32 bytes, so the same weights give the same key whatever file they came from.
+    """
+    if not isinstance(config, Mapping):
+        raise TypeError(f"config must be a mapping (a Qwen2 config dict), got {type(config).__name__}")
+    label = Path(source)
+    state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
+    lay = _detect_layout(state, label)
+    cfg = _normalize_config(config, f"{source} config", state)
+    expected = expected_shapes(lay.kind, cfg)
+    _validate(state, expected, lay, cfg, f"{source} config", label)
+
+    digest = hashlib.sha256()
+
+    def take(key: str) -> np.ndarray:
+        arr = _to_f32(state[key], key, label)
+        digest.update(f"{key}:{list(arr.shape)};".encode())
+        digest.update(memoryview(arr.reshape(-1)).cast("B"))
+        return arr
+
+    tables = {key: take(key) for key in expected}
+    emb = tables.get("llm_embedding.weight")
+    speech = tables["speech_embedding.weight"]
+    sos, task = (emb[0], emb[1]) if emb is not None else (speech[_CV3_SOS], speech[_CV3_TASK])
+    vocab = {
+        "name": lay.kind,
+        "speech_token_size": SPEECH_TOKEN_SIZE,
+        "decoder_rows": lay.speech_rows,
+        "eos": lay.eos,
+        "stop_ids": list(lay.stop_ids),
+        "fill_token": lay.fill_token,
+        "required_text_id": lay.required_text_id,
+    }
+    return LlmWeights(
+        kind=lay.kind, config=cfg, text_embedding=tables[QWEN + "embed_tokens.weight"],
+        speech_embedding=speech, sos=sos.copy(), task_id=task.copy(),
+        decoder_weight=tables["llm_decoder.weight"], decoder_bias=tables.get("llm_decoder.bias"),
+        layers=[{name: tables[f"{QWEN}layers.{i}.{name}"] for name in LAYER_KEYS}
+                for i in range(cfg["num_hidden_layers"])],
+        norm=tables[QWEN + "norm.weight"], vocab=vocab, source_hash=digest.hexdigest(),
+        source_path=label)
 
 
 def file_sha256(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:

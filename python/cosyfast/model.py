@@ -181,6 +181,33 @@ class Model:
         """Every speech token of one request (see `stream` for the arguments)."""
         return self.stream(text_ids, prompt_text_ids, prompt_speech_tokens, **options).drain()
 
+    def bistream(
+        self,
+        prompt_text_ids: Any = (),
+        prompt_speech_tokens: Any = (),
+        *,
+        mix_ratio: tuple[int, int] = (5, 15),
+        **options: Any,
+    ) -> _core.Stream:
+        """Starts a request whose text follows in pieces (CosyVoice's inference_bistream).
+
+        Read it with `next_event()`: a token id, `Stream.NEED_TEXT` when the session waits for the
+        next piece (answer with `push_text(ids)`, or `end_text()` when there is none), or None at
+        the end. The rules (5:15 interleave, fill token, tail) are in csrc/decode/bistream.h;
+        `cosyfast.cosyvoice.CosyVoiceLLM.inference_bistream` drives a text iterator this way.
+        Options as in `stream`; min_len does not apply. Needs an engine with append support
+        (the CPU engine).
+        """
+        text_group, speech_group = mix_ratio
+        gen = min(self._live(), key=lambda g: g.live_sessions)
+        return gen.start_bistream(
+            _ids(prompt_text_ids, "prompt_text_ids"),
+            _ids(prompt_speech_tokens, "prompt_speech_tokens"),
+            request_options(**options),
+            text_group=text_group,
+            speech_group=speech_group,
+        )
+
     @property
     def replicas(self) -> int:
         return len(self._live())
@@ -189,6 +216,17 @@ class Model:
     def live_sessions(self) -> int:
         """Requests started and not yet finished (waiting or decoding), all replicas together."""
         return sum(g.live_sessions for g in self._live())
+
+    @property
+    def parked_sessions(self) -> int:
+        """Live bistream requests waiting for their next piece of text, all replicas together."""
+        return sum(g.parked_sessions for g in self._live())
+
+    @property
+    def engine_live_sessions(self) -> int:
+        """Sessions whose KV cache an engine holds, all replicas together: 0 once every request
+        has ended (a leak check; exact while no round runs)."""
+        return sum(g.engine_live_sessions for g in self._live())
 
     @property
     def stats(self) -> dict[str, Any]:
