@@ -167,6 +167,43 @@ def test_logits_and_greedy_match_hf(setup):
             f"{ours[:same_prefix + 2]} vs {ref[:same_prefix + 2]}")
 
 
+def test_append_equals_one_prefill(setup):
+    """Bistream appends rows to a live session: prefill + append must give the logits of one
+    prefill over all the rows (to bf16 accuracy), and the session must go on from there."""
+    kind, _, weights, hf, _ = setup
+    rows = hf.prompt(*request(kind, seed=5)).cpu().numpy().astype(np.float32)
+    engine, _ = make_turbomind_engine(weights, max_batch=8, cache_max_entry_count=0.05)
+    assert engine.supports_append
+    whole = engine.forward([(1 << 52, rows, -1)])[0]
+    engine.forward([(1 << 52 | 1, rows[:100], -1)])
+    split = engine.forward([(1 << 52 | 1, rows[100:], -1, True)])[0]
+    after = [engine.forward([(sid, None, 5)])[0] for sid in (1 << 52, 1 << 52 | 1)]
+    for sid in (1 << 52, 1 << 52 | 1):
+        engine.end_session(sid)
+    err = float(np.linalg.norm(split - whole) / np.linalg.norm(whole))
+    err_after = float(np.linalg.norm(after[1] - after[0]) / np.linalg.norm(after[0]))
+    report(test="append", kind=kind, rel_err=err, rel_err_next_step=err_after)
+    assert err < 5e-2 and err_after < 5e-2
+
+
+def test_bistream_runs_on_turbomind(setup):
+    kind, _, _, _, model = setup
+    if kind != "cosyvoice2":
+        pytest.skip("bistream is CosyVoice2's")
+    text, ptext, pspeech = request(kind, seed=9)
+    stream = model.bistream(ptext, pspeech, seed=3)
+    pieces = [text[i:i + 7] for i in range(0, len(text), 7)]
+    tokens = []
+    while (event := stream.next_event()) is not None:
+        if event == stream.NEED_TEXT:
+            stream.push_text(pieces.pop(0)) if pieces else stream.end_text()
+        else:
+            tokens.append(event)
+    report(test="bistream", kind=kind, tokens=len(tokens), reason=stream.finish_reason)
+    assert tokens and not pieces and stream.finish_reason in ("stop_token", "max_len")
+    assert model.live_sessions == 0
+
+
 def test_ras_sampling_valid_and_stops(setup):
     kind, _, weights, _, model = setup
     text, ptext, pspeech = request(kind, seed=3)

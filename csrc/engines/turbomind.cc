@@ -181,10 +181,19 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
   int step = 0;
   Live* live = nullptr;
   if (input.prompt_rows) {
-    if (sessions_.count(id)) throw std::invalid_argument("turbomind: session " + std::to_string(id) + " already exists");
+    // A prefill opens a session; an append (bistream text) continues one after its cache.
+    if (input.append) {
+      auto it = sessions_.find(id);
+      if (it == sessions_.end()) throw std::invalid_argument("turbomind: unknown session " + std::to_string(id));
+      live = &it->second;
+      step = live->cached;
+    } else if (sessions_.count(id)) {
+      throw std::invalid_argument("turbomind: session " + std::to_string(id) + " already exists");
+    }
     const int n = input.prompt_len;
-    if (n < 1 || n >= options_.max_session_len) {
-      throw std::invalid_argument("turbomind: a prompt of " + std::to_string(n) + " rows does not fit session_len " +
+    if (n < 1 || step + n >= options_.max_session_len) {
+      throw std::invalid_argument("turbomind: " + std::to_string(n) + " rows after " + std::to_string(step) +
+                                  " cached positions do not fit session_len " +
                                   std::to_string(options_.max_session_len));
     }
     const size_t h = static_cast<size_t>(options_.hidden_size);
@@ -199,8 +208,7 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
     tensors.attr("__setitem__")("input_embeddings",
                                 from_dlpack(HostTensorOf(rows, {n, static_cast<int64_t>(h)}, dlpack::kBfloat)));
     tensors.attr("__setitem__")("input_embedding_ranges", from_dlpack(HostTensorOf(ranges, {1, 2}, dlpack::kInt)));
-    live = &sessions_.emplace(id, Live{model_comm_.attr("create_request")()}).first->second;
-    step = 0;
+    if (!input.append) live = &sessions_.emplace(id, Live{model_comm_.attr("create_request")()}).first->second;
   } else {
     auto it = sessions_.find(id);
     if (it == sessions_.end()) throw std::invalid_argument("turbomind: unknown session " + std::to_string(id));
@@ -223,8 +231,9 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
     tensors = live->step_tensors;
     step = live->cached;
   }
+  const bool start = input.prompt_rows != nullptr && !input.append;
   py::object session = tm_.attr("SessionParam")(py::arg("id") = id, py::arg("step") = step,
-                                                 py::arg("start") = input.prompt_rows != nullptr, py::arg("end") = false);
+                                                 py::arg("start") = start, py::arg("end") = false);
   // forward(tensors, mm_inputs, session, gen_cfg, stream_output, enable_metrics, signal callback)
   py::tuple result = live->request.attr("forward")(tensors, py::none(), session, gen_config_, false, false,
                                                    callbacks_[index]);
@@ -300,7 +309,7 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
     for (size_t i = 0; i < inputs.size(); ++i) {
       Slot& slot = slots[i];
       slot.session_id = inputs[i].session_id;
-      slot.prefill = inputs[i].prompt_rows != nullptr;
+      slot.prefill = inputs[i].prompt_rows != nullptr && !inputs[i].append;
       Submit(inputs[i], slot, i);
       ++submitted;
     }
@@ -320,7 +329,8 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
                 std::to_string(slots[i].status) + "); ";
       continue;
     }
-    live.cached = slots[i].prefill ? inputs[i].prompt_len : live.cached + 1;
+    const EngineInput& in = inputs[i];
+    live.cached = slots[i].prefill ? in.prompt_len : in.append ? live.cached + in.prompt_len : live.cached + 1;
     ReadLogits(slots[i], logits + i * static_cast<size_t>(options_.vocab_size));
   }
   const double waited = profile_.wait_s - wait_before;

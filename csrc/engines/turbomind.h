@@ -66,7 +66,8 @@ class TurboMindEngine : public Engine {
   void Forward(std::span<const EngineInput> inputs, float* logits) override;
   void EndSession(int64_t session_id) override;
 
-  size_t live_sessions() const { return sessions_.size(); }
+  size_t live_sessions() const override { return sessions_.size(); }
+  bool supports_append() const override { return true; }
 
   // Where rounds spend their time, summed since construction (seconds): building and
   // submitting requests (GIL held), waiting for the engine's signals (GIL free), consuming

@@ -195,8 +195,8 @@ class Model:
         next piece (answer with `push_text(ids)`, or `end_text()` when there is none), or None at
         the end. The rules (5:15 interleave, fill token, tail) are in csrc/decode/bistream.h;
         `cosyfast.cosyvoice.CosyVoiceLLM.inference_bistream` drives a text iterator this way.
-        Options as in `stream`; min_len does not apply. Needs an engine with append support
-        (the CPU engine).
+        Options as in `stream`; min_len does not apply. Both engines support it (appends
+        continue the session's cache).
         """
         text_group, speech_group = mix_ratio
         gen = min(self._live(), key=lambda g: g.live_sessions)
