@@ -27,3 +27,9 @@ def tiny_cv2_dir(synthetic_models_dir: Path) -> Path:
 def tiny_cv3_dir(synthetic_models_dir: Path) -> Path:
     return write_model_dir(synthetic_models_dir / "cv3-tiny", kind="cosyvoice3", size="tiny",
                            seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tiny_cv2_dir: Path, tiny_cv3_dir: Path) -> dict[str, Path]:
+    """The tiny model directories by kind name."""
+    return {"cosyvoice2": tiny_cv2_dir, "cosyvoice3": tiny_cv3_dir}

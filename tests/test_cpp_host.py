@@ -81,19 +81,9 @@ def host_tokens(bundle: Path, kind: str, options: dict, *extra: str) -> tuple[li
     return tokens, summary[1]
 
 
-def _model_dir(request, tmp_path_factory, kind: str) -> Path:
-    name = {"cosyvoice2": "tiny_cv2_dir", "cosyvoice3": "tiny_cv3_dir"}[kind]
-    try:
-        return Path(request.getfixturevalue(name))
-    except pytest.FixtureLookupError:  # conftest without the shared fixtures: build our own
-        from cosyfast.synthetic import write_model_dir
-
-        return Path(write_model_dir(tmp_path_factory.mktemp(kind), kind=kind, size="tiny", seed=0))
-
-
 @pytest.fixture(scope="module")
-def model_dirs(request, tmp_path_factory):
-    return {kind: _model_dir(request, tmp_path_factory, kind) for kind in KINDS}
+def model_dirs(tiny_dirs):
+    return {kind: tiny_dirs[kind] for kind in KINDS}
 
 
 @pytest.fixture(scope="module")

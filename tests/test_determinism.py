@@ -18,24 +18,14 @@ PROMPT_TEXT = [40, 1079, 1661]
 PROMPT_SPEECH = [12, 500, 6560, 0, 4000, 4000]
 
 
-def _model_dir(request, tmp_path_factory, kind):
-    name = {"cosyvoice2": "tiny_cv2_dir", "cosyvoice3": "tiny_cv3_dir"}[kind]
-    try:
-        return str(request.getfixturevalue(name))
-    except pytest.FixtureLookupError:  # conftest without the shared fixtures: build our own
-        from cosyfast.synthetic import write_model_dir
-
-        return str(write_model_dir(tmp_path_factory.mktemp(kind), kind=kind, size="tiny", seed=0))
-
-
 @pytest.fixture(scope="module", params=KINDS)
 def kind(request):
     return request.param
 
 
 @pytest.fixture(scope="module")
-def model(request, tmp_path_factory, kind):
-    m = cosyfast.load(_model_dir(request, tmp_path_factory, kind), engine="cpu", max_session_len=SESSION_LIMIT)
+def model(tiny_dirs, kind):
+    m = cosyfast.load(tiny_dirs[kind], engine="cpu", max_session_len=SESSION_LIMIT)
     yield m
     m.close()
 
@@ -192,8 +182,8 @@ def test_dropping_a_stream_ends_its_session(model, kind):
     assert _wait_idle(model) == 0
 
 
-def test_close_and_context_manager(request, tmp_path_factory):
-    with cosyfast.load(_model_dir(request, tmp_path_factory, "cosyvoice2"), engine="cpu") as m:
+def test_close_and_context_manager(tiny_dirs):
+    with cosyfast.load(tiny_dirs["cosyvoice2"], engine="cpu") as m:
         assert len(m.generate([1, 2], seed=0, min_len=5, max_len=5)) == 5
     with pytest.raises(RuntimeError, match="closed"):
         m.generate([1, 2], seed=0, max_len=5)

@@ -45,16 +45,6 @@ def _key(kind, variant):
     return kind if variant == "tiny" else (kind, variant)
 
 
-def _model_dir(request, tmp_path_factory, kind):
-    name = {"cosyvoice2": "tiny_cv2_dir", "cosyvoice3": "tiny_cv3_dir"}[kind]
-    try:
-        return str(request.getfixturevalue(name))
-    except pytest.FixtureLookupError:  # conftest without the shared fixtures: build our own
-        from cosyfast.synthetic import write_model_dir
-
-        return str(write_model_dir(tmp_path_factory.mktemp(kind), kind=kind, size="tiny", seed=0))
-
-
 def _sensitive_copy(src, dst, scale=SENSITIVE_SCALE):
     """The tiny model with its layer projections scaled up, so attention (token order, prompt
     text, prompt speech) moves the greedy choice. The plain tiny model's embeddings dominate its
@@ -71,10 +61,10 @@ def _sensitive_copy(src, dst, scale=SENSITIVE_SCALE):
 
 
 @pytest.fixture(scope="module")
-def model_dirs(request, tmp_path_factory):
+def model_dirs(tiny_dirs, tmp_path_factory):
     dirs = {}
     for kind in KINDS:
-        dirs[kind] = _model_dir(request, tmp_path_factory, kind)
+        dirs[kind] = tiny_dirs[kind]
         dirs[kind, "sensitive"] = _sensitive_copy(dirs[kind], str(tmp_path_factory.mktemp(kind + "-sensitive")))
     return dirs
 

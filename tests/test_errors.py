@@ -13,19 +13,9 @@ EOP = 151646
 GOOD_TEXT = {"cosyvoice2": [1, 2, 3], "cosyvoice3": [EOP, 2, 3]}
 
 
-def _model_dir(request, tmp_path_factory, kind):
-    name = {"cosyvoice2": "tiny_cv2_dir", "cosyvoice3": "tiny_cv3_dir"}[kind]
-    try:
-        return str(request.getfixturevalue(name))
-    except pytest.FixtureLookupError:  # conftest without the shared fixtures: build our own
-        from cosyfast.synthetic import write_model_dir
-
-        return str(write_model_dir(tmp_path_factory.mktemp(kind), kind=kind, size="tiny", seed=0))
-
-
 @pytest.fixture(scope="module")
-def dirs(request, tmp_path_factory):
-    return {kind: _model_dir(request, tmp_path_factory, kind) for kind in KINDS}
+def dirs(tiny_dirs):
+    return {kind: tiny_dirs[kind] for kind in KINDS}
 
 
 @pytest.fixture(scope="module")

@@ -206,7 +206,16 @@ def load_checkpoint(path: str | os.PathLike[str],
     sos, task = (emb[0], emb[1]) if emb is not None else (speech[_CV3_SOS], speech[_CV3_TASK])
     sos, task = sos.copy(), task.copy()  # own rows, not views that pin a whole table
 
-    vocab = {
+    vocab = _vocab(lay)
+    return LlmWeights(kind=lay.kind, config=cfg, text_embedding=text, speech_embedding=speech,
+                      sos=sos, task_id=task, decoder_weight=dec_w, decoder_bias=dec_b,
+                      layers=layers, norm=norm, vocab=vocab, source_hash=file_sha256(ckpt),
+                      source_path=ckpt.resolve())
+
+
+def _vocab(lay: Any) -> dict[str, Any]:
+    """The speech-vocabulary facts of a layout, as the C++ core takes them."""
+    return {
         "name": lay.kind,
         "speech_token_size": SPEECH_TOKEN_SIZE,
         "decoder_rows": lay.speech_rows,
@@ -215,10 +224,6 @@ def load_checkpoint(path: str | os.PathLike[str],
         "fill_token": lay.fill_token,
         "required_text_id": lay.required_text_id,
     }
-    return LlmWeights(kind=lay.kind, config=cfg, text_embedding=text, speech_embedding=speech,
-                      sos=sos, task_id=task, decoder_weight=dec_w, decoder_bias=dec_b,
-                      layers=layers, norm=norm, vocab=vocab, source_hash=file_sha256(ckpt),
-                      source_path=ckpt.resolve())
 
 
 def weights_from_state_dict(state: Mapping[str, Any], config: Mapping[str, Any],
@@ -253,15 +258,7 @@ def weights_from_state_dict(state: Mapping[str, Any], config: Mapping[str, Any],
     emb = tables.get("llm_embedding.weight")
     speech = tables["speech_embedding.weight"]
     sos, task = (emb[0], emb[1]) if emb is not None else (speech[_CV3_SOS], speech[_CV3_TASK])
-    vocab = {
-        "name": lay.kind,
-        "speech_token_size": SPEECH_TOKEN_SIZE,
-        "decoder_rows": lay.speech_rows,
-        "eos": lay.eos,
-        "stop_ids": list(lay.stop_ids),
-        "fill_token": lay.fill_token,
-        "required_text_id": lay.required_text_id,
-    }
+    vocab = _vocab(lay)
     return LlmWeights(
         kind=lay.kind, config=cfg, text_embedding=tables[QWEN + "embed_tokens.weight"],
         speech_embedding=speech, sos=sos.copy(), task_id=task.copy(),

@@ -263,33 +263,15 @@ class Model:
         return f"Model(kind={self.kind!r}, engine={self.engine!r}, replicas={n})"
 
 
-def load(
-    path: str | os.PathLike[str] | LlmWeights,
-    engine: str = "auto",
-    *,
-    max_batch: int = 256,
-    max_session_len: int = 4096,
-    table_dtype: str = "float32",
-    replicas: int | None = None,
-    devices: Sequence[int] | None = None,
-    **engine_options: Any,
-) -> Model:
+def load(path: str | os.PathLike[str] | LlmWeights, engine: str = "auto", **options: Any) -> Model:
     """Loads a CosyVoice2/3 `llm.pt` (or a model directory holding one) onto an engine.
 
     engine: "cpu" (reference float32 forward), "turbomind" (lmdeploy 0.14 on an NVIDIA GPU) or
-    "auto" (turbomind where a GPU and lmdeploy 0.14 are present, else cpu).
-    replicas: engine instances, each with its own scheduler thread; requests go to the least
-    loaded (default: 4 per GPU on turbomind, 1 on cpu). devices (turbomind): GPU ids the replicas are spread over, round robin.
-    Other keyword options go to the turbomind engine (cache_max_entry_count, async_, ...).
+    "auto" (turbomind where a GPU and lmdeploy 0.14 are present, else cpu). Options as `Model`:
+    max_batch, max_session_len, table_dtype ("float32" or "bfloat16" prompt tables), replicas
+    (engine instances, each with its own scheduler thread; default 4 per GPU on turbomind, 1 on
+    cpu), devices (GPU ids the turbomind replicas are spread over); any other keyword goes to the
+    turbomind engine (cache_max_entry_count, async_, ...).
     """
     weights = path if isinstance(path, LlmWeights) else load_checkpoint(Path(path))
-    return Model(
-        weights,
-        engine,
-        max_batch=max_batch,
-        max_session_len=max_session_len,
-        table_dtype=table_dtype,
-        replicas=replicas,
-        devices=devices,
-        **engine_options,
-    )
+    return Model(weights, engine, **options)
