@@ -17,7 +17,7 @@ import torch
 import cosyfast
 from cosyfast import _core
 
-from test_cosyvoice_adapter import (EOP, GREEDY, KINDS, CosyVoice2Model, CosyVoice3Model, build_standin,
+from test_cosyvoice_adapter import (EOP, GREEDY, CosyVoice2Model, CosyVoice3Model, build_standin,
                                     ids)
 from cosyfast.cosyvoice import patch
 

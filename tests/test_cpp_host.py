@@ -82,19 +82,14 @@ def host_tokens(bundle: Path, kind: str, options: dict, *extra: str) -> tuple[li
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tiny_dirs):
-    return {kind: tiny_dirs[kind] for kind in KINDS}
-
-
-@pytest.fixture(scope="module")
-def bundles(model_dirs, tmp_path_factory):
+def bundles(tiny_dirs, tmp_path_factory):
     root = tmp_path_factory.mktemp("bundles")
-    return {kind: export_cpu_bundle(load_checkpoint(d), root / kind) for kind, d in model_dirs.items()}
+    return {kind: export_cpu_bundle(load_checkpoint(d), root / kind) for kind, d in tiny_dirs.items()}
 
 
 @pytest.fixture(scope="module")
-def models(model_dirs):
-    loaded = {kind: cosyfast.load(d, engine="cpu") for kind, d in model_dirs.items()}
+def models(tiny_dirs):
+    loaded = {kind: cosyfast.load(d, engine="cpu") for kind, d in tiny_dirs.items()}
     yield loaded
     for m in loaded.values():
         m.close()
@@ -140,9 +135,9 @@ def test_seed_and_options_change_the_host_output(bundles, kind):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_bfloat16_tables_match_python(bundles, model_dirs, kind):
+def test_bfloat16_tables_match_python(bundles, tiny_dirs, kind):
     options = OPTIONS["ras_seed7"]
-    with cosyfast.load(model_dirs[kind], engine="cpu", table_dtype="bfloat16") as model:
+    with cosyfast.load(tiny_dirs[kind], engine="cpu", table_dtype="bfloat16") as model:
         expected, _ = python_tokens(model, kind, options)
     tokens, _ = host_tokens(bundles[kind], kind, options, "--table-dtype", "bfloat16")
     assert tokens == expected
@@ -162,12 +157,12 @@ def test_stop_after_stops_early(bundles, kind, mode):
 
 # --- the bundle format -------------------------------------------------------------------------
 
-def test_bundle_is_standard_safetensors(bundles, model_dirs):
+def test_bundle_is_standard_safetensors(bundles, tiny_dirs):
     """Any safetensors reader loads the weights, and they are the checkpoint's, bit for bit."""
     from safetensors.numpy import load_file
 
     for kind in KINDS:
-        w = load_checkpoint(model_dirs[kind])
+        w = load_checkpoint(tiny_dirs[kind])
         tensors = load_file(str(bundles[kind] / "weights.safetensors"))
         np.testing.assert_array_equal(tensors["text_embedding"], w.text_embedding)
         np.testing.assert_array_equal(tensors["decoder_weight"], w.decoder_weight)
@@ -179,8 +174,8 @@ def test_bundle_is_standard_safetensors(bundles, model_dirs):
         assert config["vocab"] == {k: w.vocab[k] for k in config["vocab"]}
 
 
-def test_export_is_atomic_and_refuses_to_clobber(model_dirs, tmp_path):
-    w = load_checkpoint(model_dirs["cosyvoice2"])
+def test_export_is_atomic_and_refuses_to_clobber(tiny_dirs, tmp_path):
+    w = load_checkpoint(tiny_dirs["cosyvoice2"])
     out = export_cpu_bundle(w, tmp_path / "b")
     with pytest.raises(FileExistsError, match="overwrite"):
         export_cpu_bundle(w, out)
@@ -190,14 +185,14 @@ def test_export_is_atomic_and_refuses_to_clobber(model_dirs, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["config.json", "weights.safetensors"]
 
 
-def test_cli_export_bundle(model_dirs, tmp_path, capsys):
+def test_cli_export_bundle(tiny_dirs, tmp_path, capsys):
     out = tmp_path / "cli-bundle"
-    assert cli.main(["export-bundle", str(model_dirs["cosyvoice3"]), str(out)]) == 0
+    assert cli.main(["export-bundle", str(tiny_dirs["cosyvoice3"]), str(out)]) == 0
     assert "cosyfast-host" in capsys.readouterr().out
     proc = run_host(out, "--text", f"{EOP},5,6", "--top-k", "1", "--no-ras", "--max-len", "3", "--info", check=True)
     assert len(proc.stdout.split()) == 3
     assert "cosyvoice3" in proc.stderr
-    assert cli.main(["export-bundle", str(model_dirs["cosyvoice3"]), str(out)]) == 2  # exists
+    assert cli.main(["export-bundle", str(tiny_dirs["cosyvoice3"]), str(out)]) == 2  # exists
 
 
 # --- failures ----------------------------------------------------------------------------------
@@ -276,11 +271,11 @@ def test_mismatched_config(bundles, tmp_path, edit, pattern):
     _expect_failure(b, pattern)
 
 
-def test_wrong_dtype_and_missing_tensor(bundles, model_dirs, tmp_path):
+def test_wrong_dtype_and_missing_tensor(bundles, tiny_dirs, tmp_path):
     b = tmp_path / "b"
     b.mkdir()
     shutil.copy(bundles["cosyvoice3"] / "config.json", b / "config.json")
-    w = load_checkpoint(model_dirs["cosyvoice3"])
+    w = load_checkpoint(tiny_dirs["cosyvoice3"])
     from cosyfast.bundle import _tensors
 
     tensors = dict(_tensors(w))

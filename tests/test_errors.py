@@ -14,13 +14,8 @@ GOOD_TEXT = {"cosyvoice2": [1, 2, 3], "cosyvoice3": [EOP, 2, 3]}
 
 
 @pytest.fixture(scope="module")
-def dirs(tiny_dirs):
-    return {kind: tiny_dirs[kind] for kind in KINDS}
-
-
-@pytest.fixture(scope="module")
-def models(dirs):
-    ms = {kind: cosyfast.load(path, engine="cpu") for kind, path in dirs.items()}
+def models(tiny_dirs):
+    ms = {kind: cosyfast.load(path, engine="cpu") for kind, path in tiny_dirs.items()}
     yield ms
     for m in ms.values():
         m.close()
@@ -103,9 +98,9 @@ def test_cosyvoice3_needs_endofprompt(models):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_prompt_longer_than_the_session_limit(dirs, kind):
+def test_prompt_longer_than_the_session_limit(tiny_dirs, kind):
     limit = 32
-    with cosyfast.load(dirs[kind], engine="cpu", max_session_len=limit) as m:
+    with cosyfast.load(tiny_dirs[kind], engine="cpu", max_session_len=limit) as m:
         # sos + 40 text ids + task_id = 42 rows > 32
         with pytest.raises(ValueError, match=r"(?i)session limit|max_session_len|too long|longer"):
             m.generate([EOP] + [5] * 39)
@@ -172,9 +167,9 @@ def test_bad_sample_many_arguments():
         cosyfast._core.sample_many("ras", np.zeros((2, 3), np.float32), [], o, 0, 10)
 
 
-def test_unknown_engine(dirs):
+def test_unknown_engine(tiny_dirs):
     with pytest.raises(ValueError, match="engine"):
-        cosyfast.load(dirs["cosyvoice2"], engine="tensorrt")
+        cosyfast.load(tiny_dirs["cosyvoice2"], engine="tensorrt")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,8 +224,8 @@ def _reshape(key, rows):
         ("cosyvoice2", _reshape("speech_embedding.weight", 6000), r"speech_embedding"),
     ],
 )
-def test_broken_checkpoint(dirs, tmp_path, kind, edit, pattern):
-    path = _broken_copy(dirs[kind], str(tmp_path / "model"), edit)
+def test_broken_checkpoint(tiny_dirs, tmp_path, kind, edit, pattern):
+    path = _broken_copy(tiny_dirs[kind], str(tmp_path / "model"), edit)
     with pytest.raises(CheckpointError, match=pattern):
         cosyfast.load(path, engine="cpu")
     # also through the llm.pt path
@@ -268,11 +263,11 @@ def test_missing_paths(tmp_path):
         cosyfast.load(str(tmp_path / "emptydir"), engine="cpu")
 
 
-def test_config_that_does_not_match_the_weights(dirs, tmp_path):
+def test_config_that_does_not_match_the_weights(tiny_dirs, tmp_path):
     import json
 
     dst = tmp_path / "model"
-    shutil.copytree(dirs["cosyvoice2"], dst)
+    shutil.copytree(tiny_dirs["cosyvoice2"], dst)
     cfg_path = dst / "CosyVoice-BlankEN" / "config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["hidden_size"] = 128
@@ -281,13 +276,13 @@ def test_config_that_does_not_match_the_weights(dirs, tmp_path):
         cosyfast.load(str(dst), engine="cpu")
 
 
-def test_nan_weights(dirs, tmp_path):
+def test_nan_weights(tiny_dirs, tmp_path):
     def edit(state):
         t = state["llm_decoder.weight"].clone()
         t[5, 3] = float("nan")
         state["llm_decoder.weight"] = t
         return state
 
-    path = _broken_copy(dirs["cosyvoice2"], str(tmp_path / "model"), edit)
+    path = _broken_copy(tiny_dirs["cosyvoice2"], str(tmp_path / "model"), edit)
     with pytest.raises(CheckpointError, match=r"(?i)nan|finite"):
         cosyfast.load(path, engine="cpu")

@@ -163,15 +163,20 @@ TurboMindEngine::~TurboMindEngine() {
   owner_ = py::object();
 }
 
-py::object TurboMindEngine::MakeCallback(size_t slot) {
-  while (callbacks_.size() <= slot) {
+void TurboMindEngine::EnsureCallbacks(size_t count) {
+  while (callbacks_.size() < count) {
     const size_t i = callbacks_.size();
     std::weak_ptr<Signals> weak = signals_;
     callbacks_.push_back(py::cpp_function([weak, i]() {
       if (auto s = weak.lock()) s->Bump(i);
     }));
   }
-  return callbacks_[slot];
+}
+
+TurboMindEngine::Live& TurboMindEngine::Find(int64_t id) {
+  auto it = sessions_.find(id);
+  if (it == sessions_.end()) throw std::invalid_argument("turbomind: unknown session " + std::to_string(id));
+  return it->second;
 }
 
 void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index) {
@@ -183,9 +188,7 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
   if (input.prompt_rows) {
     // A prefill opens a session; an append (bistream text) continues one after its cache.
     if (input.append) {
-      auto it = sessions_.find(id);
-      if (it == sessions_.end()) throw std::invalid_argument("turbomind: unknown session " + std::to_string(id));
-      live = &it->second;
+      live = &Find(id);
       step = live->cached;
     } else if (sessions_.count(id)) {
       throw std::invalid_argument("turbomind: session " + std::to_string(id) + " already exists");
@@ -210,9 +213,7 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
     tensors.attr("__setitem__")("input_embedding_ranges", from_dlpack(HostTensorOf(ranges, {1, 2}, dlpack::kInt)));
     if (!input.append) live = &sessions_.emplace(id, Live{model_comm_.attr("create_request")()}).first->second;
   } else {
-    auto it = sessions_.find(id);
-    if (it == sessions_.end()) throw std::invalid_argument("turbomind: unknown session " + std::to_string(id));
-    live = &it->second;
+    live = &Find(id);
     if (input.token < 0 || input.token >= options_.vocab_size) {
       throw std::invalid_argument("turbomind: token " + std::to_string(input.token) + " is outside the vocabulary");
     }
@@ -301,7 +302,7 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
   std::erase_if(ending_, [](const Ending& e) { return e.done->load(); });
   std::vector<Slot> slots(inputs.size());
   signals_->Reset(inputs.size());
-  MakeCallback(inputs.empty() ? 0 : inputs.size() - 1);
+  EnsureCallbacks(inputs.size());
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
   size_t submitted = 0;

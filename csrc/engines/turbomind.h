@@ -95,7 +95,8 @@ class TurboMindEngine : public Engine {
     std::shared_ptr<std::atomic<bool>> done;  // set by the engine's end callback
   };
 
-  pybind11::object MakeCallback(size_t slot);
+  void EnsureCallbacks(size_t count);  // one signal callback per slot, made once
+  Live& Find(int64_t id);             // a live session, or std::invalid_argument
   void Submit(const EngineInput& input, Slot& slot, size_t index);
   void WaitAll(std::vector<Slot>& slots);
   void ReadLogits(Slot& slot, float* out);
