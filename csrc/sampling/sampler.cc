@@ -1,6 +1,8 @@
 #include "sampling/sampler.h"
 
 #include <algorithm>
+#include <bit>
+#include <cstdint>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -11,17 +13,74 @@ namespace {
 
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
-// exp(score - max) in double; returns their sum. Throws when nothing is finite.
-double ExpWeights(std::span<const float> scores, std::vector<double>& w) {
-  float mx = kNegInf;
-  for (float s : scores) mx = std::max(mx, s);
-  if (!(mx > kNegInf)) throw std::runtime_error("every score is -inf or NaN: nothing can be sampled");
-  w.resize(scores.size());
-  double total = 0.0;
-  for (size_t i = 0; i < scores.size(); ++i) {
-    w[i] = std::exp(static_cast<double>(scores[i]) - mx);  // exp(-inf) = 0
-    total += w[i];
+// exp(x) for x <= 0 in single precision, from IEEE arithmetic alone (no libm): the weights are
+// then the same on every platform and standard library, and the loop vectorises. Range
+// reduction x = k ln2 + r (|r| <= ln2/2, ln2 split in two so k ln2 is exact), e^r by its Taylor
+// series to r^7 (truncation < 6e-9, under float rounding), 2^k put into the exponent bits.
+// x < -87 (weights under ~1e-38, nothing a draw can reach) and -inf give 0. The loop over a
+// row vectorises only with -fno-trapping-math (set for this file in CMakeLists.txt).
+inline float ExpNonPositive(float x) {
+  constexpr float kLog2e = 1.44269504f;
+  constexpr float kLn2Hi = 0.693145751953125f;  // few mantissa bits: k * kLn2Hi is exact
+  constexpr float kLn2Lo = 1.42860677e-06f;
+  constexpr float kShifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float xc = std::max(x, -87.0f);
+  const float kd = xc * kLog2e + kShifter;
+  const float k = kd - kShifter;
+  const float r = (xc - k * kLn2Hi) - k * kLn2Lo;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t ki = std::bit_cast<int32_t>(kd) - std::bit_cast<int32_t>(kShifter);  // k in [-126, 0]
+  const float scale = std::bit_cast<float>((ki + 127) << 23);
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+// Eight interleaved partial results, combined in a fixed order: the same answer every run,
+// and independent chains the compiler can vectorise (a single running max or sum cannot be
+// reordered without changing its rounding, so it would stay scalar).
+constexpr size_t kLanes = 8;
+
+float MaxScore(std::span<const float> scores) {
+  float lane[kLanes];
+  std::fill(lane, lane + kLanes, kNegInf);
+  const size_t n = scores.size(), body = n - n % kLanes;
+  for (size_t i = 0; i < body; i += kLanes) {
+    for (size_t j = 0; j < kLanes; ++j) lane[j] = scores[i + j] > lane[j] ? scores[i + j] : lane[j];
   }
+  float mx = kNegInf;
+  for (size_t j = 0; j < kLanes; ++j) mx = std::max(mx, lane[j]);
+  for (size_t i = body; i < n; ++i) mx = std::max(mx, scores[i]);
+  return mx;
+}
+
+// Per-thread scratch for the weights: a draw allocates nothing (it runs once per token for
+// every session).
+std::vector<float>& WeightScratch() {
+  thread_local std::vector<float> w;
+  return w;
+}
+
+// w = exp(score - max) in float (softmax numerators, as CosyVoice's float32 softmax); returns
+// their sum in double. Throws when nothing is finite.
+double ExpWeights(std::span<const float> scores, std::vector<float>& w) {
+  const float mx = MaxScore(scores);
+  if (!(mx > kNegInf)) throw std::runtime_error("every score is -inf or NaN: nothing can be sampled");
+  const size_t n = scores.size(), body = n - n % kLanes;
+  w.resize(n);
+  for (size_t i = 0; i < n; ++i) w[i] = ExpNonPositive(scores[i] - mx);
+  double lane[kLanes] = {};
+  for (size_t i = 0; i < body; i += kLanes) {
+    for (size_t j = 0; j < kLanes; ++j) lane[j] += w[i + j];
+  }
+  double total = 0.0;
+  for (size_t j = 0; j < kLanes; ++j) total += lane[j];
+  for (size_t i = body; i < n; ++i) total += w[i];
   return total;
 }
 
@@ -41,21 +100,46 @@ int DrawIndex(const Weights& w, const Index& index, size_t n, double total, doub
   return last_positive;  // rounding at the very top of the range
 }
 
+// The k heaviest indices, heaviest first, ties by lower index (the order of a stable descending
+// sort), in one pass: an index enters the short sorted list only if it beats its last entry,
+// which for a peaked or flat row of ~6.6k scores and k = 25 is rare after the first few hundred.
+size_t TopK(const std::vector<float>& w, size_t k, int* out) {
+  if (k == 0) return 0;
+  size_t n = 0;
+  float floor = 0.0f;  // the weight of the last entry once the list is full
+  for (size_t i = 0; i < w.size(); ++i) {
+    const float wi = w[i];
+    if (n == k && !(wi > floor)) continue;  // equal weight: the lower index already won
+    size_t pos = n < k ? n++ : k - 1;
+    while (pos > 0 && wi > w[out[pos - 1]]) {
+      out[pos] = out[pos - 1];
+      --pos;
+    }
+    out[pos] = static_cast<int>(i);
+    if (n == k) floor = w[out[k - 1]];
+  }
+  return n;
+}
+
 }  // namespace
 
 int NucleusSample(std::span<const float> scores, double top_p, int top_k, Rng& rng) {
-  std::vector<double> w;
+  std::vector<float>& w = WeightScratch();
   const double total = ExpWeights(scores, w);
+  constexpr size_t kStackK = 64;
   const size_t k = std::min<size_t>(static_cast<size_t>(top_k), scores.size());
-  std::vector<int> order(scores.size());
-  std::iota(order.begin(), order.end(), 0);
-  // Descending probability, ties by lower index: the order of a stable descending sort.
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                    [&](int a, int b) { return w[a] > w[b] || (w[a] == w[b] && a < b); });
+  int stack_order[kStackK];
+  std::vector<int> heap_order;
+  int* order = stack_order;
+  if (k > kStackK) {
+    heap_order.resize(k);
+    order = heap_order.data();
+  }
+  const size_t found = TopK(w, k, order);
   double cum = 0.0, kept_mass = 0.0;
   size_t kept = 0;
-  while (kept < k && cum < top_p) {
-    cum += w[order[kept]] / total;
+  while (kept < found && cum < top_p) {
+    cum += static_cast<double>(w[order[kept]]) / total;
     kept_mass += w[order[kept]];
     ++kept;
   }
@@ -63,7 +147,7 @@ int NucleusSample(std::span<const float> scores, double top_p, int top_k, Rng& r
 }
 
 int RandomSample(std::span<const float> scores, Rng& rng) {
-  std::vector<double> w;
+  std::vector<float>& w = WeightScratch();
   const double total = ExpWeights(scores, w);
   return DrawIndex(w, [](size_t i) { return static_cast<int>(i); }, w.size(), total, rng.Uniform());
 }

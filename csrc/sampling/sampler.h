@@ -6,7 +6,9 @@
 //   3. while step < min_len (ignore_eos): every stop id -> -inf
 //      (upstream masks eos only, or re-draws until the token < speech_token_size; masking every
 //      stop id gives the distribution of the re-draw rule; a documented choice)
-//   4. temperature 1: probabilities = softmax(scores) (log_softmax first changes nothing)
+//   4. temperature 1: probabilities = softmax(scores) (log_softmax first changes nothing), in
+//      float32 as upstream's, through an exp of our own so that they are the same on every
+//      platform; sums in double
 //   5. nucleus: sort descending (stable); keep tokens while the mass before them < top_p and
 //      fewer than top_k are kept; draw one in proportion to its probability (1 uniform)
 //   6. RAS (if on): rep = occurrences of that token in the last win_size decoded tokens; if
