@@ -187,3 +187,33 @@ def test_close_and_context_manager(tiny_dirs):
         assert len(m.generate([1, 2], seed=0, min_len=5, max_len=5)) == 5
     with pytest.raises(RuntimeError, match="closed"):
         m.generate([1, 2], seed=0, max_len=5)
+
+
+@pytest.mark.parametrize("lanes", [2, 3])
+def test_lanes_change_no_tokens(tiny_dirs, kind, lanes):
+    """Sessions spread over several scheduler lanes (each its own thread and rounds over the one
+    engine) give the tokens they give on one lane, and every lane takes part."""
+    requests = [(_request(kind, j), 300 + j) for j in range(7)]
+
+    def run(n_lanes):
+        with cosyfast.load(tiny_dirs[kind], engine="cpu", max_session_len=SESSION_LIMIT, lanes=n_lanes) as m:
+            assert m.lanes == n_lanes
+            streams = [m.stream(*r, seed=seed, min_len=MAX_LEN, max_len=MAX_LEN) for r, seed in requests]
+            tokens = [s.drain() for s in streams]
+            assert _wait_idle(m) == 0
+            return tokens, m.stats["rounds"]
+
+    expected, rounds_one = run(1)
+    got, rounds_many = run(lanes)
+    assert got == expected
+    assert all(len(t) == MAX_LEN for t in got)
+    # One lane steps all seven together (~MAX_LEN rounds); each extra lane that holds sessions
+    # runs its own ~MAX_LEN rounds.
+    assert rounds_one < MAX_LEN + 8
+    assert rounds_many >= lanes * MAX_LEN
+
+
+def test_lanes_out_of_range(tiny_dirs):
+    for bad in (0, 17):
+        with pytest.raises(ValueError, match="lanes must be in"):
+            cosyfast.load(tiny_dirs["cosyvoice2"], engine="cpu", lanes=bad)

@@ -18,16 +18,54 @@ int64_t NextSessionId() {
 }  // namespace
 
 Generator::Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab vocab, std::vector<float> decoder_bias,
-                     std::shared_ptr<Engine> engine, SchedulerOptions scheduler_options)
+                     std::shared_ptr<Engine> engine, SchedulerOptions scheduler_options, int lanes)
     : tables_(std::move(tables)), engine_(std::move(engine)) {
   if (!tables_ || !engine_) throw std::invalid_argument("a generator needs prompt tables and an engine");
+  if (lanes < 1 || lanes > 16) throw std::invalid_argument("lanes must be in [1, 16], got " + std::to_string(lanes));
+  if (lanes > 1 && !engine_->concurrent_forward()) {
+    throw std::invalid_argument("the " + engine_->name() + " engine runs one round at a time: lanes must be 1, got " +
+                                std::to_string(lanes));
+  }
   tables_->Validate();
   if (tables_->hidden() != engine_->hidden_size()) {
     throw std::invalid_argument("the tables are " + std::to_string(tables_->hidden()) + " wide but the engine's hidden size is " +
                                 std::to_string(engine_->hidden_size()));
   }
   sampler_ = std::make_shared<const TokenSampler>(std::move(vocab), std::move(decoder_bias), engine_->vocab_size());
-  scheduler_ = std::make_unique<Scheduler>(engine_, sampler_, scheduler_options);
+  for (int i = 0; i < lanes; ++i) lanes_.push_back(std::make_unique<Scheduler>(engine_, sampler_, scheduler_options));
+}
+
+Scheduler& Generator::LeastLoadedLane() {
+  Scheduler* best = lanes_.front().get();
+  size_t fewest = best->live_sessions();
+  for (auto& lane : lanes_) {
+    const size_t n = lane->live_sessions();
+    if (n < fewest) best = lane.get(), fewest = n;
+  }
+  return *best;
+}
+
+size_t Generator::live_sessions() const {
+  size_t n = 0;
+  for (const auto& lane : lanes_) n += lane->live_sessions();
+  return n;
+}
+
+size_t Generator::parked_sessions() const {
+  size_t n = 0;
+  for (const auto& lane : lanes_) n += lane->parked_sessions();
+  return n;
+}
+
+SchedulerStats Generator::stats() const {
+  SchedulerStats total;
+  for (const auto& lane : lanes_) {
+    const SchedulerStats s = lane->stats();
+    total.rounds += s.rounds;
+    total.tokens += s.tokens;
+    total.sessions_finished += s.sessions_finished;
+  }
+  return total;
 }
 
 std::shared_ptr<Session> Generator::Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink) {
@@ -56,7 +94,7 @@ std::shared_ptr<Session> Generator::Start(const GenerationRequest& request, std:
   }
   auto session = std::make_shared<PromptSession>(NextSessionId(), std::move(rows), prompt_len, text_len,
                                                  options, std::move(sink));
-  scheduler_->Submit(session);
+  LeastLoadedLane().Submit(session);
   return session;
 }
 
@@ -86,7 +124,7 @@ std::shared_ptr<BistreamSession> Generator::StartBistream(const BistreamRequest&
   auto session = std::make_shared<BistreamSession>(NextSessionId(), tables_, vocab, request.prompt_text_ids,
                                                    request.prompt_speech_tokens, request.options, request.mix,
                                                    std::move(sink));
-  scheduler_->Submit(session);
+  LeastLoadedLane().Submit(session);
   return session;
 }
 

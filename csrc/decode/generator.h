@@ -1,6 +1,13 @@
 // The front door of the core: one loaded model (prompt tables, speech vocabulary, sampler) over
-// one engine and its scheduler. Start() checks a request, assembles its prompt on the caller's
-// thread (so bad input fails there, at once) and hands the session to the scheduler.
+// one engine and its scheduler lanes. Start() checks a request, assembles its prompt on the
+// caller's thread (so bad input fails there, at once) and hands the session to the lane with the
+// fewest live sessions.
+//
+// Lanes: each is a scheduler thread with its own sessions, stepping them in rounds. With one
+// lane the engine idles while the host reads, samples and submits; TurboMind also starts an
+// iteration on the first request to arrive, splitting a round in two. Two lanes over one engine
+// (engines whose concurrent_forward() is true) keep it busy: one lane's round runs while the
+// other samples. A session stays in its lane, so its tokens do not depend on the lane count.
 #pragma once
 
 #include <atomic>
@@ -36,8 +43,9 @@ struct BistreamRequest {
 
 class Generator {
  public:
+  // `lanes` > 1 needs an engine whose concurrent_forward() is true.
   Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab vocab, std::vector<float> decoder_bias,
-            std::shared_ptr<Engine> engine, SchedulerOptions scheduler_options);
+            std::shared_ptr<Engine> engine, SchedulerOptions scheduler_options, int lanes = 1);
 
   // Throws std::invalid_argument naming what is wrong with the request.
   std::shared_ptr<Session> Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink);
@@ -45,9 +53,11 @@ class Generator {
   // append rows to a live session.
   std::shared_ptr<BistreamSession> StartBistream(const BistreamRequest& request, std::shared_ptr<TokenSink> sink);
 
-  size_t live_sessions() const { return scheduler_->live_sessions(); }
-  size_t parked_sessions() const { return scheduler_->parked_sessions(); }
-  SchedulerStats stats() const { return scheduler_->stats(); }
+  // Summed over lanes.
+  size_t live_sessions() const;
+  size_t parked_sessions() const;
+  SchedulerStats stats() const;
+  int lanes() const { return static_cast<int>(lanes_.size()); }
   const Engine& engine() const { return *engine_; }
   const SpeechVocab& vocab() const { return sampler_->vocab(); }
 
@@ -55,7 +65,9 @@ class Generator {
   std::shared_ptr<const PromptTables> tables_;
   std::shared_ptr<const TokenSampler> sampler_;
   std::shared_ptr<Engine> engine_;
-  std::unique_ptr<Scheduler> scheduler_;
+  std::vector<std::unique_ptr<Scheduler>> lanes_;
+
+  Scheduler& LeastLoadedLane();
 };
 
 }  // namespace cosyfast

@@ -402,6 +402,7 @@ CpuQwen2Engine::CpuQwen2Engine(const CpuQwen2Config& config, CpuQwen2Weights wei
 CpuQwen2Engine::~CpuQwen2Engine() = default;
 
 void CpuQwen2Engine::EndSession(int64_t session_id) {
+  std::lock_guard<std::mutex> lock(mutex_);
   sessions_.erase(session_id);
   live_count_.store(sessions_.size());
 }
@@ -409,6 +410,7 @@ void CpuQwen2Engine::EndSession(int64_t session_id) {
 void CpuQwen2Engine::Forward(std::span<const EngineInput> inputs, float* logits) {
   if (inputs.empty()) return;
   Require(logits != nullptr, "Forward needs a logits buffer, got a null pointer");
+  std::lock_guard<std::mutex> lock(mutex_);
   RoundPlan plan = PlanRound(inputs);
 
   const int kv_width = config_.kv_heads * config_.head_dim;

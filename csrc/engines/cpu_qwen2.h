@@ -8,15 +8,17 @@
 // thread, whatever the batch composition and thread count. A session's logits are therefore
 // bit-identical whether it is stepped alone or together with other sessions.
 //
-// Threading: Forward and EndSession mutate the session table and must be called from one thread
-// at a time (the round scheduler's thread); the engine takes no locks. The const getters may be
-// called from any thread. Forward parallelises internally with OpenMP when it is available.
+// Threading: Forward and EndSession may be called from several threads (scheduler lanes); one
+// mutex serialises them, since the engine computes one round at a time anyway. The const
+// getters may be called from any thread. Forward parallelises internally with OpenMP when it is
+// available.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <unordered_map>
@@ -100,6 +102,7 @@ class CpuQwen2Engine : public Engine {
   // Read from any thread (a counter, not the session table).
   size_t live_sessions() const override { return live_count_.load(); }
   bool supports_append() const override { return true; }
+  bool concurrent_forward() const override { return true; }
 
  private:
   class SessionCache;
@@ -118,6 +121,7 @@ class CpuQwen2Engine : public Engine {
   CpuQwen2Weights weights_;
   // cos and sin of every (position, frequency) pair: [max_session_len, head_dim / 2] each.
   std::vector<float> rope_cos_, rope_sin_;
+  std::mutex mutex_;  // held by Forward and EndSession
   std::unordered_map<int64_t, std::unique_ptr<SessionCache>> sessions_;
   // sessions_.size(), kept apart so that other threads can read it while a round runs.
   std::atomic<size_t> live_count_{0};

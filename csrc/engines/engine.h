@@ -51,6 +51,11 @@ class Engine {
   // ended. Exact only while no round runs.
   virtual size_t live_sessions() const = 0;
 
+  // Whether Forward may be called from several threads at once (each call with its own
+  // sessions). A generator runs several scheduler lanes over such an engine: while one lane
+  // samples its sessions and plans the next round, another lane's round runs on the engine.
+  virtual bool concurrent_forward() const { return false; }
+
   // Whether Forward takes `append` inputs. Bistream sessions need it, so a generator refuses
   // them on an engine without it rather than failing mid-request.
   virtual bool supports_append() const { return false; }

@@ -134,14 +134,18 @@ struct TurboMindEngine::Slot {
   int status = 0;
 };
 
+struct TurboMindEngine::Lane {
+  std::shared_ptr<Signals> signals = std::make_shared<Signals>();
+  std::vector<py::object> callbacks;  // callbacks[i] bumps signals for slot i
+};
+
 TurboMindEngine::TurboMindEngine(py::object tm_module, py::object model_comm, py::object gen_config, py::object owner,
                                  TurboMindOptions options)
     : tm_(std::move(tm_module)),
       model_comm_(std::move(model_comm)),
       gen_config_(std::move(gen_config)),
       owner_(std::move(owner)),
-      options_(options),
-      signals_(std::make_shared<Signals>()) {
+      options_(options) {
   options_.Validate();
 }
 
@@ -156,21 +160,32 @@ TurboMindEngine::~TurboMindEngine() {
   }
   sessions_.clear();
   ending_.clear();
-  callbacks_.clear();
+  idle_lanes_.clear();
+  lanes_.clear();
   gen_config_ = py::object();
   model_comm_ = py::object();
   tm_ = py::object();
   owner_ = py::object();
 }
 
-void TurboMindEngine::EnsureCallbacks(size_t count) {
-  while (callbacks_.size() < count) {
-    const size_t i = callbacks_.size();
-    std::weak_ptr<Signals> weak = signals_;
-    callbacks_.push_back(py::cpp_function([weak, i]() {
+TurboMindEngine::Lane& TurboMindEngine::BorrowLane(size_t slots) {
+  Lane* lane;
+  if (idle_lanes_.empty()) {
+    lanes_.push_back(std::make_unique<Lane>());
+    lane = lanes_.back().get();
+  } else {
+    lane = idle_lanes_.back();
+    idle_lanes_.pop_back();
+  }
+  while (lane->callbacks.size() < slots) {
+    const size_t i = lane->callbacks.size();
+    std::weak_ptr<Signals> weak = lane->signals;
+    lane->callbacks.push_back(py::cpp_function([weak, i]() {
       if (auto s = weak.lock()) s->Bump(i);
     }));
   }
+  lane->signals->Reset(slots);
+  return *lane;
 }
 
 TurboMindEngine::Live& TurboMindEngine::Find(int64_t id) {
@@ -179,7 +194,7 @@ TurboMindEngine::Live& TurboMindEngine::Find(int64_t id) {
   return it->second;
 }
 
-void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index) {
+void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, const py::object& callback) {
   const int64_t id = input.session_id;
   py::object tensors;
   py::object from_dlpack = tm_.attr("from_dlpack");
@@ -211,7 +226,14 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
     tensors.attr("__setitem__")("input_embeddings",
                                 from_dlpack(HostTensorOf(rows, {n, static_cast<int64_t>(h)}, dlpack::kBfloat)));
     tensors.attr("__setitem__")("input_embedding_ranges", from_dlpack(HostTensorOf(ranges, {1, 2}, dlpack::kInt)));
-    if (!input.append) live = &sessions_.emplace(id, Live{model_comm_.attr("create_request")()}).first->second;
+    if (!input.append) {
+      Live fresh;
+      fresh.request = model_comm_.attr("create_request")();
+      fresh.forward = fresh.request.attr("forward");
+      fresh.session = tm_.attr("SessionParam")(py::arg("id") = id, py::arg("step") = 0, py::arg("start") = true,
+                                               py::arg("end") = false);
+      live = &sessions_.emplace(id, std::move(fresh)).first->second;
+    }
   } else {
     live = &Find(id);
     if (input.token < 0 || input.token >= options_.vocab_size) {
@@ -233,32 +255,34 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, size_t index)
     step = live->cached;
   }
   const bool start = input.prompt_rows != nullptr && !input.append;
-  py::object session = tm_.attr("SessionParam")(py::arg("id") = id, py::arg("step") = step,
-                                                 py::arg("start") = start, py::arg("end") = false);
+  // The binding copies the SessionParam into the request, so one object per session serves
+  // every request (setting two fields costs less than building one from keywords).
+  live->session.attr("step") = step;
+  live->session.attr("start") = start;
   // forward(tensors, mm_inputs, session, gen_cfg, stream_output, enable_metrics, signal callback)
-  py::tuple result = live->request.attr("forward")(tensors, py::none(), session, gen_config_, false, false,
-                                                   callbacks_[index]);
+  py::tuple result = live->forward(tensors, py::none(), live->session, gen_config_, false, false, callback);
   slot.outputs = result[0];
   slot.state = result[1];
 }
 
-void TurboMindEngine::WaitAll(std::vector<Slot>& slots) {
+double TurboMindEngine::WaitAll(Lane& lane, std::vector<Slot>& slots) {
   using Clock = std::chrono::steady_clock;
   std::vector<uint64_t> seen(slots.size(), 0);
   std::vector<char> done(slots.size(), 0);
   size_t remaining = slots.size();
+  double waited = 0;
   while (remaining > 0) {
     bool signalled;
     {
       const auto t0 = Clock::now();
       py::gil_scoped_release release;
-      signalled = signals_->WaitForAll(seen, done);
-      profile_.wait_s += std::chrono::duration<double>(Clock::now() - t0).count();
+      signalled = lane.signals->WaitForAll(seen, done);
+      waited += std::chrono::duration<double>(Clock::now() - t0).count();
     }
     if (!signalled) throw std::runtime_error("turbomind: no answer from the engine within the round timeout");
     for (size_t i = 0; i < slots.size(); ++i) {
       if (done[i]) continue;
-      const uint64_t c = signals_->Count(i);
+      const uint64_t c = lane.signals->Count(i);
       if (c == seen[i]) continue;
       seen[i] = c;
       py::object st = slots[i].state.attr("consume")();
@@ -270,6 +294,7 @@ void TurboMindEngine::WaitAll(std::vector<Slot>& slots) {
       --remaining;
     }
   }
+  return waited;
 }
 
 void TurboMindEngine::ReadLogits(Slot& slot, float* out) {
@@ -301,8 +326,17 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
   py::gil_scoped_acquire gil;
   std::erase_if(ending_, [](const Ending& e) { return e.done->load(); });
   std::vector<Slot> slots(inputs.size());
-  signals_->Reset(inputs.size());
-  EnsureCallbacks(inputs.size());
+  Lane& lane = BorrowLane(inputs.size());
+  // The lane goes back for reuse once every request it carried has answered; after a timeout a
+  // late signal could still arrive, so then it is dropped instead.
+  struct LaneReturn {
+    std::vector<Lane*>& idle;
+    Lane& lane;
+    bool answered = false;
+    ~LaneReturn() {
+      if (answered) idle.push_back(&lane);
+    }
+  } lane_return{idle_lanes_, lane};
   using Clock = std::chrono::steady_clock;
   const auto t_start = Clock::now();
   size_t submitted = 0;
@@ -311,17 +345,18 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
       Slot& slot = slots[i];
       slot.session_id = inputs[i].session_id;
       slot.prefill = inputs[i].prompt_rows != nullptr && !inputs[i].append;
-      Submit(inputs[i], slot, i);
+      Submit(inputs[i], slot, lane.callbacks[i]);
       ++submitted;
     }
   } catch (...) {
     slots.resize(submitted);  // wait for what was submitted, so no callback outlives this round
-    WaitAll(slots);
+    WaitAll(lane, slots);
+    lane_return.answered = true;
     throw;
   }
   const auto t_submitted = Clock::now();
-  const double wait_before = profile_.wait_s;
-  WaitAll(slots);
+  const double waited = WaitAll(lane, slots);
+  lane_return.answered = true;
   std::string errors;
   for (size_t i = 0; i < slots.size(); ++i) {
     Live& live = sessions_.at(slots[i].session_id);
@@ -334,9 +369,9 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
     live.cached = slots[i].prefill ? in.prompt_len : in.append ? live.cached + in.prompt_len : live.cached + 1;
     ReadLogits(slots[i], logits + i * static_cast<size_t>(options_.vocab_size));
   }
-  const double waited = profile_.wait_s - wait_before;
   profile_.rounds += 1;
   profile_.requests += static_cast<int64_t>(slots.size());
+  profile_.wait_s += waited;
   profile_.submit_s += std::chrono::duration<double>(t_submitted - t_start).count();
   profile_.read_s += std::chrono::duration<double>(Clock::now() - t_submitted).count() - waited;
   if (!errors.empty()) throw std::runtime_error("turbomind: " + errors);

@@ -6,7 +6,8 @@
 // a step carries the session's last token as input_ids with step = tokens in its KV cache. All
 // requests of a round are submitted before any is waited on. The GIL is held only around
 // binding calls; waiting for the engine's signals happens without it. Logits come back as host
-// tensors read through DLPack without a Python-level copy.
+// tensors read through DLPack without a Python-level copy. Several scheduler lanes may run
+// rounds at once (each borrows its own signal counters); the GIL guards the session table.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -68,6 +69,7 @@ class TurboMindEngine : public Engine {
 
   size_t live_sessions() const override { return sessions_.size(); }
   bool supports_append() const override { return true; }
+  bool concurrent_forward() const override { return true; }
 
   // Where rounds spend their time, summed since construction (seconds): building and
   // submitting requests (GIL held), waiting for the engine's signals (GIL free), consuming
@@ -78,27 +80,33 @@ class TurboMindEngine : public Engine {
   };
   Profile profile() const { return profile_; }
 
-  // Engine signals (one counter per request slot of the current round), bumped from the
-  // engine's signalling thread.
+  // Engine signals (one counter per request slot of a round), bumped from the engine's
+  // signalling thread.
   class Signals;
 
  private:
   struct Live {
-    pybind11::object request;  // the session's ModelRequest, reused for every step
+    pybind11::object request;  // the session's ModelRequest, reused for every request
+    pybind11::object forward;  // its bound forward method
+    pybind11::object session;  // its SessionParam, updated in place (step, start) per request
     int cached = 0;            // tokens in its KV cache
     pybind11::object step_tensors;                // the input map of every step ...
     std::shared_ptr<std::vector<int32_t>> step_ids;  // ... and the one token it carries
   };
   struct Slot;
+  // What one Forward call borrows for its round: signal counters and one engine callback per
+  // slot, made once and reused.
+  struct Lane;
   struct Ending {
     pybind11::object request;
     std::shared_ptr<std::atomic<bool>> done;  // set by the engine's end callback
   };
 
-  void EnsureCallbacks(size_t count);  // one signal callback per slot, made once
-  Live& Find(int64_t id);             // a live session, or std::invalid_argument
-  void Submit(const EngineInput& input, Slot& slot, size_t index);
-  void WaitAll(std::vector<Slot>& slots);
+  Lane& BorrowLane(size_t slots);  // GIL held
+  Live& Find(int64_t id);          // a live session, or std::invalid_argument
+  void Submit(const EngineInput& input, Slot& slot, const pybind11::object& callback);
+  // Waits (GIL released) until every slot is done; returns the seconds spent waiting.
+  double WaitAll(Lane& lane, std::vector<Slot>& slots);
   void ReadLogits(Slot& slot, float* out);
 
   pybind11::object tm_;
@@ -106,8 +114,9 @@ class TurboMindEngine : public Engine {
   pybind11::object gen_config_;
   pybind11::object owner_;
   TurboMindOptions options_;
-  std::shared_ptr<Signals> signals_;
-  std::vector<pybind11::object> callbacks_;  // one per slot, made once
+  // Everything below is guarded by the GIL.
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  std::vector<Lane*> idle_lanes_;
   std::unordered_map<int64_t, Live> sessions_;
   std::vector<Ending> ending_;
   Profile profile_;

@@ -160,15 +160,16 @@ void BindGenerator(py::module_& m) {
   py::class_<Generator, std::shared_ptr<Generator>>(m, "Generator",
                                                     "A loaded model over one engine; every request steps together.")
       .def(py::init([](std::shared_ptr<PromptTables> tables, const py::dict& vocab,
-                       std::optional<FloatArray> decoder_bias, std::shared_ptr<Engine> engine, int max_batch) {
+                       std::optional<FloatArray> decoder_bias, std::shared_ptr<Engine> engine, int max_batch,
+                       int lanes) {
              SchedulerOptions sched;
              sched.max_batch = max_batch;
              return OwnedReleasingGil(new Generator(std::move(tables), MakeVocab(vocab),
                                                     decoder_bias ? MakeRow(*decoder_bias) : std::vector<float>(),
-                                                    std::move(engine), sched));
+                                                    std::move(engine), sched, lanes));
            }),
            py::kw_only(), py::arg("tables"), py::arg("vocab"), py::arg("decoder_bias"), py::arg("engine"),
-           py::arg("max_batch") = 256)
+           py::arg("max_batch") = 256, py::arg("lanes") = 1)
       .def(
           "start",
           [](Generator& g, std::vector<int32_t> text_ids, std::vector<int32_t> prompt_text_ids,
@@ -202,6 +203,7 @@ void BindGenerator(py::module_& m) {
           py::arg("speech_group") = 15,
           "Starts a bistream request (CosyVoice's inference_bistream); feed it text with push_text.")
       .def_property_readonly("live_sessions", &Generator::live_sessions)
+      .def_property_readonly("lanes", &Generator::lanes, "Scheduler threads stepping their own sessions over the engine.")
       .def_property_readonly("parked_sessions", &Generator::parked_sessions,
                              "Live bistream sessions that wait for text.")
       .def_property_readonly("engine_live_sessions", [](const Generator& g) { return g.engine().live_sessions(); },

@@ -16,9 +16,11 @@ from . import _core
 from .checkpoint import LlmWeights, load_checkpoint
 
 ENGINES = ("auto", "cpu", "turbomind")
-# TurboMind's per-request intake, not the GPU, bounds one instance's rounds; several instances
-# per GPU take requests in parallel (H100, 64 sessions: 1 -> 2.1k, 4 -> 5.6k tokens/s).
-DEFAULT_TURBOMIND_REPLICAS = 4
+# TurboMind's per-iteration host work, not the GPU, bounds one instance; several instances per
+# GPU run their iterations in parallel, and two scheduler lanes per instance keep each one busy
+# while the host samples (benchmarks/NOTES.md has the measurements behind these defaults).
+DEFAULT_TURBOMIND_REPLICAS = 2
+DEFAULT_TURBOMIND_LANES = 2
 
 
 def _ids(values: Any, name: str) -> list[int]:
@@ -125,6 +127,7 @@ class Model:
         max_session_len: int = 4096,
         table_dtype: str = "float32",
         replicas: int | None = None,
+        lanes: int | None = None,
         devices: Sequence[int] | None = None,
         **engine_options: Any,
     ) -> None:
@@ -133,6 +136,10 @@ class Model:
             replicas = DEFAULT_TURBOMIND_REPLICAS * len(devices or [0]) if self.engine == "turbomind" else 1
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
+        if lanes is None:
+            lanes = DEFAULT_TURBOMIND_LANES if self.engine == "turbomind" else 1
+        if not 1 <= lanes <= 16:
+            raise ValueError(f"lanes must be in [1, 16], got {lanes}")
         self.kind = weights.kind
         self.vocab = dict(weights.vocab)
         if self.engine == "turbomind":
@@ -151,7 +158,7 @@ class Model:
             self._engines.append(core_engine)
             self._backends.append(backend)
             generators.append(_core.Generator(tables=tables, vocab=weights.vocab, decoder_bias=weights.decoder_bias,
-                                              engine=core_engine, max_batch=max_batch))
+                                              engine=core_engine, max_batch=max_batch, lanes=lanes))
         self._generators: list[_core.Generator] | None = generators
         self.backend = self._backends[0]  # lmdeploy's TurboMind of replica 0 (None on the cpu engine)
 
@@ -213,6 +220,11 @@ class Model:
         return len(self._live())
 
     @property
+    def lanes(self) -> int:
+        """Scheduler lanes per replica: threads that each step their own sessions over the engine."""
+        return self._live()[0].lanes
+
+    @property
     def live_sessions(self) -> int:
         """Requests started and not yet finished (waiting or decoding), all replicas together."""
         return sum(g.live_sessions for g in self._live())
@@ -269,9 +281,11 @@ def load(path: str | os.PathLike[str] | LlmWeights, engine: str = "auto", **opti
     engine: "cpu" (reference float32 forward), "turbomind" (lmdeploy 0.14 on an NVIDIA GPU) or
     "auto" (turbomind where a GPU and lmdeploy 0.14 are present, else cpu). Options as `Model`:
     max_batch, max_session_len, table_dtype ("float32" or "bfloat16" prompt tables), replicas
-    (engine instances, each with its own scheduler thread; default 4 per GPU on turbomind, 1 on
-    cpu), devices (GPU ids the turbomind replicas are spread over); any other keyword goes to the
-    turbomind engine (cache_max_entry_count, async_, ...).
+    (engine instances; default 2 per GPU on turbomind, 1 on cpu), lanes (scheduler threads per
+    replica, each stepping its own sessions so that one samples while another's round runs;
+    default 2 on turbomind, 1 on cpu), devices (GPU ids the turbomind replicas are spread over);
+    any other keyword goes to the turbomind engine (cache_max_entry_count, async_,
+    max_context_token_num, ...).
     """
     weights = path if isinstance(path, LlmWeights) else load_checkpoint(Path(path))
     return Model(weights, engine, **options)
