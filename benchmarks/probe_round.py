@@ -5,7 +5,8 @@ prompt) and, while they decode, samples: GPU utilisation (nvidia-smi), the CPU t
 thread of this process (/proc), and native stacks of every thread (cuda-gdb snapshots). Then the
 same number of sessions through lmdeploy's own loop, for the GPU utilisation of the ceiling.
 
-    python benchmarks/probe_round.py --out DIR [--sessions 64] [--tokens 1500] [--stacks 3]
+    python benchmarks/probe_round.py --out DIR [--sessions 64] [--tokens 1500] [--stacks 0]
+        [--replicas 1] [--lanes 1] [--trace]
 """
 from __future__ import annotations
 
@@ -81,8 +82,10 @@ def main() -> None:
     p.add_argument("--out", required=True)
     p.add_argument("--sessions", type=int, default=64)
     p.add_argument("--tokens", type=int, default=1500)
-    p.add_argument("--stacks", type=int, default=2)
+    p.add_argument("--stacks", type=int, default=0)
     p.add_argument("--replicas", type=int, default=1)
+    p.add_argument("--lanes", type=int, default=1)
+    p.add_argument("--trace", action="store_true", help="also record CUDA activity (torch.profiler)")
     args = p.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -94,7 +97,7 @@ def main() -> None:
     from cosyfast.synthetic import ensure_default_model
 
     weights = load_checkpoint(ensure_default_model(kind="cosyvoice2", size="full"))
-    model = cosyfast.load(weights, engine="turbomind", replicas=args.replicas, max_batch=256)
+    model = cosyfast.load(weights, engine="turbomind", replicas=args.replicas, lanes=args.lanes, max_batch=256)
     warm = Workload(new_tokens=8)
     run_cosyfast(model, warm, warm.requests(8, weights.kind))
     gpu = GpuSampler()
@@ -117,14 +120,15 @@ def main() -> None:
     cpu0, t0, util = thread_cpu(), time.perf_counter(), gpu.window()
     time.sleep(4.0)
     cpu1, t1, busy = thread_cpu(), time.perf_counter(), util()
-    report.append(f"cosyfast {args.sessions} sessions, {args.replicas} instance(s): GPU util over 4 s "
+    report.append(f"cosyfast {args.sessions} sessions, {args.replicas} instance(s) x {args.lanes} lane(s): GPU util over 4 s "
                   f"mean {sum(busy) / max(len(busy), 1):.0f}% ({len(busy)} samples)")
     report.append("threads by CPU share over the window (tid: percent of one core):")
     for tid, c in sorted(((tid, (cpu1[tid] - cpu0.get(tid, 0.0)) / (t1 - t0) * 100) for tid in cpu1),
                          key=lambda x: -x[1])[:12]:
         report.append(f"  {tid}: {c:.0f}%")
-    report.append(trace(out / "trace_cosyfast.json", 0.15))
-    print(report[-1], flush=True)
+    if args.trace:
+        report.append(trace(out / "trace_cosyfast.json", 0.15))
+        print(report[-1], flush=True)
     for i in range(args.stacks):
         if done.is_set():
             break
@@ -147,8 +151,9 @@ def main() -> None:
         r=run_turbomind_native(model.backend, weights, nat, nreq, 1 << 42)))
     nt.start()
     time.sleep(0.6)
-    report.append(trace(out / "trace_native.json", 0.1))
-    print(report[-1], flush=True)
+    if args.trace:
+        report.append(trace(out / "trace_native.json", 0.1))
+        print(report[-1], flush=True)
     nt.join()
     wall, arr = nat_result["r"]
     busy = util()

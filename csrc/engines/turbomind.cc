@@ -297,7 +297,8 @@ double TurboMindEngine::WaitAll(Lane& lane, std::vector<Slot>& slots) {
   return waited;
 }
 
-void TurboMindEngine::ReadLogits(Slot& slot, float* out) {
+TurboMindEngine::LogitsRow TurboMindEngine::FindLogits(Slot& slot) const {
+  LogitsRow row;
   py::object tensor = slot.outputs.attr("__getitem__")("logits");
   py::capsule capsule = tensor.attr("__dlpack__")();
   auto* managed = static_cast<dlpack::ManagedTensor*>(PyCapsule_GetPointer(capsule.ptr(), dlpack::kCapsuleName));
@@ -309,17 +310,27 @@ void TurboMindEngine::ReadLogits(Slot& slot, float* out) {
   if (t.ndim < 1 || t.shape[t.ndim - 1] < options_.vocab_size) {
     throw std::runtime_error("turbomind: logits rows are narrower than the vocabulary");
   }
-  const char* base = static_cast<const char*>(t.data) + t.byte_offset;
-  const size_t v = static_cast<size_t>(options_.vocab_size);
   if (t.dtype.code == dlpack::kFloat && t.dtype.bits == 32) {
-    std::memcpy(out, base, v * sizeof(float));
+    row.bf16 = false;
   } else if (t.dtype.code == dlpack::kBfloat && t.dtype.bits == 16) {
-    const auto* b = reinterpret_cast<const uint16_t*>(base);
-    for (size_t i = 0; i < v; ++i) out[i] = BFloat16ToFloat(b[i]);
+    row.bf16 = true;
   } else {
     throw std::runtime_error("turbomind: logits have an unexpected dtype (code " + std::to_string(t.dtype.code) +
                              ", " + std::to_string(t.dtype.bits) + " bits)");
   }
+  row.data = static_cast<const char*>(t.data) + t.byte_offset;
+  row.keep = std::move(capsule);
+  return row;
+}
+
+void TurboMindEngine::CopyRow(const LogitsRow& row, float* out) const {
+  const size_t v = static_cast<size_t>(options_.vocab_size);
+  if (!row.bf16) {
+    std::memcpy(out, row.data, v * sizeof(float));
+    return;
+  }
+  const auto* b = reinterpret_cast<const uint16_t*>(row.data);
+  for (size_t i = 0; i < v; ++i) out[i] = BFloat16ToFloat(b[i]);
 }
 
 void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits) {
@@ -358,6 +369,7 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
   const double waited = WaitAll(lane, slots);
   lane_return.answered = true;
   std::string errors;
+  std::vector<LogitsRow> rows(slots.size());
   for (size_t i = 0; i < slots.size(); ++i) {
     Live& live = sessions_.at(slots[i].session_id);
     if (slots[i].status != kStatusFinished) {
@@ -367,8 +379,16 @@ void TurboMindEngine::Forward(std::span<const EngineInput> inputs, float* logits
     }
     const EngineInput& in = inputs[i];
     live.cached = slots[i].prefill ? in.prompt_len : in.append ? live.cached + in.prompt_len : live.cached + 1;
-    ReadLogits(slots[i], logits + i * static_cast<size_t>(options_.vocab_size));
+    rows[i] = FindLogits(slots[i]);
   }
+  {
+    // Widening the rows to float needs no Python objects: other lanes may use the GIL meanwhile.
+    py::gil_scoped_release release;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      if (rows[i].data) CopyRow(rows[i], logits + i * static_cast<size_t>(options_.vocab_size));
+    }
+  }
+  rows.clear();  // drops the DLPack capsules, with the GIL held
   profile_.rounds += 1;
   profile_.requests += static_cast<int64_t>(slots.size());
   profile_.wait_s += waited;

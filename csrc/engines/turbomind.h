@@ -107,7 +107,15 @@ class TurboMindEngine : public Engine {
   void Submit(const EngineInput& input, Slot& slot, const pybind11::object& callback);
   // Waits (GIL released) until every slot is done; returns the seconds spent waiting.
   double WaitAll(Lane& lane, std::vector<Slot>& slots);
-  void ReadLogits(Slot& slot, float* out);
+  // One answered request's logits row, found with the GIL held and kept alive by its DLPack
+  // capsule, then widened to float without the GIL.
+  struct LogitsRow {
+    pybind11::object keep;
+    const char* data = nullptr;
+    bool bf16 = false;
+  };
+  LogitsRow FindLogits(Slot& slot) const;
+  void CopyRow(const LogitsRow& row, float* out) const;
 
   pybind11::object tm_;
   pybind11::object model_comm_;

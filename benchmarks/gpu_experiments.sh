@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Experiments behind benchmarks/NOTES.md (attempts 8+), each set in one GPU call (results in $OUT):
+#   bash benchmarks/gpu_experiments.sh processes   # GPU tests; one process of 64 sessions vs two
+#                                                  # processes of 32 on the same GPU; async_=1; 4 lanes
+#   bash benchmarks/gpu_experiments.sh shapes      # where a round goes with replicas x lanes: GPU
+#                                                  # utilisation and thread CPU (probe_round.py),
+#                                                  # then replicas / lanes / max_batch variants
+set -uo pipefail
+OUT=${OUT:-$PWD/gpu-out}; export OUT
+REPO=$PWD
+bench() { python3 -m cosyfast.bench --paths cosyfast "$@" 2>&1 | grep -E "^  [a-z]|Error"; }
+case ${1:-} in
+processes)
+  bash benchmarks/gpu_run.sh tests,bench --paths cosyfast --concurrency 64 --new-tokens 2000 --replicas 1 --lanes 2 \
+    --label one-process-64 >/dev/null
+  source /tmp/tm_env.sh; cd /tmp
+  # Both start together and load the cached model in about the same time; 2000 tokens per session
+  # make the timed runs long enough that a second of skew between them matters little.
+  for i in 1 2; do
+    (bench --concurrency 32 --new-tokens 2000 --replicas 1 --lanes 2 --label proc$i-of-2 --out "$OUT/p$i" \
+      > "$OUT/p$i.log") &
+  done
+  wait
+  cat "$OUT"/p1.log "$OUT"/p2.log
+  bench --concurrency 16,64,256 --new-tokens 300 --replicas 1 --lanes 2 --engine-option async_=1 \
+    --label async1-r1l2 --out "$OUT/async1"
+  bench --concurrency 64 --new-tokens 300 --replicas 1 --lanes 4 --label r1l4 --out "$OUT/r1l4"
+  grep -E "passed|failed|error" "$OUT/gpu_tests.log" | tail -3
+  grep -E "^  [a-z]" "$OUT/bench.log"
+  rm -f "$OUT"/*/results.md "$OUT"/*/results.png "$OUT"/p1.log "$OUT"/p2.log
+  ;;
+shapes)
+  bash benchmarks/gpu_run.sh bench --paths cosyfast --concurrency 64,128 --new-tokens 300 --replicas 2 --lanes 2 \
+    --label r2l2 >/dev/null
+  source /tmp/tm_env.sh; cd /tmp
+  for rl in "1 2" "2 2"; do
+    set -- $rl
+    python3 "$REPO/benchmarks/probe_round.py" --out "$OUT/probe_r$1l$2" --replicas "$1" --lanes "$2" --tokens 1000 \
+      2>&1 | grep -vE "^\[TM\]|INFO|generating|writing|Loading|dtype="
+  done
+  bench --concurrency 64,128 --new-tokens 300 --replicas 3 --lanes 2 --label r3l2 --out "$OUT/r3l2"
+  bench --concurrency 64 --new-tokens 300 --replicas 2 --lanes 2 --max-batch 64 --label r2l2-mb64 --out "$OUT/mb64"
+  bench --concurrency 64 --new-tokens 300 --replicas 1 --lanes 2 --max-batch 64 --label r1l2-mb64 --out "$OUT/mb64b"
+  grep -E "^  [a-z]" "$OUT/bench.log"
+  rm -f "$OUT"/*/results.md "$OUT"/*/results.png "$OUT"/*/trace_*
+  ;;
+*) echo "usage: $0 processes|shapes" >&2; exit 2 ;;
+esac
