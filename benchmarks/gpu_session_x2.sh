@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The two-GPU session (kind nvidia-h200-x2) in one call: GPU tests, the recorded three-path run on
+# The two-GPU session (kind nvidia-h200-x2) in one call: the recorded three-path run on
 # GPU 0, then cosyfast over both GPUs at 128 and 256 sessions.
 #   bash benchmarks/gpu_session_x2.sh      (from the repo root; results in $OUT)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}; export OUT NCCL_NVLS_ENABLE=0
-bash benchmarks/gpu_run.sh tests,bench --paths cosyfast,turbomind-native,hf --concurrency 1,16,64,128,256 \
-  --new-tokens 500
+bash benchmarks/gpu_run.sh bench --paths cosyfast,turbomind-native,hf --concurrency 1,16,64,128,256 \
+  --new-tokens 500 --devices 0
 source /tmp/tm_env.sh; cd /tmp
 python3 -m cosyfast.bench --paths cosyfast --concurrency 128,256 --new-tokens 500 --devices 0,1 \
   --label cosyfast-2gpu --out "$OUT/two_gpu" 2>&1 | grep -E "^  [a-z]"
