@@ -5,6 +5,7 @@
 #   bash benchmarks/gpu_experiments.sh shapes      # where a round goes with replicas x lanes: GPU
 #                                                  # utilisation and thread CPU (probe_round.py),
 #                                                  # then replicas / lanes / max_batch variants
+#   bash benchmarks/gpu_experiments.sh low         # 1-64 sessions over instances x lanes
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}; export OUT
 REPO=$PWD
@@ -44,5 +45,17 @@ shapes)
   grep -E "^  [a-z]" "$OUT/bench.log"
   rm -f "$OUT"/*/results.md "$OUT"/*/results.png "$OUT"/*/trace_*
   ;;
-*) echo "usage: $0 processes|shapes" >&2; exit 2 ;;
+low)
+  # Low concurrency: how instances and lanes share 1-64 sessions (the default's choice).
+  bash benchmarks/gpu_run.sh bench --paths cosyfast --concurrency 1,4,16,64 --new-tokens 300 --replicas 2 --lanes 2 \
+    --label r2l2 >/dev/null
+  source /tmp/tm_env.sh; cd /tmp
+  for rl in "4 2" "4 1" "2 1"; do
+    set -- $rl
+    bench --concurrency 1,4,16,64 --new-tokens 300 --replicas "$1" --lanes "$2" --label "r$1l$2" --out "$OUT/r$1l$2"
+  done
+  grep -E "^  [a-z]" "$OUT/bench.log"
+  rm -f "$OUT"/*/results.md "$OUT"/*/results.png
+  ;;
+*) echo "usage: $0 processes|shapes|low" >&2; exit 2 ;;
 esac
