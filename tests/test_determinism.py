@@ -193,7 +193,7 @@ def test_close_and_context_manager(tiny_dirs):
 def test_lanes_change_no_tokens(tiny_dirs, kind, lanes):
     """Sessions spread over several scheduler lanes (each its own thread and rounds over the one
     engine) give the tokens they give on one lane, and every lane takes part."""
-    requests = [(_request(kind, j), 300 + j) for j in range(7)]
+    requests = [(_request(kind, j), 300 + j) for j in range(12)]
 
     def run(n_lanes):
         with cosyfast.load(tiny_dirs[kind], engine="cpu", max_session_len=SESSION_LIMIT, lanes=n_lanes) as m:
@@ -207,10 +207,21 @@ def test_lanes_change_no_tokens(tiny_dirs, kind, lanes):
     got, rounds_many = run(lanes)
     assert got == expected
     assert all(len(t) == MAX_LEN for t in got)
-    # One lane steps all seven together (~MAX_LEN rounds); each extra lane that holds sessions
+    # One lane steps all twelve together (~MAX_LEN rounds); each extra lane that holds sessions
     # runs its own ~MAX_LEN rounds.
     assert rounds_one < MAX_LEN + 8
     assert rounds_many >= lanes * MAX_LEN
+
+
+def test_few_sessions_share_one_lane(tiny_dirs):
+    """Lanes fill in order up to four sessions: three sessions on two lanes run as one lane's
+    rounds (two lanes of one or two sessions would cost TurboMind twice the iterations)."""
+    with cosyfast.load(tiny_dirs["cosyvoice2"], engine="cpu", max_session_len=SESSION_LIMIT, lanes=2) as m:
+        streams = [m.stream(*_request("cosyvoice2", j), seed=j, min_len=MAX_LEN, max_len=MAX_LEN) for j in range(3)]
+        assert all(len(s.drain()) == MAX_LEN for s in streams)
+        assert _wait_idle(m) == 0
+        rounds = m.stats["rounds"]
+    assert rounds < MAX_LEN + 8
 
 
 def test_lanes_out_of_range(tiny_dirs):

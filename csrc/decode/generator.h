@@ -1,7 +1,7 @@
 // The front door of the core: one loaded model (prompt tables, speech vocabulary, sampler) over
 // one engine and its scheduler lanes. Start() checks a request, assembles its prompt on the
-// caller's thread (so bad input fails there, at once) and hands the session to the lane with the
-// fewest live sessions.
+// caller's thread (so bad input fails there, at once) and hands the session to a lane (PickLane:
+// the lanes fill to a few sessions in order, then the least loaded takes each new one).
 //
 // Lanes: each is a scheduler thread with its own sessions, stepping them in rounds. With one
 // lane the engine idles while the host reads, samples and submits; TurboMind also starts an
@@ -67,7 +67,7 @@ class Generator {
   std::shared_ptr<Engine> engine_;
   std::vector<std::unique_ptr<Scheduler>> lanes_;
 
-  Scheduler& LeastLoadedLane();
+  Scheduler& PickLane();
 };
 
 }  // namespace cosyfast
