@@ -203,13 +203,12 @@ def test_lanes_change_no_tokens(tiny_dirs, kind, lanes):
             assert _wait_idle(m) == 0
             return tokens, m.stats["rounds"]
 
-    expected, rounds_one = run(1)
+    expected, _ = run(1)
     got, rounds_many = run(lanes)
     assert got == expected
     assert all(len(t) == MAX_LEN for t in got)
-    # One lane steps all twelve together (~MAX_LEN rounds); each extra lane that holds sessions
-    # runs its own ~MAX_LEN rounds.
-    assert rounds_one < MAX_LEN + 8
+    # Every lane that holds a session runs its own MAX_LEN rounds or more (more when sessions
+    # join a lane's rounds one after another), so all lanes took part only if this holds.
     assert rounds_many >= lanes * MAX_LEN
 
 
@@ -221,7 +220,9 @@ def test_few_sessions_share_one_lane(tiny_dirs):
         assert all(len(s.drain()) == MAX_LEN for s in streams)
         assert _wait_idle(m) == 0
         rounds = m.stats["rounds"]
-    assert rounds < MAX_LEN + 8
+    # One lane: MAX_LEN rounds plus a few while the later sessions join; split over two lanes it
+    # would be 2 * MAX_LEN or more.
+    assert rounds < 2 * MAX_LEN
 
 
 def test_lanes_out_of_range(tiny_dirs):
