@@ -147,6 +147,7 @@ TurboMindEngine::TurboMindEngine(py::object tm_module, py::object model_comm, py
       owner_(std::move(owner)),
       options_(options) {
   options_.Validate();
+  from_dlpack_ = tm_.attr("from_dlpack");
 }
 
 TurboMindEngine::~TurboMindEngine() {
@@ -163,6 +164,7 @@ TurboMindEngine::~TurboMindEngine() {
   idle_lanes_.clear();
   lanes_.clear();
   gen_config_ = py::object();
+  from_dlpack_ = py::object();
   model_comm_ = py::object();
   tm_ = py::object();
   owner_ = py::object();
@@ -197,7 +199,6 @@ TurboMindEngine::Live& TurboMindEngine::Find(int64_t id) {
 void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, const py::object& callback) {
   const int64_t id = input.session_id;
   py::object tensors;
-  py::object from_dlpack = tm_.attr("from_dlpack");
   int step = 0;
   Live* live = nullptr;
   if (input.prompt_rows) {
@@ -222,10 +223,10 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, const py::obj
     auto ranges = Buffer<int32_t>(2);
     (*ranges)[0] = 0;
     (*ranges)[1] = n;
-    tensors.attr("__setitem__")("input_ids", from_dlpack(HostTensorOf(ids, {n}, dlpack::kInt)));
+    tensors.attr("__setitem__")("input_ids", from_dlpack_(HostTensorOf(ids, {n}, dlpack::kInt)));
     tensors.attr("__setitem__")("input_embeddings",
-                                from_dlpack(HostTensorOf(rows, {n, static_cast<int64_t>(h)}, dlpack::kBfloat)));
-    tensors.attr("__setitem__")("input_embedding_ranges", from_dlpack(HostTensorOf(ranges, {1, 2}, dlpack::kInt)));
+                                from_dlpack_(HostTensorOf(rows, {n, static_cast<int64_t>(h)}, dlpack::kBfloat)));
+    tensors.attr("__setitem__")("input_embedding_ranges", from_dlpack_(HostTensorOf(ranges, {1, 2}, dlpack::kInt)));
     if (!input.append) {
       Live fresh;
       fresh.request = model_comm_.attr("create_request")();
@@ -248,7 +249,7 @@ void TurboMindEngine::Submit(const EngineInput& input, Slot& slot, const py::obj
       // previous request is finished before the next is submitted.
       live->step_ids = Buffer<int32_t>(1);
       live->step_tensors = tm_.attr("TensorMap")();
-      live->step_tensors.attr("__setitem__")("input_ids", from_dlpack(HostTensorOf(live->step_ids, {1}, dlpack::kInt)));
+      live->step_tensors.attr("__setitem__")("input_ids", from_dlpack_(HostTensorOf(live->step_ids, {1}, dlpack::kInt)));
     }
     (*live->step_ids)[0] = input.token;
     tensors = live->step_tensors;

@@ -118,6 +118,7 @@ class TurboMindEngine : public Engine {
   void CopyRow(const LogitsRow& row, float* out) const;
 
   pybind11::object tm_;
+  pybind11::object from_dlpack_;  // tm_.from_dlpack, looked up once
   pybind11::object model_comm_;
   pybind11::object gen_config_;
   pybind11::object owner_;

@@ -3,9 +3,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
-#include <cmath>
 #include <limits>
-#include <numeric>
 #include <stdexcept>
 
 namespace cosyfast {
