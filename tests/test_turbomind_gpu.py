@@ -233,10 +233,16 @@ def test_64_concurrent_sessions_equal_solo(setup):
     checked = list(range(0, 64, 8))
     opts = dict(max_len=40, min_len=40)
     solo_tokens = {i: model.generate(*reqs[i], seed=i, **opts) for i in checked}
+    before = model.stats
     streams = [model.stream(*r, seed=i, **opts) for i, r in enumerate(reqs)]
     together_tokens = [s.drain() for s in streams]
+    after = model.stats
     assert all(s.finish_reason == "max_len" and len(t) == 40 for s, t in zip(streams, together_tokens))
     assert model.live_sessions == 0
+    # Every replica's engine ran at least one iteration per token of its sessions (prefill + 39 steps).
+    iterations = after["engine_iterations"] - before["engine_iterations"]
+    rounds = after["rounds"] - before["rounds"]
+    assert iterations >= 40 * model.replicas
     diverge = [first_divergence(together_tokens[i], solo_tokens[i]) for i in checked]
 
     engine, _ = make_turbomind_engine(weights, max_batch=64, cache_max_entry_count=0.05)
@@ -260,5 +266,5 @@ def test_64_concurrent_sessions_equal_solo(setup):
     worst = max(float(np.linalg.norm(t - s) / np.linalg.norm(s))
                 for i in checked for t, s in zip(together[i], solo[i]))
     report(test="concurrent", kind=kind, token_first_divergence=diverge, logits_worst_rel_err=worst,
-           live_after=model.live_sessions)
+           live_after=model.live_sessions, engine_iterations=iterations, rounds=rounds)
     assert worst < 5e-2, f"a session's logits among 64 differ from solo by {worst:.3f} (a mix-up, not rounding)"

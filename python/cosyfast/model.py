@@ -242,11 +242,18 @@ class Model:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Scheduler counters summed over replicas, plus each engine's own profile where it has one."""
+        """Scheduler counters summed over replicas, plus each engine's own profile where it has one
+        and, on TurboMind, `engine_iterations`: the iterations its schedulers ran, all replicas
+        together (a round whose requests reach the engine over two iterations counts two)."""
         gens = self._live()
         total = {k: sum(g.stats[k] for g in gens) for k in gens[0].stats}
         profiles = [dict(e.profile) for e in self._engines if hasattr(e, "profile")]
-        return total | ({"engine_profiles": profiles} if profiles else {})
+        if profiles:
+            total["engine_profiles"] = profiles
+        ticks = [b.model_comm.get_schedule_metrics(0).scheduler_tick for b in self._backends if b is not None]
+        if ticks:
+            total["engine_iterations"] = sum(ticks)
+        return total
 
     @property
     def max_session_len(self) -> int:

@@ -54,10 +54,13 @@ def plot(rows: list[dict], out: Path) -> None:
 
 
 def round_breakdown(before: dict, after: dict) -> dict:
-    """Mean milliseconds per engine round spent submitting, waiting and reading (replica 0), and
-    rounds run, between two `Model.stats` snapshots."""
+    """Mean milliseconds per engine round spent submitting, waiting and reading (replica 0), rounds
+    run and, where the engine counts them, its iterations per round (1 when every round's requests
+    share one iteration), between two `Model.stats` snapshots."""
     rounds = after["rounds"] - before["rounds"]
     out: dict = {"rounds": rounds, "replicas": len(after.get("engine_profiles", [])) or 1}
+    if "engine_iterations" in after and "engine_iterations" in before and rounds > 0:
+        out["iterations_per_round"] = round((after["engine_iterations"] - before["engine_iterations"]) / rounds, 3)
     if "engine_profiles" in after and after["engine_profiles"]:
         a, b = after["engine_profiles"][0], before["engine_profiles"][0]
         n = max(a["rounds"] - b["rounds"], 1)
@@ -119,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                            "prompt_rows": work.prompt_rows, "new_tokens_per_request": res.tokens // res.concurrency}
         rows.append(row)
         print(f"  {res.path:17s} conc {res.concurrency:4d}: {res.tok_per_s:9.1f} tok/s  "
-              f"{res.ms_per_token_p50:7.2f} ms/tok p50  first {res.first_token_ms_p50:8.1f} ms  rtf {res.rtf:.4f}",
+              f"{res.ms_per_token_p50:7.2f} ms/tok p50  first {res.first_token_ms_p50:8.1f} ms  rtf {res.rtf:.4f}"
+              + (f"  iterations/round {res.extra['iterations_per_round']}" if "iterations_per_round" in res.extra else ""),
               flush=True)
 
     def median_run(fn, repeats: int):

@@ -1,0 +1,54 @@
+"""The benchmark on the CPU engine: its rows, files and the figures derived from engine counters."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cosyfast.bench.main import main, round_breakdown
+from cosyfast.bench.metrics import summarize
+
+
+def test_summarize_definitions() -> None:
+    # two requests: tokens at 10/20/40 ms and 5/10 ms after their start, over a 0.05 s wall
+    res = summarize("p", 2, 0.05, [[0.010, 0.020, 0.040], [0.005, 0.010]], None)
+    assert res.tokens == 5
+    assert res.tok_per_s == pytest.approx(100.0)
+    assert res.ms_per_token_p50 == pytest.approx(10.0)  # gaps 10, 20, 5 ms
+    assert res.first_token_ms_p50 == pytest.approx(7.5)
+    assert res.rtf == pytest.approx(0.05 / (5 / 25))
+
+
+def test_round_breakdown_iterations_per_round() -> None:
+    profile0 = {"rounds": 10, "submit_s": 0.0, "wait_s": 0.0, "read_s": 0.0}
+    profile1 = {"rounds": 30, "submit_s": 0.02, "wait_s": 0.1, "read_s": 0.04}
+    before = {"rounds": 10, "engine_profiles": [profile0], "engine_iterations": 100}
+    after = {"rounds": 30, "engine_profiles": [profile1], "engine_iterations": 130}
+    out = round_breakdown(before, after)
+    assert out["rounds"] == 20
+    assert out["iterations_per_round"] == pytest.approx(1.5)
+    assert out["wait_ms_per_round"] == pytest.approx(5.0)
+    assert "iterations_per_round" not in round_breakdown({"rounds": 0}, {"rounds": 4})
+
+
+def test_bench_cpu_rows_and_files(tiny_cv2_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    assert main(["--checkpoint", str(tiny_cv2_dir), "--engine", "cpu", "--paths", "cosyfast", "--concurrency", "1,3",
+                 "--new-tokens", "6", "--prompt-rows", "8", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["path"], r["concurrency"]) for r in rows] == [("cosyfast", 1), ("cosyfast", 3)]
+    for r in rows:
+        # every request runs to its token count: min_len/max_len are set from the workload
+        assert r["tokens"] == 6 * r["concurrency"]
+        assert r["tok_per_s"] > 0 and r["ms_per_token_p50"] <= r["ms_per_token_p99"]
+        assert r["extra"]["rounds"] >= 6
+        assert r["meta"]["checkpoint"] == str(tiny_cv2_dir)
+    table = (out / "results.md").read_text()
+    assert table.count("| cosyfast |") == 2
+    assert not list(out.glob("*.tmp*")), "no half-written files left behind"
+
+
+def test_bench_rejects_unknown_path(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):
+        main(["--paths", "cosyfast,warp-drive", "--out", str(tmp_path)])
