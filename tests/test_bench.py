@@ -42,7 +42,8 @@ def test_bench_cpu_rows_and_files(tiny_cv2_dir: Path, tmp_path: Path) -> None:
         # every request runs to its token count: min_len/max_len are set from the workload
         assert r["tokens"] == 6 * r["concurrency"]
         assert r["tok_per_s"] > 0 and r["ms_per_token_p50"] <= r["ms_per_token_p99"]
-        assert r["extra"]["rounds"] >= 6
+        # prefill + 5 steps per request; the last round may be counted just after its token arrives
+        assert r["extra"]["rounds"] >= 5
         assert r["meta"]["checkpoint"] == str(tiny_cv2_dir)
     table = (out / "results.md").read_text()
     assert table.count("| cosyfast |") == 2
