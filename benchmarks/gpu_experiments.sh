@@ -8,6 +8,7 @@
 #   bash benchmarks/gpu_experiments.sh low         # 1-64 sessions over instances x lanes
 #   bash benchmarks/gpu_experiments.sh iterations  # GPU tests; engine iterations per round (does a
 #                                                  # round reach TurboMind in one iteration?) by shape
+#   bash benchmarks/gpu_experiments.sh sampling    # sample threads per lane (0 / 2 / 4) at 64-256
 #   bash benchmarks/gpu_experiments.sh trace       # CUDA timelines (probe_round --trace, summarised by
 #                                                  # trace_summary.py); then processes under CUDA MPS
 set -uo pipefail
@@ -110,5 +111,15 @@ iterations)
   grep -E "^  [a-z]" "$OUT/bench.log"
   rm -f "$OUT"/*/results.md "$OUT"/*/results.png
   ;;
-*) echo "usage: $0 processes|shapes|low|trace|iterations" >&2; exit 2 ;;
+sampling)
+  bash benchmarks/gpu_run.sh bench --paths cosyfast --concurrency 64,128,256 --new-tokens 500 --label st0 >/dev/null
+  source /tmp/tm_env.sh; cd /tmp
+  for t in 2 4; do
+    bench --concurrency 64,128,256 --new-tokens 500 --sample-threads $t --label st$t --out "$OUT/st$t"
+  done
+  bench --concurrency 64,128,256 --new-tokens 500 --label st0-again --out "$OUT/st0b"
+  grep -E "^  [a-z]" "$OUT/bench.log"
+  rm -f "$OUT"/*/results.md "$OUT"/*/results.png
+  ;;
+*) echo "usage: $0 processes|shapes|low|trace|iterations|sampling" >&2; exit 2 ;;
 esac

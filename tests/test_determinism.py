@@ -229,3 +229,34 @@ def test_lanes_out_of_range(tiny_dirs):
     for bad in (0, 17):
         with pytest.raises(ValueError, match="lanes must be in"):
             cosyfast.load(tiny_dirs["cosyvoice2"], engine="cpu", lanes=bad)
+
+
+def test_sample_threads_change_no_tokens(tiny_dirs, kind):
+    """A round's rows sampled on helper threads give the tokens sampled on the lane's own thread
+    (each row belongs to its own session and RNG), stops included; rounds of 16+ rows do use the
+    helpers, smaller ones do not."""
+    requests = [(_request(kind, j), 500 + j) for j in range(24)]
+
+    def run(threads):
+        with cosyfast.load(tiny_dirs[kind], engine="cpu", max_session_len=SESSION_LIMIT, sample_threads=threads) as m:
+            # Half the sessions may stop early (a stop token past min_len), so rounds shrink.
+            streams = [m.stream(*r, seed=seed, min_len=MAX_LEN if seed % 2 else 0, max_len=MAX_LEN)
+                       for r, seed in requests]
+            tokens = [s.drain() for s in streams]
+            reasons = [s.finish_reason for s in streams]
+            assert _wait_idle(m) == 0
+            return tokens, reasons, m.stats["parallel_rounds"]
+
+    expected, expected_reasons, none = run(0)
+    got, reasons, parallel = run(3)
+    assert none == 0
+    assert got == expected and reasons == expected_reasons
+    # 12 sessions run MAX_LEN tokens and the others stop on their own (here after 2 to 60): rounds
+    # hold 16+ rows while 4+ of those still run, about two thirds of them with these seeds.
+    assert parallel >= MAX_LEN // 3
+
+
+def test_sample_threads_out_of_range(tiny_dirs):
+    for bad in (-1, 65):
+        with pytest.raises(ValueError, match="sample_threads must be in"):
+            cosyfast.load(tiny_dirs["cosyvoice2"], engine="cpu", sample_threads=bad)

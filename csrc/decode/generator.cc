@@ -73,6 +73,7 @@ SchedulerStats Generator::stats() const {
     total.rounds += s.rounds;
     total.tokens += s.tokens;
     total.sessions_finished += s.sessions_finished;
+    total.parallel_rounds += s.parallel_rounds;
   }
   return total;
 }

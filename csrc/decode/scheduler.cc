@@ -5,8 +5,16 @@
 
 namespace cosyfast {
 
+namespace {
+// What sampling a row did to its session.
+enum Outcome : uint8_t { kFailed = 0, kFinished = 1, kGoesOn = 2 };
+}  // namespace
+
 void SchedulerOptions::Validate() const {
   if (max_batch < 1) throw std::invalid_argument("max_batch must be >= 1, got " + std::to_string(max_batch));
+  if (sample_threads < 0 || sample_threads > 64) {
+    throw std::invalid_argument("sample_threads must be in [0, 64], got " + std::to_string(sample_threads));
+  }
 }
 
 Scheduler::Scheduler(std::shared_ptr<Engine> engine, std::shared_ptr<const TokenSampler> sampler,
@@ -18,6 +26,7 @@ Scheduler::Scheduler(std::shared_ptr<Engine> engine, std::shared_ptr<const Token
     throw std::invalid_argument("the engine's logits rows (" + std::to_string(engine_->vocab_size()) +
                                 ") differ from the sampler's (" + std::to_string(sampler_->engine_vocab()) + ")");
   }
+  if (options_.sample_threads > 0) sample_pool_ = std::make_unique<WorkerPool>(options_.sample_threads);
   doorbell_ = std::make_shared<Doorbell>(this);
   thread_ = std::thread([this] { Loop(); });
 }
@@ -151,26 +160,37 @@ void Scheduler::RunRound() {
     return;
   }
 
-  int64_t sampled = 0;
-  for (size_t i = 0; i < batch_.size(); ++i) {
+  // Each row touches only its own session, so rows may be sampled on any thread; retiring
+  // (which calls the engine) stays on this one.
+  outcome_.assign(batch_.size(), kFailed);
+  auto advance = [&](size_t i) {
     Session& s = *batch_[i];
-    bool goes_on = false;
     try {
-      goes_on = s.Advance(logits_.data() + i * vocab, *sampler_);
-      ++sampled;
+      outcome_[i] = s.Advance(logits_.data() + i * vocab, *sampler_) ? kGoesOn : kFinished;
     } catch (const std::exception& e) {
       s.Finish(FinishReason::kError, e.what());
     }
-    if (goes_on) {
+  };
+  const bool parallel = sample_pool_ && batch_.size() >= kParallelSampleMinRows;
+  if (parallel) {
+    sample_pool_->ForEach(batch_.size(), advance);
+  } else {
+    for (size_t i = 0; i < batch_.size(); ++i) advance(i);
+  }
+  int64_t sampled = 0;
+  for (size_t i = 0; i < batch_.size(); ++i) {
+    sampled += outcome_[i] != kFailed;
+    if (outcome_[i] == kGoesOn) {
       active_.push_back(std::move(batch_[i]));
     } else {
-      Retire(s);
+      Retire(*batch_[i]);
     }
   }
   batch_.clear();
   std::lock_guard<std::mutex> lock(mutex_);
   ++stats_.rounds;
   stats_.tokens += sampled;
+  stats_.parallel_rounds += parallel;
 }
 
 void Scheduler::Park(std::shared_ptr<Session> session) {

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "decode/session.h"
+#include "decode/worker_pool.h"
 #include "engines/engine.h"
 #include "sampling/sampler.h"
 
@@ -22,13 +23,21 @@ namespace cosyfast {
 
 struct SchedulerOptions {
   int max_batch = 256;  // most sessions stepped in one round; the rest wait their turn to join
+  // Helper threads that sample a large round's rows beside the lane's own thread (0: the lane
+  // samples alone). Shortens the host work between two of the lane's engine rounds.
+  int sample_threads = 0;
   void Validate() const;
 };
+
+// Rounds with fewer rows sample on the lane's thread: handing rows to helpers costs more than
+// drawing them (~20 us a row).
+constexpr size_t kParallelSampleMinRows = 16;
 
 struct SchedulerStats {
   int64_t rounds = 0;
   int64_t tokens = 0;  // rows sampled (emitted tokens and stop tokens)
   int64_t sessions_finished = 0;
+  int64_t parallel_rounds = 0;  // rounds whose rows the sample threads shared
 };
 
 class Scheduler;
@@ -98,6 +107,8 @@ class Scheduler {
   std::vector<std::shared_ptr<Session>> batch_;  // the sessions of this round's inputs_
   std::vector<EngineInput> inputs_;
   std::vector<float> logits_;
+  std::vector<uint8_t> outcome_;  // per row of the round: Outcome
+  std::unique_ptr<WorkerPool> sample_pool_;  // null without sample threads
   std::thread thread_;
 };
 

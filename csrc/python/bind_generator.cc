@@ -161,15 +161,16 @@ void BindGenerator(py::module_& m) {
                                                     "A loaded model over one engine; every request steps together.")
       .def(py::init([](std::shared_ptr<PromptTables> tables, const py::dict& vocab,
                        std::optional<FloatArray> decoder_bias, std::shared_ptr<Engine> engine, int max_batch,
-                       int lanes) {
+                       int lanes, int sample_threads) {
              SchedulerOptions sched;
              sched.max_batch = max_batch;
+             sched.sample_threads = sample_threads;
              return OwnedReleasingGil(new Generator(std::move(tables), MakeVocab(vocab),
                                                     decoder_bias ? MakeRow(*decoder_bias) : std::vector<float>(),
                                                     std::move(engine), sched, lanes));
            }),
            py::kw_only(), py::arg("tables"), py::arg("vocab"), py::arg("decoder_bias"), py::arg("engine"),
-           py::arg("max_batch") = 256, py::arg("lanes") = 1)
+           py::arg("max_batch") = 256, py::arg("lanes") = 1, py::arg("sample_threads") = 0)
       .def(
           "start",
           [](Generator& g, std::vector<int32_t> text_ids, std::vector<int32_t> prompt_text_ids,
@@ -217,6 +218,7 @@ void BindGenerator(py::module_& m) {
         d["rounds"] = s.rounds;
         d["tokens"] = s.tokens;
         d["sessions_finished"] = s.sessions_finished;
+        d["parallel_rounds"] = s.parallel_rounds;
         return d;
       });
 }

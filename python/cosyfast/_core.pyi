@@ -100,7 +100,8 @@ class Stream:
 
 class Generator:
     def __init__(self, *, tables: PromptTables, vocab: dict[str, Any], decoder_bias: npt.ArrayLike | None,
-                 engine: Engine, max_batch: int = 256, lanes: int = 1) -> None: ...
+                 engine: Engine, max_batch: int = 256, lanes: int = 1,
+                 sample_threads: int = 0) -> None: ...
     def start(self, text_ids: Sequence[int], prompt_text_ids: Sequence[int], prompt_speech_tokens: Sequence[int],
               options: RequestOptions) -> Stream: ...
     def start_bistream(self, prompt_text_ids: Sequence[int], prompt_speech_tokens: Sequence[int],

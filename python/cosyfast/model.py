@@ -128,6 +128,7 @@ class Model:
         table_dtype: str = "float32",
         replicas: int | None = None,
         lanes: int | None = None,
+        sample_threads: int = 0,
         devices: Sequence[int] | None = None,
         **engine_options: Any,
     ) -> None:
@@ -140,6 +141,8 @@ class Model:
             lanes = DEFAULT_TURBOMIND_LANES if self.engine == "turbomind" else 1
         if not 1 <= lanes <= 16:
             raise ValueError(f"lanes must be in [1, 16], got {lanes}")
+        if not 0 <= sample_threads <= 64:  # checked again by the C++ scheduler, after an engine loads
+            raise ValueError(f"sample_threads must be in [0, 64], got {sample_threads}")
         self.kind = weights.kind
         self.vocab = dict(weights.vocab)
         if self.engine == "turbomind":
@@ -158,7 +161,8 @@ class Model:
             self._engines.append(core_engine)
             self._backends.append(backend)
             generators.append(_core.Generator(tables=tables, vocab=weights.vocab, decoder_bias=weights.decoder_bias,
-                                              engine=core_engine, max_batch=max_batch, lanes=lanes))
+                                              engine=core_engine, max_batch=max_batch, lanes=lanes,
+                                              sample_threads=sample_threads))
         self._generators: list[_core.Generator] | None = generators
         self.backend = self._backends[0]  # lmdeploy's TurboMind of replica 0 (None on the cpu engine)
 
@@ -290,7 +294,9 @@ def load(path: str | os.PathLike[str] | LlmWeights, engine: str = "auto", **opti
     max_batch, max_session_len, table_dtype ("float32" or "bfloat16" prompt tables), replicas
     (engine instances; default 2 per GPU on turbomind, 1 on cpu), lanes (scheduler threads per
     replica, each stepping its own sessions so that one samples while another's round runs;
-    default 2 on turbomind, 1 on cpu), devices (GPU ids the turbomind replicas are spread over);
+    default 2 on turbomind, 1 on cpu), sample_threads (helper threads per lane that share the
+    sampling of rounds of 16+ sessions; default 0), devices (GPU ids the turbomind replicas are
+    spread over);
     any other keyword goes to the turbomind engine (cache_max_entry_count, async_,
     max_context_token_num, ...).
     """

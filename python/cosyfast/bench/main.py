@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", type=int, default=None,
                    help="engine instances (default: 2 per GPU on turbomind, 1 on cpu)")
     p.add_argument("--lanes", type=int, default=None, help="scheduler lanes per replica (default: the Model's)")
+    p.add_argument("--sample-threads", type=int, default=0,
+                   help="helper threads per lane that share a large round's sampling (default 0)")
     p.add_argument("--devices", default=None, help="comma list of GPU ids the replicas are spread over")
     p.add_argument("--label", default="cosyfast", help="path name for the cosyfast rows (e.g. cosyfast-r2)")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                       for k, v in (o.split("=", 1) for o in args.engine_option)}
     devices = [int(d) for d in args.devices.split(",")] if args.devices else None
     model = load(weights, engine=args.engine, max_batch=max(args.max_batch, max(sweep)), replicas=args.replicas,
-                 lanes=args.lanes, devices=devices, **engine_options)
+                 lanes=args.lanes, sample_threads=args.sample_threads, devices=devices, **engine_options)
     device = _device_name()
     print(f"bench: {weights.kind} {args.size} on {model.engine}, {device}; prompt {work.prompt_rows} rows, "
           f"{work.new_tokens} tokens per request; paths {paths}; sweep {sweep}", flush=True)
