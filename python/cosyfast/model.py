@@ -21,6 +21,7 @@ ENGINES = ("auto", "cpu", "turbomind")
 # while the host samples (benchmarks/NOTES.md has the measurements behind these defaults).
 DEFAULT_TURBOMIND_REPLICAS = 2
 DEFAULT_TURBOMIND_LANES = 2
+DEFAULT_TURBOMIND_SAMPLE_THREADS = 2  # benchmarks/NOTES.md attempt 21
 
 
 def _ids(values: Any, name: str) -> list[int]:
@@ -128,7 +129,7 @@ class Model:
         table_dtype: str = "float32",
         replicas: int | None = None,
         lanes: int | None = None,
-        sample_threads: int = 0,
+        sample_threads: int | None = None,
         devices: Sequence[int] | None = None,
         **engine_options: Any,
     ) -> None:
@@ -141,6 +142,8 @@ class Model:
             lanes = DEFAULT_TURBOMIND_LANES if self.engine == "turbomind" else 1
         if not 1 <= lanes <= 16:
             raise ValueError(f"lanes must be in [1, 16], got {lanes}")
+        if sample_threads is None:
+            sample_threads = DEFAULT_TURBOMIND_SAMPLE_THREADS if self.engine == "turbomind" else 0
         if not 0 <= sample_threads <= 64:  # checked again by the C++ scheduler, after an engine loads
             raise ValueError(f"sample_threads must be in [0, 64], got {sample_threads}")
         self.kind = weights.kind
@@ -295,7 +298,7 @@ def load(path: str | os.PathLike[str] | LlmWeights, engine: str = "auto", **opti
     (engine instances; default 2 per GPU on turbomind, 1 on cpu), lanes (scheduler threads per
     replica, each stepping its own sessions so that one samples while another's round runs;
     default 2 on turbomind, 1 on cpu), sample_threads (helper threads per lane that share the
-    sampling of rounds of 16+ sessions; default 0), devices (GPU ids the turbomind replicas are
+    sampling of rounds of 16+ sessions; default 2 on turbomind, 0 on cpu), devices (GPU ids the turbomind replicas are
     spread over);
     any other keyword goes to the turbomind engine (cache_max_entry_count, async_,
     max_context_token_num, ...).

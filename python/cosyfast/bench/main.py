@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", type=int, default=None,
                    help="engine instances (default: 2 per GPU on turbomind, 1 on cpu)")
     p.add_argument("--lanes", type=int, default=None, help="scheduler lanes per replica (default: the Model's)")
-    p.add_argument("--sample-threads", type=int, default=0,
-                   help="helper threads per lane that share a large round's sampling (default 0)")
+    p.add_argument("--sample-threads", type=int, default=None,
+                   help="helper threads per lane that share a large round's sampling (default: the Model's)")
     p.add_argument("--devices", default=None, help="comma list of GPU ids the replicas are spread over")
     p.add_argument("--label", default="cosyfast", help="path name for the cosyfast rows (e.g. cosyfast-r2)")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
