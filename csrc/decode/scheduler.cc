@@ -169,6 +169,8 @@ void Scheduler::RunRound() {
       outcome_[i] = s.Advance(logits_.data() + i * vocab, *sampler_) ? kGoesOn : kFinished;
     } catch (const std::exception& e) {
       s.Finish(FinishReason::kError, e.what());
+    } catch (...) {  // may run on a helper thread, where an escaping exception would end the process
+      s.Finish(FinishReason::kError, "unknown error while sampling");
     }
   };
   const bool parallel = sample_pool_ && batch_.size() >= kParallelSampleMinRows;
