@@ -60,7 +60,7 @@ def summarise(events: list[dict], gap_us: float) -> str:
     if all_kernels:
         t0 = min(ts for ts, _ in all_kernels)
         t1 = max(ts + d for ts, d in all_kernels)
-        union = sum(b - a for a, b, _ in iterations(all_kernels, 0.0)) if all_kernels else 0.0
+        union = sum(b - a for a, b, _ in iterations(all_kernels, 0.0))
         lines.append(f"window {(t1 - t0) / 1000:.1f} ms; some kernel running {union / (t1 - t0) * 100:.0f}% of it")
     for stream, ks in sorted(by_stream.items(), key=lambda kv: -len(kv[1])):
         its = iterations(ks, gap_us)

@@ -25,7 +25,6 @@ class WorkerPool {
   // returns when every call has returned. fn must not throw. One loop at a time: the pool belongs
   // to one caller (a scheduler lane).
   void ForEach(size_t n, const std::function<void(size_t)>& fn);
-  int helpers() const { return static_cast<int>(threads_.size()); }
 
  private:
   void Help();
