@@ -1,0 +1,99 @@
+"""Running the app: `cosyfast serve` (uvicorn, graceful shutdown) and a loopback server on a
+thread for tests and the benchmark."""
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import threading
+from typing import Any
+
+import uvicorn
+
+from .app import create_app
+from .service import Service
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn whose shutdown first drains the service: new requests get 503 while live streams
+    finish (up to the service's drain timeout); streams still live then are cancelled and end
+    with finish_reason "cancelled", and only then do connections close."""
+
+    def __init__(self, config: uvicorn.Config, service: Service) -> None:
+        super().__init__(config)
+        self.service = service
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        cancelled = await self.service.drain()
+        if cancelled:
+            logging.getLogger("cosyfast.serve").warning("cancelled %d live session(s) at shutdown", cancelled)
+        await super().shutdown(sockets)
+
+
+def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, **config: Any) -> DrainingServer:
+    # The drain above bounds the wait; uvicorn's own timeout is only a backstop for the rest.
+    cfg = uvicorn.Config(create_app(service), host=host, port=port, timeout_graceful_shutdown=5,
+                         log_level=config.pop("log_level", "info"), **config)
+    return DrainingServer(cfg, service)
+
+
+class BackgroundServer:
+    """A server on a thread of its own, bound to a free loopback port: `with BackgroundServer(s) as url:`."""
+
+    def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 0, **config: Any) -> None:
+        self.server = make_server(service, host, port, log_level=config.pop("log_level", "warning"), **config)
+        self._thread = threading.Thread(target=self.server.run, name="cosyfast-serve", daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> str:
+        self._thread.start()
+        for _ in range(1000):  # 10 s: the app is built already, so binding is all that is left
+            if self.server.started or not self._thread.is_alive():
+                break
+            self._thread.join(0.01)
+        if not self.server.started:
+            raise RuntimeError("the server did not start (see its log above)")
+        host, port = self.server.servers[0].sockets[0].getsockname()[:2]
+        self.url = f"http://{host}:{port}"
+        return self.url
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="a CosyVoice2/3 llm.pt or model directory")
+    p.add_argument("--engine", default="auto", choices=["auto", "cpu", "turbomind"])
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-sessions", type=int, default=256,
+                   help="live sessions admitted at once; beyond it requests get 503 with Retry-After")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="seconds live streams may finish in at shutdown before they are cancelled")
+    p.add_argument("--max-batch", type=int, default=None, help="engine batch (default: max(256, --max-sessions))")
+    p.add_argument("--max-session-len", type=int, default=4096)
+    p.add_argument("--replicas", type=int, default=None, help="engine instances (default: the Model's)")
+    p.add_argument("--lanes", type=int, default=None, help="scheduler lanes per replica (default: the Model's)")
+    p.add_argument("--sample-threads", type=int, default=None, help="sampling helpers per lane (default: the Model's)")
+    p.add_argument("--devices", default=None, help="comma list of GPU ids (turbomind)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import load
+
+    devices = [int(d) for d in args.devices.split(",")] if args.devices else None
+    model = load(args.model, engine=args.engine, max_batch=args.max_batch or max(256, args.max_sessions),
+                 max_session_len=args.max_session_len, replicas=args.replicas, lanes=args.lanes,
+                 sample_threads=args.sample_threads, devices=devices)
+    service = Service(model, max_sessions=args.max_sessions, drain_timeout_s=args.drain_timeout)
+    print(f"cosyfast serve: {model.kind} on {model.engine}, at most {args.max_sessions} sessions, "
+          f"http://{args.host}:{args.port}", flush=True)
+    try:
+        make_server(service, args.host, args.port).run()
+    finally:
+        model.close()
+    return 0
