@@ -1,0 +1,340 @@
+"""`cosyfast serve` on loopback: the tiny CPU model behind uvicorn, queried with httpx."""
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+httpx = pytest.importorskip("httpx", reason="the serve tests need the serve extra: pip install '.[serve]'")
+pytest.importorskip("fastapi", reason="the serve tests need the serve extra: pip install '.[serve]'")
+from httpx_ws import connect_ws  # noqa: E402
+from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
+
+import cosyfast  # noqa: E402
+from cosyfast.serve import BackgroundServer, Service  # noqa: E402
+from cosyfast.serve.service import field_of  # noqa: E402
+
+LONG = dict(min_len=19000, max_len=19000)  # ~25 s of tokens on the tiny model (long_model only)
+
+
+@pytest.fixture(scope="module")
+def model(tiny_cv2_dir: Path) -> Iterator[cosyfast.Model]:
+    with cosyfast.load(tiny_cv2_dir, engine="cpu") as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def long_model(tiny_cv2_dir: Path) -> Iterator[cosyfast.Model]:
+    """Sessions long enough to interrupt whatever the machine's speed."""
+    with cosyfast.load(tiny_cv2_dir, engine="cpu", max_session_len=20000, max_batch=4) as m:
+        yield m
+
+
+@pytest.fixture
+def serve(model: cosyfast.Model) -> Iterator[Callable[..., BackgroundServer]]:
+    """Starts a server over the module's model; every one started is stopped after the test."""
+    servers: list[BackgroundServer] = []
+
+    def start(on: cosyfast.Model | None = None, **options: Any) -> BackgroundServer:
+        server = BackgroundServer(Service(on or model, **options))
+        servers.append(server)
+        server.__enter__()
+        return server
+
+    yield start
+    for s in servers:
+        s.stop()
+        wait_for(lambda: s.service.model.live_sessions == 0, "every session ends with its server")
+
+
+def wait_for(cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
+def body(i: int = 0, **options: Any) -> dict[str, Any]:
+    return dict(text_ids=[1 + i, 2, 3, 4, 5 + i], prompt_text_ids=[7, 8], prompt_speech_tokens=[11, 12, 13 + i],
+                seed=100 + i, **options)
+
+
+def ndjson(lines: Iterator[str]) -> tuple[list[int], dict[str, Any], int]:
+    """(tokens, the closing summary, number of token lines)."""
+    msgs = [json.loads(line) for line in lines if line]
+    tokens = [t for m in msgs[:-1] for t in m["tokens"]]
+    return tokens, msgs[-1], len(msgs) - 1
+
+
+def metrics(client: httpx.Client) -> dict[str, float]:
+    r = client.get("/metrics")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(r.text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()) if k != "le")
+            if "le" not in s.labels:
+                out[s.name + (f"{{{labels}}}" if labels else "")] = s.value
+    return out
+
+
+def test_streamed_tokens_equal_generate(serve, model: cosyfast.Model) -> None:
+    url = serve().url
+    ref = model.generate(**body())
+    with httpx.Client(base_url=url, timeout=30) as c:
+        with c.stream("POST", "/v1/speech_tokens", json=body()) as r:
+            assert r.status_code == 200 and r.headers["content-type"] == "application/x-ndjson"
+            tokens, summary, _ = ndjson(r.iter_lines())
+        assert tokens == ref
+        assert summary == {"finish_reason": "max_len" if len(ref) == summary["num_tokens"] == model.stream(
+            **body()).max_len else "stop_token", "num_tokens": len(ref)}
+        whole = c.post("/v1/speech_tokens", json=body(stream=False)).json()
+        assert whole["tokens"] == ref and whole["num_tokens"] == len(ref)
+        with c.stream("POST", "/v1/speech_tokens", json=body(), headers={"Accept": "text/event-stream"}) as r:
+            assert r.headers["content-type"].startswith("text/event-stream")
+            events = [e for e in r.read().decode().split("\n\n") if e]
+        data = [(e.split("\n")[0], json.loads(e.split("\n")[1].removeprefix("data: "))) for e in events]
+        assert [t for name, d in data if name == "event: tokens" for t in d["tokens"]] == ref
+        assert data[-1] == ("event: done", summary)
+
+
+class _FakeStream:
+    """Tokens that are all ready at once, as when the event loop falls behind the engine."""
+
+    is_bistream = False
+    finish_reason = "max_len"
+
+    def __init__(self, n: int) -> None:
+        self._tokens = iter(range(n))
+
+    def next(self) -> int | None:
+        return next(self._tokens, None)
+
+    def cancel(self) -> None:
+        pass
+
+
+def test_ready_tokens_travel_together(model: cosyfast.Model) -> None:
+    from cosyfast.serve.service import Session
+
+    async def batches_after_a_pause() -> list[list[int]]:
+        session = Session(Service(model), _FakeStream(500), asyncio.get_running_loop())
+        session.join(10)  # every token is queued before the loop looks
+        return [b async for b in session.batches()]
+
+    assert asyncio.run(batches_after_a_pause()) == [list(range(500))]
+
+
+def test_64_concurrent_clients(serve, model: cosyfast.Model) -> None:
+    url = serve(max_sessions=64).url
+    refs = [model.generate(**body(i, max_len=60)) for i in range(64)]
+
+    async def one(client: httpx.AsyncClient, i: int) -> list[int]:
+        async with client.stream("POST", "/v1/speech_tokens", json=body(i, max_len=60)) as r:
+            assert r.status_code == 200
+            return ndjson(iter([line async for line in r.aiter_lines()]))[0]
+
+    async def all_clients() -> list[list[int]]:
+        limits = httpx.Limits(max_connections=64)
+        async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+            return await asyncio.gather(*(one(client, i) for i in range(64)))
+
+    assert asyncio.run(all_clients()) == refs
+
+
+def test_disconnect_ends_the_session(serve, long_model: cosyfast.Model) -> None:
+    model = long_model
+    srv = serve(long_model)
+    url, service = srv.url, srv.service
+    with httpx.Client(base_url=url, timeout=30) as c:
+        with c.stream("POST", "/v1/speech_tokens", json=body(**LONG)) as r:
+            first = json.loads(next(r.iter_lines()))
+            assert first["tokens"] and model.live_sessions == 1
+        # leaving the block closed the connection mid-stream
+        wait_for(lambda: model.live_sessions == 0 and service.admitted == 0, "the engine session ends")
+        m = metrics(c)
+    assert m['cosyfast_sessions_finished_total{reason=cancelled}'] == 1
+    assert m["cosyfast_tokens_total"] < 19000
+
+
+@pytest.mark.parametrize("bad, status, field", [
+    ({"text_ids": [1], "top_p": 2.0}, 422, "top_p"),
+    ({"text_ids": [1], "top_k": 0}, 422, "top_k"),
+    ({"text_ids": [1], "seed": -3}, 422, "seed"),
+    ({"text_ids": [1], "max_len": 0}, 422, "max_len"),
+    ({"text_ids": [1], "prompt_speech_tokens": [99999]}, 422, "prompt_speech_tokens"),
+    ({"text_ids": "hello"}, 422, "text_ids"),
+    ({"text_ids": [10**9]}, 422, "text_ids"),
+    ({"text_ids": [1], "temperature": 0.7}, 422, "temperature"),
+    ({"text_ids": [1], "stream": "yes"}, 422, "stream"),
+    ({"prompt_text_ids": [1]}, 422, "text_ids"),
+    ([1, 2, 3], 400, None),
+    ("{not json", 400, None),
+])
+def test_bad_bodies(serve, model: cosyfast.Model, bad: Any, status: int, field: str | None) -> None:
+    url = serve().url
+    content = bad if isinstance(bad, str) else json.dumps(bad)
+    with httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/v1/speech_tokens", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == status, r.text
+        err = r.json()["error"]
+        assert err["field"] == field and err["message"]
+        if isinstance(bad, dict) and field not in ("temperature", "stream") and "text_ids" in bad:
+            # the same sentence the Python API raises for the same input
+            with pytest.raises((ValueError, TypeError)) as e:
+                model.generate(**{k: v for k, v in bad.items() if k != "stream"})
+            assert str(e.value) == err["message"]
+        assert metrics(c)["cosyfast_requests_rejected_total{cause=invalid}"] == 1
+    assert model.live_sessions == 0
+
+
+def test_503_when_full(serve, model: cosyfast.Model) -> None:
+    srv = serve(max_sessions=2, retry_after_s=3)
+    url, service = srv.url, srv.service
+    with httpx.Client(base_url=url, timeout=30) as c:
+        held = [_parked_bistream(url) for _ in range(2)]  # live until their clients leave
+        r = c.post("/v1/speech_tokens", json=body())
+        assert r.status_code == 503 and r.headers["retry-after"] == "3"
+        assert "2 live sessions" in r.json()["error"]["message"]
+        for cm, _ in held:
+            cm.__exit__(None, None, None)
+        wait_for(lambda: service.admitted == 0, "the held sessions end")
+        assert c.post("/v1/speech_tokens", json=body(stream=False)).status_code == 200  # nothing else was dropped
+        m = metrics(c)
+    assert m["cosyfast_requests_rejected_total{cause=full}"] == 1
+
+
+def test_metrics_and_health(serve, model: cosyfast.Model) -> None:
+    url = serve(max_sessions=8).url
+    with httpx.Client(base_url=url, timeout=30) as c:
+        h = c.get("/health")
+        assert h.status_code == 200
+        assert h.json() | {"live_sessions": 0} == {"status": "ok", "engine": "cpu", "kind": "cosyvoice2",
+                                                    "live_sessions": 0, "admitted_sessions": 0, "max_sessions": 8}
+        sent = sum(len(c.post("/v1/speech_tokens", json=body(i, stream=False, max_len=30)).json()["tokens"])
+                   for i in range(3))
+        m = metrics(c)
+    assert m["cosyfast_tokens_total"] == sent
+    assert m["cosyfast_time_to_first_token_seconds_count"] == 3
+    assert m["cosyfast_time_to_first_token_seconds_sum"] > 0
+    assert sum(v for k, v in m.items() if k.startswith("cosyfast_sessions_finished_total{")) == 3
+    assert m["cosyfast_live_sessions"] == 0 and m["cosyfast_admitted_sessions"] == 0
+    assert m["cosyfast_tokens_per_second"] >= 0
+
+
+def _bistream_reference(model: cosyfast.Model, first: dict[str, Any], pieces: list[list[int]]) -> list[int]:
+    options = {k: v for k, v in first.items() if k not in ("prompt_text_ids", "prompt_speech_tokens")}
+    s = model.bistream(first["prompt_text_ids"], first["prompt_speech_tokens"], **options)
+    for p in pieces:
+        s.push_text(p)
+    s.end_text()
+    out = []
+    while (e := s.next_event()) is not None:
+        if e != s.NEED_TEXT:
+            out.append(e)
+    return out
+
+
+BISTREAM_FIRST = dict(prompt_text_ids=[3, 4, 5], prompt_speech_tokens=list(range(20, 52)), seed=9, max_len=300)
+PIECES = [[10, 11, 12], [13, 14, 15, 16, 17, 18], [], [19, 20, 21, 22, 23, 24, 25], [26, 27]]
+
+
+def test_bistream_over_websocket(serve, model: cosyfast.Model) -> None:
+    srv = serve()
+    url, service = srv.url, srv.service
+    ref = _bistream_reference(model, BISTREAM_FIRST, PIECES)
+    assert ref
+    with connect_ws(url.replace("http", "ws") + "/v1/speech_tokens/bistream") as ws:
+        ws.send_json(BISTREAM_FIRST)
+        pieces, tokens, asked = list(PIECES), [], 0
+        while True:  # text goes in only when the session asks for it
+            msg = ws.receive_json()
+            if "tokens" in msg:
+                tokens += msg["tokens"]
+            elif "need_text" in msg:
+                asked += 1
+                ws.send_json({"text_ids": pieces.pop(0)} if pieces else {"end": True})
+            else:
+                summary = msg
+                break
+    assert tokens == ref and asked >= len(PIECES) + 1
+    assert summary == {"finish_reason": summary["finish_reason"], "num_tokens": len(ref)}
+    assert summary["finish_reason"] in ("stop_token", "max_len")
+    wait_for(lambda: service.admitted == 0, "the bistream session ends")
+
+
+def test_bistream_errors_and_disconnect(serve, model: cosyfast.Model) -> None:
+    srv = serve()
+    url, service = srv.url, srv.service
+    ws_url = url.replace("http", "ws") + "/v1/speech_tokens/bistream"
+    with connect_ws(ws_url) as ws:
+        ws.send_json({**BISTREAM_FIRST, "top_p": 5})
+        assert ws.receive_json() == {"error": {"field": "top_p", "message": "top_p must be in (0, 1], got 5"},
+                                     "status": 422}
+    with connect_ws(ws_url) as ws:
+        ws.send_json(BISTREAM_FIRST)
+        ws.send_json({"text_ids": [10**9]})
+        msgs = [ws.receive_json() for _ in range(2)]
+        assert any(m.get("error", {}).get("field") == "text_ids" for m in msgs), msgs
+    with connect_ws(ws_url) as ws:  # a client that leaves while its session waits for text
+        ws.send_json(BISTREAM_FIRST)
+        assert ws.receive_json() == {"need_text": True}
+        wait_for(lambda: model.parked_sessions == 1, "the session waits for text")
+    wait_for(lambda: model.live_sessions == 0 and service.admitted == 0, "the left session ends")
+
+
+def _parked_bistream(url: str) -> Any:
+    """A WebSocket bistream whose session waits for text: live until the client or server ends it."""
+    cm = connect_ws(url.replace("http", "ws") + "/v1/speech_tokens/bistream")
+    ws = cm.__enter__()
+    ws.send_json(BISTREAM_FIRST)
+    assert ws.receive_json() == {"need_text": True}
+    return cm, ws
+
+
+def test_shutdown_lets_live_streams_finish(serve, model: cosyfast.Model) -> None:
+    srv = serve(drain_timeout_s=30)
+    cm, ws = _parked_bistream(srv.url)
+    stopper = threading.Thread(target=srv.stop)
+    stopper.start()
+    wait_for(lambda: srv.service.draining, "the server starts draining")
+    with httpx.Client(base_url=srv.url, timeout=30) as c:  # no new sessions while draining
+        r = c.post("/v1/speech_tokens", json=body())
+        assert r.status_code == 503 and "shutting down" in r.json()["error"]["message"]
+        assert r.headers["retry-after"] == "1"
+        health = c.get("/health")
+        assert health.status_code == 503 and health.json()["status"] == "draining"
+    assert stopper.is_alive(), "the server waits for its live session"
+    ws.send_json({"text_ids": PIECES[0], "end": True})
+    msgs = []
+    while "finish_reason" not in (msgs or [{}])[-1]:
+        msgs.append(ws.receive_json())
+    cm.__exit__(None, None, None)
+    assert msgs[-1]["finish_reason"] in ("stop_token", "max_len") and msgs[-1]["num_tokens"] > 0
+    stopper.join(30)
+    assert not stopper.is_alive()
+
+
+def test_shutdown_cancels_streams_after_the_timeout(serve, model: cosyfast.Model) -> None:
+    srv = serve(drain_timeout_s=0.3)
+    cm, ws = _parked_bistream(srv.url)
+    t0 = time.monotonic()
+    srv.stop()
+    assert time.monotonic() - t0 < 10
+    assert ws.receive_json() == {"finish_reason": "cancelled", "num_tokens": 0}
+    cm.__exit__(None, None, None)
+    assert model.live_sessions == 0
+
+
+def test_field_of_picks_the_first_named_field() -> None:
+    fields = ("text_ids", "prompt_text_ids", "prompt_speech_tokens", "top_p", "top_k")
+    assert field_of("top_k must be >= 1, got 0 (top_p is fine)", fields) == "top_k"
+    assert field_of("prompt text id: id 5 is outside [0, 4)", fields) == "prompt_text_ids"
+    assert field_of("text id: id 5 is outside [0, 4)", fields) == "text_ids"
+    assert field_of("prompt speech token 99 is outside", fields) == "prompt_speech_tokens"
+    assert field_of("the prompt has 5000 rows", fields) is None
