@@ -70,6 +70,19 @@ def run_export_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(argv: list[str]) -> int:
+    try:
+        from .serve.server import main as serve_main
+    except ImportError as e:
+        print(f"cosyfast serve needs the serve extra (pip install 'cosyfast[serve]'): {e}", file=sys.stderr)
+        return 2
+    try:
+        return serve_main(argv)
+    except (ValueError, RuntimeError, FileNotFoundError) as e:
+        print(f"cosyfast serve: {e}", file=sys.stderr)
+        return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cosyfast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -90,11 +103,15 @@ def main(argv: list[str] | None = None) -> int:
     export.set_defaults(func=run_export_bundle)
     sub.add_parser("bench", help="benchmark paths over a concurrency sweep (see `cosyfast bench --help`)",
                    add_help=False)
+    sub.add_parser("serve", help="the LLM stage as a streaming HTTP service (see `cosyfast serve --help`)",
+                   add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
         from .bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args)
