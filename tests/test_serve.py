@@ -338,3 +338,17 @@ def test_field_of_picks_the_first_named_field() -> None:
     assert field_of("text id: id 5 is outside [0, 4)", fields) == "text_ids"
     assert field_of("prompt speech token 99 is outside", fields) == "prompt_speech_tokens"
     assert field_of("the prompt has 5000 rows", fields) is None
+
+
+def test_bench_serve_path(tiny_cv2_dir: Path, tmp_path: Path) -> None:
+    from cosyfast.bench.main import main
+
+    out = tmp_path / "bench"
+    assert main(["--checkpoint", str(tiny_cv2_dir), "--engine", "cpu", "--paths", "cosyfast,serve",
+                 "--concurrency", "1,3", "--new-tokens", "6", "--prompt-rows", "8", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["path"], r["concurrency"]) for r in rows] == [("cosyfast", 1), ("cosyfast", 3), ("serve", 1),
+                                                              ("serve", 3)]
+    for r in rows[2:]:
+        assert r["tokens"] == 6 * r["concurrency"]  # every token came back over HTTP
+        assert r["first_token_ms_p50"] > 0 and isinstance(r["extra"]["overhead_us_per_token"], float)

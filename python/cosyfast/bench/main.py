@@ -12,7 +12,7 @@ from .._paths import atomic_write
 from .metrics import gpu_memory_used_mb, markdown_table, summarize
 from .workload import Workload
 
-PATHS = ("cosyfast", "turbomind-native", "hf")
+PATHS = ("cosyfast", "turbomind-native", "hf", "serve")  # serve: the same workload over HTTP
 
 
 def _device_name() -> str:
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", default="cosyvoice2", choices=["cosyvoice2", "cosyvoice3"])
     p.add_argument("--size", default="full", choices=["tiny", "full"])
     p.add_argument("--engine", default="auto", choices=["auto", "cpu", "turbomind"])
-    p.add_argument("--paths", default=",".join(PATHS), help="comma list of " + ", ".join(PATHS))
+    p.add_argument("--paths", default=",".join(x for x in PATHS if x != "serve"),  # serve needs the serve extra
+                   help="comma list of " + ", ".join(PATHS))
     p.add_argument("--concurrency", default="1,4,16,64,128,256")
     p.add_argument("--prompt-rows", type=int, default=150)
     p.add_argument("--new-tokens", type=int, default=500)
@@ -125,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"  {res.path:17s} conc {res.concurrency:4d}: {res.tok_per_s:9.1f} tok/s  "
               f"{res.ms_per_token_p50:7.2f} ms/tok p50  first {res.first_token_ms_p50:8.1f} ms  rtf {res.rtf:.4f}"
-              + (f"  iterations/round {res.extra['iterations_per_round']}" if "iterations_per_round" in res.extra else ""),
+              + (f"  iterations/round {res.extra['iterations_per_round']}" if "iterations_per_round" in res.extra else "")
+              + (f"  +{res.extra['overhead_us_per_token']} us/token over in-process" if "overhead_us_per_token" in res.extra
+                 else ""),
               flush=True)
 
     def median_run(fn, repeats: int):
@@ -160,6 +163,15 @@ def main(argv: list[str] | None = None) -> int:
         run_hf(weights, Workload(prompt_rows=work.prompt_rows, new_tokens=8), req, dev)  # warm-up
         wall, arr = run_hf(weights, hf_work, req, dev)
         record(summarize("hf", 1, wall, arr, gpu_memory_used_mb()))
+
+    if "serve" in paths:
+        from .serve_path import overhead, serve_results
+
+        inprocess = {r["concurrency"]: r for r in rows if r["path"] == args.label}
+        for res in serve_results(model, work, weights.kind, sweep, lambda fn: median_run(fn, args.repeats)):
+            if res.concurrency in inprocess:  # the in-process row of this call, same workload
+                res.extra.update(overhead(res.row(), inprocess[res.concurrency]))
+            record(res)
 
     out = Path(args.out)
     meta = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
