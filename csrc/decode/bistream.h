@@ -57,17 +57,14 @@ struct BistreamOptions {
   void Validate() const;
 };
 
-class BistreamSession final : public Session {
+class BistreamSession final : public Session, public TextInput {
  public:
   BistreamSession(int64_t id, std::shared_ptr<const PromptTables> tables, const SpeechVocab& vocab,
                   const std::vector<int32_t>& prompt_text_ids, std::vector<int32_t> prompt_speech_tokens,
                   const RequestOptions& options, BistreamOptions mix, std::shared_ptr<TokenSink> sink);
 
-  // Any thread. One piece of text: one item of upstream's text iterator (may be empty). Throws
-  // std::invalid_argument for an id outside the text table, std::logic_error after EndText.
-  void PushText(std::vector<int32_t> ids);
-  // Any thread. No more text: the session decodes the tail once the pieces before are used.
-  void EndText();
+  void PushText(std::vector<int32_t> ids) override;
+  void EndText() override;
 
   Plan PlanRound(EngineInput& input, int engine_limit) override;
   bool Advance(const float* logits, const TokenSampler& sampler) override;

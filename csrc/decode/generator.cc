@@ -31,8 +31,17 @@ Generator::Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab voc
     throw std::invalid_argument("the tables are " + std::to_string(tables_->hidden()) + " wide but the engine's hidden size is " +
                                 std::to_string(engine_->hidden_size()));
   }
+  if (vocab.required_text_id >= tables_->text_embedding.rows()) {
+    throw std::invalid_argument("the text embedding has " + std::to_string(tables_->text_embedding.rows()) + " rows but " +
+                                vocab.name + " needs text id " + std::to_string(vocab.required_text_id));
+  }
   sampler_ = std::make_shared<const TokenSampler>(std::move(vocab), std::move(decoder_bias), engine_->vocab_size());
   for (int i = 0; i < lanes; ++i) lanes_.push_back(std::make_unique<Scheduler>(engine_, sampler_, scheduler_options));
+}
+
+Generator::~Generator() {
+  if (fork_count_ == ForkCount()) return;
+  for (auto& lane : lanes_) (void)lane.release();  // a forked child: see the header
 }
 
 Scheduler& Generator::PickLane() {
@@ -79,37 +88,18 @@ SchedulerStats Generator::stats() const {
 }
 
 std::shared_ptr<Session> Generator::Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink) {
+  if (fork_count_ != ForkCount()) throw std::runtime_error(ForkedError());
   if (!sink) throw std::invalid_argument("a request needs a token sink");
-  request.options.Validate();
-  if (request.text_ids.empty()) throw std::invalid_argument("the text is empty: give at least one text id");
-  std::vector<int32_t> all_text = request.prompt_text_ids;
-  all_text.insert(all_text.end(), request.text_ids.begin(), request.text_ids.end());
-  std::vector<float> rows = AssemblePrompt(*tables_, sampler_->vocab(), all_text, request.prompt_speech_tokens);
-  const int prompt_len = static_cast<int>(rows.size() / tables_->hidden());
-  const int limit = engine_->max_session_len();
-  if (prompt_len >= limit) {
-    throw std::invalid_argument("the prompt has " + std::to_string(prompt_len) +
-                                " rows (sos + prompt text + text + task_id + prompt speech), which leaves no room under the "
-                                "session limit of " + std::to_string(limit) + " positions");
-  }
-  RequestOptions options = request.options;
-  const int text_len = static_cast<int>(request.text_ids.size());
-  // A session can never run past the engine's limit: the last token fed back sits at
-  // prompt_len + max_len - 2, so max_len may be at most limit - prompt_len + 1.
-  const int room = limit - prompt_len + 1;
-  if (options.length.MaxLen(text_len) > room) options.length.max_len_override = room;
-  if (options.length.MaxLen(text_len) < 1) {
-    throw std::invalid_argument("max_len is " + std::to_string(options.length.MaxLen(text_len)) +
-                                " for a text of " + std::to_string(text_len) + " ids: nothing would be generated");
-  }
-  auto session = std::make_shared<PromptSession>(NextSessionId(), std::move(rows), prompt_len, text_len,
-                                                 options, std::move(sink));
+  PromptPlan plan = PlanPrompt(*tables_, sampler_->vocab(), request, engine_->max_session_len(), /*fed_back_last=*/true);
+  auto session = std::make_shared<PromptSession>(NextSessionId(), std::move(plan.rows), plan.prompt_len, plan.text_len,
+                                                 plan.options, std::move(sink));
   PickLane().Submit(session);
   return session;
 }
 
 std::shared_ptr<BistreamSession> Generator::StartBistream(const BistreamRequest& request,
                                                          std::shared_ptr<TokenSink> sink) {
+  if (fork_count_ != ForkCount()) throw std::runtime_error(ForkedError());
   if (!sink) throw std::invalid_argument("a request needs a token sink");
   if (!engine_->supports_append()) {
     throw std::invalid_argument("bistream needs an engine that appends rows to a live session; the " +

@@ -16,22 +16,16 @@
 #include <vector>
 
 #include "core/options.h"
+#include "core/process.h"
 #include "core/tables.h"
 #include "decode/bistream.h"
+#include "decode/prompt_plan.h"
 #include "decode/scheduler.h"
 #include "decode/session.h"
 #include "engines/engine.h"
 #include "sampling/sampler.h"
 
 namespace cosyfast {
-
-// CosyVoice's inference(): the whole text is known up front.
-struct GenerationRequest {
-  std::vector<int32_t> text_ids;             // the text to speak, without the prompt text
-  std::vector<int32_t> prompt_text_ids;      // the voice prompt's transcript (may be empty)
-  std::vector<int32_t> prompt_speech_tokens; // the voice prompt's speech tokens (may be empty)
-  RequestOptions options;
-};
 
 // CosyVoice's inference_bistream(): the text follows as pieces (BistreamSession::PushText).
 struct BistreamRequest {
@@ -46,6 +40,11 @@ class Generator {
   // `lanes` > 1 needs an engine whose concurrent_forward() is true.
   Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab vocab, std::vector<float> decoder_bias,
             std::shared_ptr<Engine> engine, SchedulerOptions scheduler_options, int lanes = 1);
+  // In a process forked after construction the lanes' threads do not exist: they are leaked,
+  // not joined (joining would hang), and Start* throws std::runtime_error.
+  ~Generator();
+  Generator(const Generator&) = delete;
+  Generator& operator=(const Generator&) = delete;
 
   // Throws std::invalid_argument naming what is wrong with the request.
   std::shared_ptr<Session> Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink);
@@ -66,6 +65,7 @@ class Generator {
   std::shared_ptr<const TokenSampler> sampler_;
   std::shared_ptr<Engine> engine_;
   std::vector<std::unique_ptr<Scheduler>> lanes_;
+  const uint64_t fork_count_ = ForkCount();
 
   Scheduler& PickLane();
 };

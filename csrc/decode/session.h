@@ -38,7 +38,32 @@ class TokenSink {
   virtual void OnNeedText() {}
 };
 
-class Session {
+// What a caller holds of a request in flight, whichever loop runs it: a scheduler lane's Session
+// or a TurboMind request (engines/turbomind/tm_generator.h).
+class RequestHandle {
+ public:
+  virtual ~RequestHandle() = default;
+  // Thread-safe request to stop; the tokens already out stay.
+  virtual void RequestCancel() = 0;
+  // Rows of the first engine input (the assembled prompt).
+  virtual int prompt_len() const = 0;
+  virtual int min_len() const = 0;
+  // Most tokens the request emits; -1 while not yet known (a bistream whose text goes on).
+  virtual int max_len() const = 0;
+};
+
+// The text side of a bistream request (CosyVoice's inference_bistream), whichever loop runs it.
+class TextInput {
+ public:
+  virtual ~TextInput() = default;
+  // Any thread. One piece of text: one item of upstream's text iterator (may be empty). Throws
+  // std::invalid_argument for an id outside the text table, std::logic_error after EndText.
+  virtual void PushText(std::vector<int32_t> ids) = 0;
+  // Any thread. No more text: the request decodes the tail once the pieces before are used.
+  virtual void EndText() = 0;
+};
+
+class Session : public RequestHandle {
  public:
   enum class State { kWaiting, kDecoding, kFinished };
   // What a session asks of the coming round.
@@ -54,11 +79,9 @@ class Session {
 
   int64_t id() const { return id_; }
   State state() const { return state_; }
-  // Rows of the first engine input (the assembled prompt).
-  int prompt_len() const { return prompt_len_; }
-  int min_len() const { return min_len_; }
-  // Most tokens the session emits; -1 while not yet known (a bistream session whose text goes on).
-  int max_len() const { return max_len_; }
+  int prompt_len() const override { return prompt_len_; }
+  int min_len() const override { return min_len_; }
+  int max_len() const override { return max_len_; }
   // The tokens emitted so far (speech tokens only).
   const std::vector<int32_t>& decoded() const { return decoded_; }
   FinishReason finish_reason() const { return reason_; }
@@ -77,7 +100,7 @@ class Session {
 
   // Thread-safe request to stop; honoured at the start of the next round, and wakes the session
   // if it is parked.
-  void RequestCancel();
+  void RequestCancel() override;
   bool cancel_requested() const { return cancel_requested_.load(); }
 
   // Records the end (the first reason wins). The sink hears of it only from DeliverFinish, which

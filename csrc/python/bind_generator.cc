@@ -4,11 +4,15 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <chrono>
 #include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
 
+#include "core/process.h"
+#include "core/text.h"
 #include "decode/generator.h"
 #include "decode/token_queue.h"
 #include "python/bindings.h"
@@ -43,15 +47,18 @@ SpeechVocab MakeVocab(const py::dict& d) {
 // One request in flight. Dropping it (the consumer stopped iterating) cancels the session.
 class Stream {
  public:
-  Stream(std::shared_ptr<Session> session, std::shared_ptr<TokenQueue> queue,
-         std::shared_ptr<BistreamSession> bistream = nullptr)
+  Stream(std::shared_ptr<RequestHandle> session, std::shared_ptr<TokenQueue> queue,
+         std::shared_ptr<TextInput> bistream = nullptr)
       : session_(std::move(session)), queue_(std::move(queue)), bistream_(std::move(bistream)) {}
-  ~Stream() { session_->RequestCancel(); }
+  ~Stream() {
+    // In a forked child the scheduler (and whoever held its locks) stayed in the parent.
+    if (fork_count_ == ForkCount()) session_->RequestCancel();
+  }
 
   // Next token, or nullopt at the end (raising if the session failed).
-  std::optional<int32_t> Next(double timeout_s) { return Checked(Wait(&TokenQueue::Next, timeout_s)); }
+  std::optional<int32_t> Next(double timeout_s) { return TokenQueue::AsToken(NextEvent(timeout_s)); }
   // Next token, kNeedText, or nullopt at the end (raising if the session failed).
-  std::optional<int32_t> NextEvent(double timeout_s) { return Checked(Wait(&TokenQueue::NextEvent, timeout_s)); }
+  std::optional<int32_t> NextEvent(double timeout_s) { return Checked(Wait(timeout_s)); }
 
   std::vector<int32_t> Drain() {
     std::vector<int32_t> out;
@@ -64,8 +71,8 @@ class Stream {
 
   void Cancel() { session_->RequestCancel(); }
   bool WaitFinished(double timeout_s) {
-    py::gil_scoped_release release;
-    return queue_->WaitFinished(timeout_s);
+    return InSlices(timeout_s, [this] { return queue_->finished(); },
+                    [this](double slice) { queue_->WaitFinished(slice); });
   }
   bool finished() const { return queue_->finished(); }
   bool is_bistream() const { return bistream_ != nullptr; }
@@ -76,11 +83,46 @@ class Stream {
   std::vector<double> arrivals() const { return queue_->arrival_seconds(); }
 
  private:
-  using Reader = std::optional<int32_t> (TokenQueue::*)(double);
+  // Waits let the GIL go in slices this long, so that Ctrl-C (a signal Python handles only on
+  // its own thread, between bytecodes) ends a wait within a slice instead of at the session's end.
+  static constexpr double kSliceSeconds = 0.05;
 
-  std::optional<int32_t> Wait(Reader read, double timeout_s) {
-    py::gil_scoped_release release;
-    return ((*queue_).*read)(timeout_s);
+  std::optional<int32_t> Wait(double timeout_s) {
+    std::optional<int32_t> event;
+    // A token already queued is taken with the GIL held: no release and re-take per token.
+    if (queue_->TryNextEvent(&event)) return event;
+    if (!InSlices(timeout_s, [&] { return queue_->TryNextEvent(&event); },
+                  [this](double slice) { queue_->WaitReady(slice); })) {
+      throw std::runtime_error("no token within " + Num(timeout_s) + " s");
+    }
+    return event;
+  }
+
+  // Until done() (true) or the timeout (false; < 0 or inf: never): wait_slice(seconds) without
+  // the GIL, then done() and pending signals with it. A signal handler that raises (Ctrl-C's
+  // KeyboardInterrupt) cancels the session and propagates.
+  template <typename Done, typename WaitSlice>
+  bool InSlices(double timeout_s, Done done, WaitSlice wait_slice) {
+    TokenQueue::ValidateTimeout(timeout_s);
+    const bool forever = timeout_s < 0 || timeout_s >= TokenQueue::kForeverSeconds;
+    const auto start = std::chrono::steady_clock::now();
+    for (;;) {
+      double slice = kSliceSeconds;
+      if (!forever) {
+        const double left = timeout_s - std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (left <= 0) return done();
+        slice = std::min(slice, left);
+      }
+      {
+        WaitWithoutGil unlocked;
+        wait_slice(slice);
+      }
+      if (done()) return true;
+      if (PyErr_CheckSignals() != 0) {
+        session_->RequestCancel();
+        throw py::error_already_set();
+      }
+    }
   }
 
   std::optional<int32_t> Checked(std::optional<int32_t> t) const {
@@ -90,19 +132,29 @@ class Stream {
     return t;
   }
 
-  BistreamSession& Bistream() {
+  TextInput& Bistream() {
     if (!bistream_) throw std::logic_error("this stream was started with the whole text; only a bistream takes text");
     return *bistream_;
   }
 
-  std::shared_ptr<Session> session_;
+  std::shared_ptr<RequestHandle> session_;
   std::shared_ptr<TokenQueue> queue_;
-  std::shared_ptr<BistreamSession> bistream_;
+  std::shared_ptr<TextInput> bistream_;
+  const uint64_t fork_count_ = ForkCount();
 };
 
 }  // namespace
 
+py::object NewStream(std::shared_ptr<RequestHandle> request, std::shared_ptr<TokenQueue> queue,
+                     std::shared_ptr<TextInput> text) {
+  return py::cast(std::make_shared<Stream>(std::move(request), std::move(queue), std::move(text)));
+}
+
+SpeechVocab VocabFromDict(const py::dict& d) { return MakeVocab(d); }
+
 void BindGenerator(py::module_& m) {
+  m.def("_waiting_readers", [] { return WaitWithoutGil::waiting().load(); },
+        "Threads waiting for tokens without the GIL now (the exit handler waits for 0).");
   py::class_<Stream, std::shared_ptr<Stream>>(m, "Stream", "Speech tokens of one request, as they are produced.")
       .def("__iter__", [](std::shared_ptr<Stream> s) { return s; })
       .def("__next__",
@@ -112,7 +164,8 @@ void BindGenerator(py::module_& m) {
              return *t;
            })
       .def("next", &Stream::Next, py::arg("timeout") = -1.0,
-           "The next token, or None at the end; a timeout >= 0 raises RuntimeError when it passes.")
+           "The next token, or None at the end; a finite timeout >= 0 raises RuntimeError when it passes "
+           "(negative or inf: wait forever; NaN: ValueError).")
       .def("drain", &Stream::Drain, "Every remaining token, waiting for the end.")
       .def("next_event", &Stream::NextEvent, py::arg("timeout") = -1.0,
            "A bistream's next event: a token id, Stream.NEED_TEXT when the session waits for the next "

@@ -1,45 +1,143 @@
+// The TurboMind engine (built with COSYFAST_TURBOMIND=ON): a factory for TurboMind models whose
+// signal thread never takes the GIL, the C++ engine over one, and the generator that streams
+// its tokens. lmdeploy's own binding (the `_turbomind` module: TurboMind, EngineConfig, ...) is
+// compiled into this same shared object, so the objects below take its TurboMind directly.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <optional>
+#include <string>
+#include <vector>
 
-#include "engines/turbomind.h"
+#include "decode/token_queue.h"
+#include "engines/turbomind/tm_generator.h"
 #include "python/bindings.h"
 
 namespace py = pybind11;
 
 namespace cosyfast::python {
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+
+// lmdeploy's binding makes TurboMind with a context factory that takes the GIL on the signal
+// thread for every batch of signals (its callbacks are Python functions). cosyfast's callbacks
+// are C++, so its TurboMind takes none: the token path never waits for Python.
+std::shared_ptr<turbomind::TurboMind> CreateTurboMind(std::string model_dir, turbomind::EngineConfig config) {
+  auto no_context = [] { return std::shared_ptr<void>(); };
+  auto release_gil_to_delete = [](turbomind::TurboMind* model) {
+    if (PyGILState_Check()) {
+      py::gil_scoped_release release;  // its destructor joins threads
+      delete model;
+    } else {
+      delete model;
+    }
+  };
+  py::gil_scoped_release release;
+  return std::shared_ptr<turbomind::TurboMind>(new turbomind::TurboMind(std::move(model_dir), std::move(config), no_context),
+                                               release_gil_to_delete);
+}
+
+}  // namespace
 
 void BindTurboMind(py::module_& m) {
-  py::class_<HostTensor, std::shared_ptr<HostTensor>>(m, "_HostTensor",
-                                                      "A host buffer offered to TurboMind through DLPack.")
-      .def("__dlpack__", [](const HostTensor& t, py::object /*stream*/) { return t.ToDlpack(); },
-           py::arg("stream") = py::none())
-      .def("__dlpack_device__", &HostTensor::Device);
+  m.attr("LMDEPLOY_VERSION") = COSYFAST_LMDEPLOY_VERSION;
+  m.def("_create_turbomind", &CreateTurboMind, py::arg("model_dir"), py::arg("engine_config"),
+        "turbomind.TurboMind whose signal thread takes no GIL (stands in for _turbomind.TurboMind.create).");
 
-  py::class_<TurboMindEngine, Engine, std::shared_ptr<TurboMindEngine>>(
-      m, "TurboMindEngine", "LMDeploy 0.14 TurboMind interactive sessions stepped from C++.")
-      .def(py::init([](py::object tm_module, py::object model_comm, py::object gen_config, py::object owner,
-                       int hidden_size, int vocab_size, int max_session_len) {
-             TurboMindOptions o;
+  py::class_<tm::Engine, std::shared_ptr<tm::Engine>>(m, "TurboMindEngine",
+                                                      "TurboMind (from lmdeploy's source, cosyfast's patch) driven from C++.")
+      .def(py::init([](std::shared_ptr<turbomind::TurboMind> model, int hidden_size, int vocab_size, int max_session_len) {
+             tm::EngineOptions o;
              o.hidden_size = hidden_size;
              o.vocab_size = vocab_size;
              o.max_session_len = max_session_len;
-             // The destructor takes the GIL itself, from whichever thread drops the engine last.
-             return OwnedReleasingGil(new TurboMindEngine(std::move(tm_module), std::move(model_comm),
-                                                          std::move(gen_config), std::move(owner), o));
+             return OwnedReleasingGil(new tm::Engine(std::move(model), o));
            }),
-           py::kw_only(), py::arg("tm_module"), py::arg("model_comm"), py::arg("gen_config"), py::arg("owner"),
-           py::arg("hidden_size"), py::arg("vocab_size"), py::arg("max_session_len"))
-      .def_property_readonly("live_sessions", &TurboMindEngine::live_sessions)
-      .def_property_readonly("profile", [](const TurboMindEngine& e) {
-        const auto p = e.profile();
+           py::kw_only(), py::arg("model"), py::arg("hidden_size"), py::arg("vocab_size"), py::arg("max_session_len"))
+      .def(
+          "input_logits",
+          [](tm::Engine& e, std::vector<int32_t> ids, const FloatArray& rows, std::vector<std::pair<int, int>> row_ranges) {
+            tm::RequestSpec spec;
+            spec.ids = std::move(ids);
+            spec.rows = tm::ToBFloat16(std::vector<float>(rows.data(), rows.data() + rows.size()));
+            spec.row_ranges = std::move(row_ranges);
+            std::vector<float> out;
+            {
+              py::gil_scoped_release release;
+              out = e.InputLogits(std::move(spec));
+            }
+            const py::ssize_t vocab = e.options().vocab_size;
+            py::array_t<float> a({static_cast<py::ssize_t>(out.size()) / vocab, vocab});
+            std::copy(out.begin(), out.end(), a.mutable_data());
+            return a;
+          },
+          py::arg("ids"), py::arg("rows"), py::arg("row_ranges"),
+          "Raw decoder logits (no bias) at every input position, from one prefill (parity tests). `rows` "
+          "(float32, k x hidden) replace the positions of `row_ranges`; the other ids take TurboMind's own "
+          "embedding.")
+      .def_property_readonly("vocab_size", [](const tm::Engine& e) { return e.options().vocab_size; })
+      .def_property_readonly("live_requests", &tm::Engine::live_requests)
+      .def_property_readonly("metrics", [](const tm::Engine& e) {
+        const tm::Engine::Metrics x = e.metrics();
         py::dict d;
-        d["rounds"] = p.rounds;
-        d["requests"] = p.requests;
-        d["submit_s"] = p.submit_s;
-        d["wait_s"] = p.wait_s;
-        d["read_s"] = p.read_s;
+        d["active"] = x.active;
+        d["waiting"] = x.waiting;
+        d["iterations"] = x.iterations;
+        return d;
+      });
+
+  py::class_<tm::Generator, std::shared_ptr<tm::Generator>>(
+      m, "TurboMindGenerator", "A loaded model on the TurboMind engine: each request runs in TurboMind's own loop.")
+      .def(py::init([](std::shared_ptr<PromptTables> tables, const py::dict& vocab, std::optional<FloatArray> decoder_bias,
+                       std::shared_ptr<tm::Engine> engine) {
+             std::vector<float> bias;
+             if (decoder_bias) bias.assign(decoder_bias->data(), decoder_bias->data() + decoder_bias->size());
+             return std::make_shared<tm::Generator>(std::move(tables), VocabFromDict(vocab), std::move(bias),
+                                                    std::move(engine));
+           }),
+           py::kw_only(), py::arg("tables"), py::arg("vocab"), py::arg("decoder_bias"), py::arg("engine"))
+      .def(
+          "start",
+          [](tm::Generator& g, std::vector<int32_t> text_ids, std::vector<int32_t> prompt_text_ids,
+             std::vector<int32_t> prompt_speech_tokens, const RequestOptions& options, bool native) {
+            GenerationRequest request{std::move(text_ids), std::move(prompt_text_ids), std::move(prompt_speech_tokens),
+                                      options};
+            auto queue = std::make_shared<TokenQueue>();
+            std::shared_ptr<RequestHandle> handle;
+            {
+              py::gil_scoped_release release;
+              handle = g.Start(request, queue, native);
+            }
+            return NewStream(std::move(handle), std::move(queue));
+          },
+          py::arg("text_ids"), py::arg("prompt_text_ids"), py::arg("prompt_speech_tokens"), py::arg("options"),
+          py::arg("native") = false,
+          "Starts a request. native=True: TurboMind's own top-k/top-p sampler, no bias/RAS/min_len/stops "
+          "(benchmarks).")
+      .def_property_readonly("live_sessions", &tm::Generator::live_sessions)
+      .def_property_readonly("lanes", [](const tm::Generator&) { return 1; },
+                             "Scheduler lanes: TurboMind's own loop steps every session (always 1).")
+      .def_property_readonly("parked_sessions", [](const tm::Generator&) { return 0; })
+      .def_property_readonly("engine_live_sessions",
+                             [](const tm::Generator& g) {
+                               const auto m = g.engine().metrics();
+                               return m.active + m.waiting;
+                             },
+                             "Sequences TurboMind holds (active + waiting), from its own schedule metrics.")
+      .def_property_readonly("max_session_len", [](const tm::Generator& g) { return g.engine().options().max_session_len; })
+      .def_property_readonly("stats", [](const tm::Generator& g) {
+        const tm::GeneratorStats s = g.stats();
+        py::dict d;
+        d["tokens"] = s.tokens;
+        d["sessions_finished"] = s.sessions_finished;
+        d["finished_stop_token"] = s.stopped;
+        d["finished_max_len"] = s.length;
+        d["finished_cancelled"] = s.cancelled;
+        d["finished_error"] = s.failed;
+        d["engine_iterations"] = g.engine().metrics().iterations;
         return d;
       });
 }

@@ -1,8 +1,14 @@
 #pragma once
 
 #include <pybind11/pybind11.h>
+#include <unistd.h>
 
+#include <atomic>
 #include <memory>
+
+#include "core/tables.h"
+#include "decode/session.h"
+#include "decode/token_queue.h"
 
 namespace cosyfast::python {
 
@@ -10,7 +16,51 @@ void BindOptions(pybind11::module_& m);
 void BindSampling(pybind11::module_& m);
 void BindCpuEngine(pybind11::module_& m);
 void BindGenerator(pybind11::module_& m);
-void BindTurboMind(pybind11::module_& m);
+void BindTurboMind(pybind11::module_& m);  // only with COSYFAST_WITH_TURBOMIND
+void BindBuildInfo(pybind11::module_& m);
+
+// A Python Stream over a request in flight (bind_generator.cc): tokens from `queue`, cancel and
+// lengths from `request`, text pieces to `text` (bistream only).
+pybind11::object NewStream(std::shared_ptr<RequestHandle> request, std::shared_ptr<TokenQueue> queue,
+                           std::shared_ptr<TextInput> text = nullptr);
+// The speech vocabulary from the dict cosyfast.checkpoint builds (LlmWeights.vocab).
+SpeechVocab VocabFromDict(const pybind11::dict& d);
+
+// Lets the GIL go for a wait that may block (a stream waiting for tokens). Counted, so that the
+// exit handler (cosyfast/model.py) can close every model and let each waiting reader return to
+// Python before the interpreter finalises. A reader that still wakes during finalisation parks
+// for good, as Python 3.14 does itself: taking the GIL then ends the thread by unwinding through
+// this noexcept destructor, which aborts the whole process ("terminate called without an
+// active exception").
+class WaitWithoutGil {
+ public:
+  WaitWithoutGil() : state_((waiting().fetch_add(1), PyEval_SaveThread())) {}
+  ~WaitWithoutGil() {
+    if (Finalizing()) {
+      for (;;) pause();
+    }
+    PyEval_RestoreThread(state_);
+    waiting().fetch_sub(1);
+  }
+  WaitWithoutGil(const WaitWithoutGil&) = delete;
+  WaitWithoutGil& operator=(const WaitWithoutGil&) = delete;
+
+  // Threads inside such a wait now.
+  static std::atomic<int>& waiting() {
+    static std::atomic<int> count{0};
+    return count;
+  }
+
+ private:
+  static bool Finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+    return Py_IsFinalizing();
+#else
+    return _Py_IsFinalizing();
+#endif
+  }
+  PyThreadState* state_;
+};
 
 // Owns an object whose destructor joins threads that may need the GIL (the scheduler, the
 // TurboMind engine): the GIL is let go while it is destroyed, whichever thread drops it last.

@@ -10,5 +10,8 @@ PYBIND11_MODULE(_core, m) {
   cosyfast::python::BindSampling(m);
   cosyfast::python::BindCpuEngine(m);
   cosyfast::python::BindGenerator(m);
+#ifdef COSYFAST_WITH_TURBOMIND
   cosyfast::python::BindTurboMind(m);
+#endif
+  cosyfast::python::BindBuildInfo(m);
 }

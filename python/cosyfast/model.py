@@ -5,8 +5,12 @@ RAS sampling, stepping every live session) runs in the C++ core with the GIL rel
 """
 from __future__ import annotations
 
+import atexit
+import numbers
 import os
 import secrets
+import time
+import weakref
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -16,26 +20,68 @@ from . import _core
 from .checkpoint import LlmWeights, load_checkpoint
 
 ENGINES = ("auto", "cpu", "turbomind")
-# TurboMind's per-iteration host work, not the GPU, bounds one instance; several instances per
-# GPU run their iterations in parallel, and two scheduler lanes per instance keep each one busy
-# while the host samples (benchmarks/NOTES.md has the measurements behind these defaults).
-DEFAULT_TURBOMIND_REPLICAS = 2
-DEFAULT_TURBOMIND_LANES = 2
-DEFAULT_TURBOMIND_SAMPLE_THREADS = 2  # benchmarks/NOTES.md attempt 21
+# TurboMind runs every session in its own loop (RAS and the bias included): one engine per GPU
+# keeps the GPU busy; lanes and sample threads belong to the cpu engine's round scheduler.
+DEFAULT_TURBOMIND_REPLICAS_PER_GPU = 1
+
+
+_INT32_MAX = 2**31 - 1
+_SEED_MAX = 2**64 - 1
+# One process, one set of models: the exit handler closes them, a fork makes them unusable.
+_LIVE_MODELS: "weakref.WeakSet[Model]" = weakref.WeakSet()
+_FORKED = ("this model was loaded before fork(): its scheduler threads exist only in the parent "
+           "process; load the model again in the child (or start children with the 'spawn' method)")
 
 
 def _ids(values: Any, name: str) -> list[int]:
-    """Token ids from a list, tuple, numpy array or torch tensor (any shape), as a flat list."""
+    """Token ids from a list, tuple, numpy array or torch tensor (any shape), as a flat list.
+
+    Only the 32-bit range is checked here (the core takes int32); the core checks each id
+    against its table and names the table's size.
+    """
     if values is None:
         return []
     if hasattr(values, "detach"):  # a torch tensor, as CosyVoice passes them
         values = values.detach().cpu().numpy()
-    arr = np.asarray(values)
+    try:
+        arr = np.asarray(values)
+    except (ValueError, TypeError):  # ragged nesting
+        raise ValueError(f"{name} must be a flat sequence of integer token ids, got {values!r:.80}") from None
     if arr.size == 0:
         return []
-    if not np.issubdtype(arr.dtype, np.integer):
-        raise ValueError(f"{name} must be integer token ids, got an array of {arr.dtype}")
-    return arr.reshape(-1).astype(np.int64).tolist()
+    if not np.issubdtype(arr.dtype, np.integer):  # bool, float, str and object are not ids
+        raise ValueError(f"{name} must be integer token ids, got an array of {arr.dtype} "
+                         f"({arr.reshape(-1)[0]!r}, ...)")
+    flat = arr.reshape(-1)
+    low, high = flat.min(), flat.max()
+    if low < -_INT32_MAX - 1 or high > _INT32_MAX:
+        bad = int(high if high > _INT32_MAX else low)
+        raise ValueError(f"{name}: id {bad} is outside the token id range [0, 2**31)")
+    return flat.astype(np.int64).tolist()
+
+
+def _int(name: str, value: Any, low: int, high: int = _INT32_MAX) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value}")
+    return int(value)
+
+
+def _real(name: str, value: Any) -> float:
+    """A real number for the core, whose Validate() then checks its range (and NaN/inf)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be a finite number, got {value}") from None
+
+
+def _flag(name: str, value: Any) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
 
 
 def request_options(
@@ -52,19 +98,22 @@ def request_options(
     max_len: int | None = None,
     min_len: int | None = None,
 ) -> _core.RequestOptions:
-    """Options for one request, validated by the core. `seed=None` draws a fresh seed."""
-    if seed is None:
-        seed = secrets.randbits(63)
-    if seed < 0:
-        raise ValueError(f"seed must be >= 0, got {seed}")
+    """Options for one request. `seed=None` draws a fresh seed.
+
+    Types and integer widths are checked here (TypeError/ValueError naming the option); ranges
+    of the numbers by the core's Validate().
+    """
+    seed = secrets.randbits(63) if seed is None else _int("seed", seed, 0, _SEED_MAX)
     sampling = _core.SamplingOptions(
-        top_p=top_p, top_k=top_k, ras=ras, win_size=win_size, tau_r=tau_r, exclude_repeated=exclude_repeated
+        top_p=_real("top_p", top_p), top_k=_int("top_k", top_k, 1), ras=_flag("ras", ras),
+        win_size=_int("win_size", win_size, 0), tau_r=_real("tau_r", tau_r),
+        exclude_repeated=_flag("exclude_repeated", exclude_repeated),
     )
     length = _core.LengthOptions(
-        min_token_text_ratio=min_token_text_ratio,
-        max_token_text_ratio=max_token_text_ratio,
-        max_len=max_len,
-        min_len=min_len,
+        min_token_text_ratio=_real("min_token_text_ratio", min_token_text_ratio),
+        max_token_text_ratio=_real("max_token_text_ratio", max_token_text_ratio),
+        max_len=None if max_len is None else _int("max_len", max_len, 1),
+        min_len=None if min_len is None else _int("min_len", min_len, 0),
     )
     return _core.RequestOptions(sampling, length, seed)
 
@@ -106,9 +155,9 @@ def _resolve_engine(engine: str) -> str:
         return engine
     if _gpu_available() and hasattr(_core, "TurboMindEngine"):
         try:
-            from .turbomind import check_lmdeploy
+            from .turbomind import check_turbomind
 
-            check_lmdeploy()
+            check_turbomind()
             return "turbomind"
         except ImportError:
             pass
@@ -134,16 +183,19 @@ class Model:
         **engine_options: Any,
     ) -> None:
         self.engine = _resolve_engine(engine)
+        on_gpu = self.engine == "turbomind"
         if replicas is None:
-            replicas = DEFAULT_TURBOMIND_REPLICAS * len(devices or [0]) if self.engine == "turbomind" else 1
+            replicas = DEFAULT_TURBOMIND_REPLICAS_PER_GPU * len(devices or [0]) if on_gpu else 1
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
-        if lanes is None:
-            lanes = DEFAULT_TURBOMIND_LANES if self.engine == "turbomind" else 1
+        if on_gpu and (lanes not in (None, 1) or sample_threads not in (None, 0)):
+            raise ValueError("lanes and sample_threads apply to the cpu engine's round scheduler; the turbomind "
+                             f"engine steps every session in TurboMind's own loop (got lanes={lanes}, "
+                             f"sample_threads={sample_threads})")
+        lanes = 1 if lanes is None else lanes
         if not 1 <= lanes <= 16:
             raise ValueError(f"lanes must be in [1, 16], got {lanes}")
-        if sample_threads is None:
-            sample_threads = DEFAULT_TURBOMIND_SAMPLE_THREADS if self.engine == "turbomind" else 0
+        sample_threads = 0 if sample_threads is None else sample_threads
         if not 0 <= sample_threads <= 64:  # checked again by the C++ scheduler, after an engine loads
             raise ValueError(f"sample_threads must be in [0, 64], got {sample_threads}")
         self.kind = weights.kind
@@ -163,11 +215,19 @@ class Model:
             core_engine, backend = _make_engine(weights, self.engine, max_batch, max_session_len, **options)
             self._engines.append(core_engine)
             self._backends.append(backend)
-            generators.append(_core.Generator(tables=tables, vocab=weights.vocab, decoder_bias=weights.decoder_bias,
-                                              engine=core_engine, max_batch=max_batch, lanes=lanes,
-                                              sample_threads=sample_threads))
-        self._generators: list[_core.Generator] | None = generators
-        self.backend = self._backends[0]  # lmdeploy's TurboMind of replica 0 (None on the cpu engine)
+            if on_gpu:
+                generators.append(_core.TurboMindGenerator(tables=tables, vocab=weights.vocab,
+                                                           decoder_bias=weights.decoder_bias, engine=core_engine))
+            else:
+                generators.append(_core.Generator(tables=tables, vocab=weights.vocab, decoder_bias=weights.decoder_bias,
+                                                  engine=core_engine, max_batch=max_batch, lanes=lanes,
+                                                  sample_threads=sample_threads))
+        self._generators: list[Any] | None = generators
+        # lmdeploy's TurboMind of replica 0 (None on the cpu engine). Its Python request path must
+        # not be used: its callbacks would run on a signal thread that takes no GIL.
+        self.backend = self._backends[0]
+        self._pid = os.getpid()
+        _LIVE_MODELS.add(self)
 
     def stream(
         self,
@@ -212,7 +272,9 @@ class Model:
         Options as in `stream`; min_len does not apply. Both engines support it (appends
         continue the session's cache).
         """
-        text_group, speech_group = mix_ratio
+        if not isinstance(mix_ratio, (tuple, list)) or len(mix_ratio) != 2:
+            raise TypeError(f"mix_ratio must be a pair (text_group, speech_group) of integers >= 1, got {mix_ratio!r}")
+        text_group, speech_group = (_int(f"mix_ratio[{i}]", v, 1) for i, v in enumerate(mix_ratio))
         gen = min(self._live(), key=lambda g: g.live_sessions)
         return gen.start_bistream(
             _ids(prompt_text_ids, "prompt_text_ids"),
@@ -249,18 +311,12 @@ class Model:
 
     @property
     def stats(self) -> dict[str, Any]:
-        """Scheduler counters summed over replicas, plus each engine's own profile where it has one
-        and, on TurboMind, `engine_iterations`: the iterations its schedulers ran, all replicas
-        together (a round whose requests reach the engine over two iterations counts two)."""
+        """Counters summed over replicas. Every engine: tokens, sessions_finished. The cpu engine's
+        round scheduler: rounds, parallel_rounds. TurboMind: finished sessions by reason
+        (finished_stop_token, finished_max_len, finished_cancelled, finished_error) and
+        engine_iterations, the iterations TurboMind's own loop has run."""
         gens = self._live()
-        total = {k: sum(g.stats[k] for g in gens) for k in gens[0].stats}
-        profiles = [dict(e.profile) for e in self._engines if hasattr(e, "profile")]
-        if profiles:
-            total["engine_profiles"] = profiles
-        ticks = [b.model_comm.get_schedule_metrics(0).scheduler_tick for b in self._backends if b is not None]
-        if ticks:
-            total["engine_iterations"] = sum(ticks)
-        return total
+        return {k: sum(g.stats[k] for g in gens) for k in gens[0].stats}
 
     @property
     def max_session_len(self) -> int:
@@ -276,6 +332,8 @@ class Model:
     def _live(self) -> list[_core.Generator]:
         if self._generators is None:
             raise RuntimeError("this model is closed")
+        if self._pid != os.getpid():
+            raise RuntimeError(_FORKED)
         return self._generators
 
     def __enter__(self) -> "Model":
@@ -287,6 +345,21 @@ class Model:
     def __repr__(self) -> str:
         n = len(self._generators or ())
         return f"Model(kind={self.kind!r}, engine={self.engine!r}, replicas={n})"
+
+
+def _close_all_at_exit(grace_s: float = 5.0) -> None:
+    """Closes every live model before the interpreter finalises, then lets each thread that
+    waits for tokens (a daemon thread iterating a stream, say) return to Python: a thread that
+    still waits when finalisation starts would abort the process as it takes the GIL back."""
+    for model in list(_LIVE_MODELS):
+        if model._pid == os.getpid():
+            model.close()
+    deadline = time.monotonic() + grace_s
+    while _core._waiting_readers() and time.monotonic() < deadline:
+        time.sleep(0.001)  # lets the GIL go, so the woken readers can leave their waits
+
+
+atexit.register(_close_all_at_exit)
 
 
 def load(path: str | os.PathLike[str] | LlmWeights, engine: str = "auto", **options: Any) -> Model:

@@ -57,6 +57,8 @@ def round_breakdown(before: dict, after: dict) -> dict:
     """Mean milliseconds per engine round spent submitting, waiting and reading (replica 0), rounds
     run and, where the engine counts them, its iterations per round (1 when every round's requests
     share one iteration), between two `Model.stats` snapshots."""
+    if "rounds" not in after:  # TurboMind runs its own loop: no rounds, only its iterations
+        return {"engine_iterations": after.get("engine_iterations", 0) - before.get("engine_iterations", 0)}
     rounds = after["rounds"] - before["rounds"]
     out: dict = {"rounds": rounds, "replicas": len(after.get("engine_profiles", [])) or 1}
     if "engine_iterations" in after and "engine_iterations" in before and rounds > 0:
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=1, help="timed runs per point; the median run is kept")
     p.add_argument("--max-batch", type=int, default=256)
     p.add_argument("--replicas", type=int, default=None,
-                   help="engine instances (default: 2 per GPU on turbomind, 1 on cpu)")
+                   help="engine instances (default: 1 per GPU on turbomind, 1 on cpu)")
     p.add_argument("--lanes", type=int, default=None, help="scheduler lanes per replica (default: the Model's)")
     p.add_argument("--sample-threads", type=int, default=None,
                    help="helper threads per lane that share a large round's sampling (default: the Model's)")
@@ -145,16 +147,14 @@ def main(argv: list[str] | None = None) -> int:
             record(summarize(args.label, c, wall, arr, gpu_memory_used_mb(), lanes=model.lanes,
                              **round_breakdown(before, model.stats)))
     if "turbomind-native" in paths:
-        tm = getattr(model, "backend", None)
-        if tm is None:
+        if model.engine != "turbomind":
             print("  turbomind-native: skipped (needs the turbomind engine)", flush=True)
         else:
             warm = Workload(prompt_rows=work.prompt_rows, new_tokens=8)
-            run_turbomind_native(tm, weights, warm, warm.requests(4, weights.kind), 1 << 40)
-            for j, c in enumerate(sweep):
+            run_turbomind_native(model, warm, warm.requests(4, weights.kind))
+            for c in sweep:
                 reqs = work.requests(c, weights.kind)
-                base = (1 << 41) + (j << 20)
-                wall, arr = median_run(lambda: run_turbomind_native(tm, weights, work, reqs, base), args.repeats)
+                wall, arr = median_run(lambda: run_turbomind_native(model, work, reqs), args.repeats)
                 record(summarize("turbomind-native", c, wall, arr, gpu_memory_used_mb()))
     if "hf" in paths:
         hf_work = Workload(prompt_rows=work.prompt_rows, new_tokens=args.hf_new_tokens or work.new_tokens)

@@ -2,7 +2,6 @@
 and returns the arrival times of every token; warm-up runs happen in the caller, untimed."""
 from __future__ import annotations
 
-import asyncio
 import time
 
 from ..checkpoint import LlmWeights
@@ -21,37 +20,24 @@ def run_cosyfast(model: Model, work: Workload, requests: list[Request], **sampli
     return wall, [list(s.arrival_seconds) for s in streams]
 
 
-def run_turbomind_native(tm: object, weights: LlmWeights, work: Workload, requests: list[Request],
-                         session_base: int) -> tuple[float, list[list[float]]]:
-    """lmdeploy's own generation loop on the same exported model: top_k 25 / top_p 0.8, no RAS,
-    no bias, no min_len masking (the ceiling). Prompt rows as input embeddings, as cosyfast."""
-    import torch
-    from lmdeploy import GenerationConfig
+def run_turbomind_native(model: Model, work: Workload, requests: list[Request]) -> tuple[float, list[list[float]]]:
+    """TurboMind's own generation loop and its own sampler on the same engine (the ceiling):
+    top_k 25 / top_p 0.8, no RAS, no bias, no min_len masking, no stops, every request to
+    work.new_tokens tokens. Driven from C++ exactly as cosyfast's requests are; only the sampler
+    differs."""
+    from ..model import request_options
 
-    # No stop ids are set, so every request runs to max_new_tokens (min_new_tokens crashed 0.14's
-    # min-length kernel when no eos ids are set).
-    gen = GenerationConfig(max_new_tokens=work.new_tokens, ignore_eos=True,
-                           top_k=25, top_p=0.8, temperature=1.0)
-    prompts = [torch.from_numpy(prompt_rows(weights, r)).to(torch.bfloat16) for r in requests]
-
-    async def one(i: int, start: float) -> list[float]:
-        inst = tm.create_instance()
-        rows = prompts[i]
-        times: list[float] = []
-        async for out in inst.async_stream_infer(session_base + i, [0] * rows.shape[0], input_embeddings=[rows],
-                                                 input_embedding_ranges=[[0, rows.shape[0]]], gen_config=gen,
-                                                 sequence_start=True, sequence_end=True, stream_output=True):
-            # each output holds only the tokens that are new since the previous one
-            times.extend([time.perf_counter() - start] * len(out.token_ids))
-        return times
-
-    async def all_requests() -> list[list[float]]:
-        start = time.perf_counter()
-        return await asyncio.gather(*[one(i, start) for i in range(len(requests))])
-
+    gens = model._live()
     t0 = time.perf_counter()
-    arrivals = asyncio.run(all_requests())
-    return time.perf_counter() - t0, arrivals
+    streams = []
+    for i, r in enumerate(requests):
+        gen = gens[i % len(gens)]
+        options = request_options(seed=r.seed, top_k=25, top_p=0.8, ras=False, **work.length_options())
+        streams.append(gen.start(r.text_ids, r.prompt_text_ids, r.prompt_speech_tokens, options, native=True))
+    for s in streams:
+        s.drain()
+    wall = time.perf_counter() - t0
+    return wall, [list(s.arrival_seconds) for s in streams]
 
 
 def _ras(logp, decoded: list[int], generator, top_p=0.8, top_k=25, win_size=10, tau_r=0.1):

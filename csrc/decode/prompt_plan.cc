@@ -1,0 +1,38 @@
+#include "decode/prompt_plan.h"
+
+#include <stdexcept>
+#include <string>
+
+namespace cosyfast {
+
+PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
+                      int session_limit, bool fed_back_last) {
+  request.options.Validate();
+  if (request.text_ids.empty()) throw std::invalid_argument("the text is empty: give at least one text id");
+  std::vector<int32_t> all_text = request.prompt_text_ids;
+  all_text.insert(all_text.end(), request.text_ids.begin(), request.text_ids.end());
+  PromptPlan plan;
+  plan.rows = AssemblePrompt(tables, vocab, all_text, request.prompt_speech_tokens);
+  plan.prompt_len = static_cast<int>(plan.rows.size() / tables.hidden());
+  if (plan.prompt_len >= session_limit) {
+    throw std::invalid_argument("the prompt has " + std::to_string(plan.prompt_len) +
+                                " rows (sos + prompt text + text + task_id + prompt speech), which leaves no room under the "
+                                "session limit of " + std::to_string(session_limit) + " positions");
+  }
+  plan.options = request.options;
+  plan.text_len = static_cast<int>(request.text_ids.size());
+  // A round engine's last fed-back token sits at prompt_len + max_len - 2; TurboMind's last
+  // drawn token at prompt_len + max_len - 1.
+  const int room = session_limit - plan.prompt_len + (fed_back_last ? 1 : 0);
+  LengthOptions& length = plan.options.length;
+  if (length.MaxLen(plan.text_len) > room) length.max_len_override = room;
+  plan.max_len = length.MaxLen(plan.text_len);
+  if (plan.max_len < 1) {
+    throw std::invalid_argument("max_len is " + std::to_string(plan.max_len) + " for a text of " +
+                                std::to_string(plan.text_len) + " ids: nothing would be generated");
+  }
+  plan.min_len = length.MinLen(plan.text_len);
+  return plan;
+}
+
+}  // namespace cosyfast

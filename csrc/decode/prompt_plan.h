@@ -1,0 +1,36 @@
+// The checks and the plan of a whole-text request (CosyVoice's inference()), shared by every
+// front door: the round scheduler's Generator and the TurboMind generator.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/options.h"
+#include "core/tables.h"
+
+namespace cosyfast {
+
+// CosyVoice's inference(): the whole text is known up front.
+struct GenerationRequest {
+  std::vector<int32_t> text_ids;             // the text to speak, without the prompt text
+  std::vector<int32_t> prompt_text_ids;      // the voice prompt's transcript (may be empty)
+  std::vector<int32_t> prompt_speech_tokens; // the voice prompt's speech tokens (may be empty)
+  RequestOptions options;
+};
+
+struct PromptPlan {
+  std::vector<float> rows;  // [sos, prompt text + text, task_id, prompt speech] x hidden
+  int prompt_len = 0;
+  int text_len = 0;         // text ids without the prompt text: sets min_len and max_len
+  int min_len = 0, max_len = 0;
+  RequestOptions options;   // max_len capped to the room the engine leaves
+};
+
+// Throws std::invalid_argument naming what is wrong. `session_limit`: the engine's positions per
+// session; `fed_back_last`: whether the engine must also hold the last emitted token (a round
+// engine feeds every token back before it samples the next; TurboMind's loop does not feed the
+// last one).
+PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
+                      int session_limit, bool fed_back_last);
+
+}  // namespace cosyfast

@@ -1,0 +1,169 @@
+#include "engines/turbomind/tm_generator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+namespace cosyfast::tm {
+namespace {
+
+// One utterance: what the caller holds (cancel, lengths) and what hears TurboMind (tokens to
+// the sink, the end to the sink and the counters).
+class PromptRequest final : public RequestHandle, public RequestObserver {
+ public:
+  PromptRequest(std::shared_ptr<TokenSink> sink, std::shared_ptr<Generator::Counters> counters, int prompt_len,
+                int min_len, int max_len)
+      : sink_(std::move(sink)), counters_(std::move(counters)), prompt_len_(prompt_len), min_len_(min_len),
+        max_len_(max_len) {}
+
+  void Attach(std::shared_ptr<Request> request) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    request_ = std::move(request);
+    if (cancel_requested_) request_->Cancel();
+  }
+
+  void RequestCancel() override {
+    std::shared_ptr<Request> request;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      cancel_requested_ = true;
+      request = request_;
+    }
+    if (request) request->Cancel();
+  }
+  int prompt_len() const override { return prompt_len_; }
+  int min_len() const override { return min_len_; }
+  int max_len() const override { return max_len_; }
+
+  bool OnTokens(const int32_t* tokens, int count) override {
+    for (int i = 0; i < count; ++i) {
+      counters_->tokens.fetch_add(1, std::memory_order_relaxed);
+      if (!sink_->OnToken(tokens[i])) return false;
+    }
+    return true;
+  }
+
+  void OnEnd(const RequestEnd& end) override {
+    FinishReason reason = FinishReason::kError;
+    switch (end.kind) {
+      case RequestEnd::Kind::kStop: reason = FinishReason::kStopToken, counters_->stopped++; break;
+      case RequestEnd::Kind::kLength: reason = FinishReason::kMaxLen, counters_->length++; break;
+      case RequestEnd::Kind::kCancelled: reason = FinishReason::kCancelled, counters_->cancelled++; break;
+      case RequestEnd::Kind::kError: counters_->failed++; break;
+    }
+    counters_->finished++;
+    counters_->live--;  // before the sink hears of it: a woken caller sees the session gone
+    sink_->OnFinish(reason, end.error);
+  }
+
+ private:
+  std::shared_ptr<TokenSink> sink_;
+  std::shared_ptr<Generator::Counters> counters_;
+  const int prompt_len_, min_len_, max_len_;
+  std::mutex mutex_;
+  std::shared_ptr<Request> request_;
+  bool cancel_requested_ = false;
+};
+
+// CosyVoice's repetition rule re-draws when count >= win_size * tau_r; with an integer count that
+// is count >= ceil(win_size * tau_r), computed in double as the host sampler compares.
+int MinRepeats(const SamplingOptions& s) {
+  const double threshold = s.win_size * s.tau_r;
+  if (!(threshold > 0.0)) return 0;
+  return threshold >= std::numeric_limits<int>::max() ? std::numeric_limits<int>::max()
+                                                      : static_cast<int>(std::ceil(threshold));
+}
+
+}  // namespace
+
+std::vector<uint16_t> ToBFloat16(const std::vector<float>& rows) {
+  std::vector<uint16_t> out(rows.size());
+  std::transform(rows.begin(), rows.end(), out.begin(), FloatToBFloat16);
+  return out;
+}
+
+Generator::Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab vocab, std::vector<float> decoder_bias,
+                     std::shared_ptr<Engine> engine)
+    : tables_(std::move(tables)), vocab_(std::move(vocab)), engine_(std::move(engine)),
+      counters_(std::make_shared<Counters>()) {
+  if (!tables_ || !engine_) throw std::invalid_argument("a generator needs prompt tables and an engine");
+  tables_->Validate();
+  vocab_.Validate();
+  const EngineOptions& o = engine_->options();
+  if (tables_->hidden() != o.hidden_size) {
+    throw std::invalid_argument("the tables are " + std::to_string(tables_->hidden()) +
+                                " wide but TurboMind's hidden size is " + std::to_string(o.hidden_size));
+  }
+  if (o.vocab_size < vocab_.decoder_rows) {
+    throw std::invalid_argument("TurboMind's vocabulary (" + std::to_string(o.vocab_size) +
+                                ") is smaller than the decoder's " + std::to_string(vocab_.decoder_rows) + " rows");
+  }
+  if (!decoder_bias.empty() && static_cast<int>(decoder_bias.size()) != vocab_.decoder_rows) {
+    throw std::invalid_argument("the decoder bias has " + std::to_string(decoder_bias.size()) + " values, expected " +
+                                std::to_string(vocab_.decoder_rows));
+  }
+  if (!decoder_bias.empty()) bias_ = std::make_shared<const std::vector<float>>(std::move(decoder_bias));
+  // TurboMind's loop stops on a range of ids (CosyVoice3 has 200 stop ids).
+  const auto [lo, hi] = std::minmax_element(vocab_.stop_ids.begin(), vocab_.stop_ids.end());
+  stop_begin_ = *lo;
+  stop_end_ = *hi + 1;
+  if (stop_end_ - stop_begin_ != static_cast<int>(vocab_.stop_ids.size())) {
+    throw std::invalid_argument(vocab_.name + "'s stop ids are not one range of ids, which the TurboMind engine needs");
+  }
+}
+
+std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink,
+                                                bool native) {
+  if (!sink) throw std::invalid_argument("a request needs a token sink");
+  const EngineOptions& o = engine_->options();
+  PromptPlan plan = PlanPrompt(*tables_, vocab_, request, o.max_session_len, /*fed_back_last=*/false);
+
+  RequestSpec spec;
+  spec.ids.assign(plan.prompt_len, 0);  // placeholders: every position takes its row below
+  spec.rows = ToBFloat16(plan.rows);
+  spec.row_ranges = {{0, plan.prompt_len}};
+  spec.max_new_tokens = plan.max_len;
+  spec.seed = plan.options.seed;
+  const SamplingOptions& s = plan.options.sampling;
+  spec.top_k = s.top_k;
+  spec.top_p = static_cast<float>(s.top_p);
+  turbomind::CosyVoiceConfig& c = spec.cosyvoice;
+  c.enabled = !native;
+  c.decoder_rows = vocab_.decoder_rows;
+  c.stop_begin = c.mask_begin = stop_begin_;
+  c.stop_end = c.mask_end = stop_end_;
+  c.min_len = plan.min_len;
+  c.ras = s.ras;
+  c.win_size = s.win_size;
+  c.ras_min_repeats = MinRepeats(s);
+  c.exclude_repeated = s.exclude_repeated;
+  c.bias = bias_;
+
+  auto handle = std::make_shared<PromptRequest>(std::move(sink), counters_, plan.prompt_len,
+                                                native ? 0 : plan.min_len, plan.max_len);
+  counters_->live++;
+  try {
+    handle->Attach(engine_->Start(std::move(spec), handle));
+  } catch (...) {
+    counters_->live--;
+    throw;
+  }
+  return handle;
+}
+
+size_t Generator::live_sessions() const { return static_cast<size_t>(counters_->live.load()); }
+
+GeneratorStats Generator::stats() const {
+  GeneratorStats s;
+  s.tokens = counters_->tokens.load();
+  s.sessions_finished = counters_->finished.load();
+  s.stopped = counters_->stopped.load();
+  s.length = counters_->length.load();
+  s.cancelled = counters_->cancelled.load();
+  s.failed = counters_->failed.load();
+  return s;
+}
+
+}  // namespace cosyfast::tm

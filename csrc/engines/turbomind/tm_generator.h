@@ -1,0 +1,60 @@
+// The front door of a model on the TurboMind engine: the counterpart of decode/generator.h for an
+// engine that runs every utterance's decode loop itself. Start() checks a request and assembles
+// its prompt on the caller's thread (the same PlanPrompt as the round scheduler), turns its
+// options into TurboMind's CosyVoice sampling (bias, min_len mask, stop range, RAS, seed) and
+// starts one TurboMind request; tokens reach the sink from TurboMind's signal thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "core/options.h"
+#include "core/tables.h"
+#include "decode/prompt_plan.h"
+#include "decode/session.h"
+#include "engines/turbomind/tm_engine.h"
+
+namespace cosyfast::tm {
+
+struct GeneratorStats {
+  int64_t tokens = 0;
+  int64_t sessions_finished = 0;
+  int64_t stopped = 0, length = 0, cancelled = 0, failed = 0;  // finished sessions by reason
+};
+
+class Generator {
+ public:
+  // `decoder_bias`: decoder_rows values, or empty (CosyVoice3 has none).
+  Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab vocab, std::vector<float> decoder_bias,
+            std::shared_ptr<Engine> engine);
+
+  // CosyVoice's inference(). `native`: TurboMind's own top-k/top-p sampler with no bias, RAS,
+  // min_len or stops, max_len tokens always (the benchmark's turbomind-native path).
+  std::shared_ptr<RequestHandle> Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink,
+                                       bool native = false);
+
+  size_t live_sessions() const;
+  GeneratorStats stats() const;
+  const Engine& engine() const { return *engine_; }
+  const SpeechVocab& vocab() const { return vocab_; }
+
+  // Counters the requests bump from TurboMind's signal thread.
+  struct Counters {
+    std::atomic<int64_t> live{0}, tokens{0}, finished{0}, stopped{0}, length{0}, cancelled{0}, failed{0};
+  };
+
+ private:
+  std::shared_ptr<const PromptTables> tables_;
+  SpeechVocab vocab_;
+  std::shared_ptr<const std::vector<float>> bias_;  // shared by every request: uploaded once
+  std::shared_ptr<Engine> engine_;
+  std::shared_ptr<Counters> counters_;
+  int stop_begin_ = 0, stop_end_ = 0;  // the stop ids as one range
+};
+
+// The bf16 bits of float rows, for TurboMind's input embeddings.
+std::vector<uint16_t> ToBFloat16(const std::vector<float>& rows);
+
+}  // namespace cosyfast::tm
