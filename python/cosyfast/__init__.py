@@ -7,9 +7,31 @@ import os as _os
 # the user set wins.
 _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from ._core import LengthOptions, RequestOptions, SamplingOptions
-from .checkpoint import CheckpointError, LlmWeights, load_checkpoint
-from .model import Model, load, request_options
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._core import LengthOptions, RequestOptions, SamplingOptions
+    from .checkpoint import CheckpointError, LlmWeights, load_checkpoint
+    from .model import Model, load, request_options
+
+# Imported on first use, so that `cosyfast info` still runs (and reports) where torch or the
+# extension fails to import.
+_LAZY = {
+    "LengthOptions": "_core", "RequestOptions": "_core", "SamplingOptions": "_core",
+    "CheckpointError": "checkpoint", "LlmWeights": "checkpoint", "load_checkpoint": "checkpoint",
+    "Model": "model", "load": "model", "request_options": "model",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'cosyfast' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 __all__ = [

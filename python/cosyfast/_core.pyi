@@ -5,6 +5,11 @@ from typing import Any, ClassVar
 import numpy as np
 import numpy.typing as npt
 
+def build_info() -> dict[str, Any]:
+    """compiler, cxx_standard, build_type, openmp, openmp_version, with_turbomind, lmdeploy_version,
+    version, pybind11_version (None where the build did not define it)."""
+    ...
+
 class SamplingOptions:
     top_p: float
     top_k: int

@@ -70,6 +70,12 @@ def run_export_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_info(args: argparse.Namespace) -> int:
+    from .info import main as info_main
+
+    return info_main(as_json=args.json)
+
+
 def _serve(argv: list[str]) -> int:
     try:
         from .serve.server import main as serve_main
@@ -101,6 +107,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("out_dir", help="the bundle directory to create")
     export.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
     export.set_defaults(func=run_export_bundle)
+    info = sub.add_parser("info", help="print the version, build, engines, CUDA and GPUs (for bug reports)")
+    info.add_argument("--json", action="store_true", help="machine-readable output")
+    info.set_defaults(func=run_info)
     sub.add_parser("bench", help="benchmark paths over a concurrency sweep (see `cosyfast bench --help`)",
                    add_help=False)
     sub.add_parser("serve", help="the LLM stage as a streaming HTTP service (see `cosyfast serve --help`)",
