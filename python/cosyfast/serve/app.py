@@ -82,7 +82,7 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/speech_tokens")
     async def speech_tokens(request: Request) -> Response:
         try:
-            session, extras = service.start(parse_json(await request.body()), {"stream": True})
+            session, extras = service.start(await request.body(), {"stream": True})
         except RequestError as e:
             return _error(e)
         if not extras["stream"]:
@@ -94,7 +94,7 @@ def create_app(service: Service) -> FastAPI:
     async def bistream(ws: WebSocket) -> None:
         await ws.accept()
         try:
-            session, _ = service.start(parse_json(await ws.receive_text()), {}, bistream=True)
+            session, _ = service.start(await ws.receive_text(), {}, bistream=True)
         except RequestError as e:
             await ws.send_json({**e.body(), "status": e.status})
             await ws.close(code=1013 if e.status == 503 else 1008)  # 1013: try again later

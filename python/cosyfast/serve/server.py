@@ -43,6 +43,7 @@ class BackgroundServer:
     def __init__(self, service: Service, host: str = "127.0.0.1", port: int = 0, **config: Any) -> None:
         self.server = make_server(service, host, port, log_level=config.pop("log_level", "warning"), **config)
         self._thread = threading.Thread(target=self.server.run, name="cosyfast-serve", daemon=True)
+        self.service = service
         self.url = ""
 
     def __enter__(self) -> str:
@@ -65,7 +66,10 @@ class BackgroundServer:
         self.stop()
 
 
-def add_arguments(p: argparse.ArgumentParser) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """`cosyfast serve MODEL [options]`."""
+    p = argparse.ArgumentParser(prog="cosyfast serve", description="The LLM stage as a streaming HTTP service "
+                                "(POST /v1/speech_tokens, WS /v1/speech_tokens/bistream, /health, /metrics).")
     p.add_argument("model", help="a CosyVoice2/3 llm.pt or model directory")
     p.add_argument("--engine", default="auto", choices=["auto", "cpu", "turbomind"])
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 for every interface)")
@@ -80,9 +84,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lanes", type=int, default=None, help="scheduler lanes per replica (default: the Model's)")
     p.add_argument("--sample-threads", type=int, default=None, help="sampling helpers per lane (default: the Model's)")
     p.add_argument("--devices", default=None, help="comma list of GPU ids (turbomind)")
-
-
-def run(args: argparse.Namespace) -> int:
+    args = p.parse_args(argv)
     from .. import load
 
     devices = [int(d) for d in args.devices.split(",")] if args.devices else None

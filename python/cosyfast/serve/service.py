@@ -218,12 +218,20 @@ class Service:
         with self._lock:
             return len(self._sessions)
 
-    def start(self, body: dict[str, Any], extra: dict[str, Any], *, bistream: bool = False) -> tuple[Session, dict]:
-        """Admits and starts one request; returns the session and the body's extras."""
+    def start(self, raw: bytes | str, extra: dict[str, Any], *, bistream: bool = False) -> tuple[Session, dict]:
+        """Admits and starts one request from its JSON body; returns the session and the body's
+        `extra` fields (given with their defaults). Raises RequestError (4xx, or 503 when full)."""
+        try:
+            return self._start(parse_json(raw), extra, bistream)
+        except RequestError as e:
+            if e.status < 500:
+                self.metrics.rejected.labels("invalid").inc()
+            raise
+
+    def _start(self, body: dict[str, Any], extra: dict[str, Any], bistream: bool) -> tuple[Session, dict]:
         ids = ID_FIELDS[1:] if bistream else ID_FIELDS
         ids_part, options, extras = split_body(body, ids, {**extra, "mix_ratio": [5, 15]} if bistream else extra)
         if not bistream and "text_ids" not in ids_part:
-            self.metrics.rejected.labels("invalid").inc()
             raise RequestError(422, "text_ids is required: the text to speak, as token ids", "text_ids")
         with self._lock:
             if self.draining or len(self._sessions) >= self.max_sessions:
@@ -239,7 +247,6 @@ class Service:
                 else:
                     stream = self.model.stream(**ids_part, **options)
             except (ValueError, TypeError) as e:
-                self.metrics.rejected.labels("invalid").inc()
                 raise RequestError(422, str(e), field_of(str(e), tuple(ids_part) + tuple(options))) from None
             session = Session(self, stream, asyncio.get_running_loop())
             self._sessions.add(session)
