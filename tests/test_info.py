@@ -106,3 +106,20 @@ def test_info_gpu_through_nvidia_smi(tmp_path: Path) -> None:
     assert not info["engines"]["turbomind"]["available"]  # torch cannot drive them
     out = run_info(env=env)
     assert "GPUs via nvidia-smi:" in out and "  1: NVIDIA H200, 140.4 GiB" in out
+
+
+def test_turbomind_reasons() -> None:
+    from types import SimpleNamespace
+
+    from cosyfast.info import _engines
+
+    none = _engines({"with_turbomind": False}, SimpleNamespace(CpuQwen2Engine=1), {"available": True})
+    assert none["turbomind"] == {"available": False, "reasons": [none["turbomind"]["reasons"][0]]}
+    assert none["turbomind"]["reasons"][0].startswith("not compiled in") and none["auto"] == "cpu"
+    # compiled in, but this machine has no GPU (and, on the CPU, no matching lmdeploy either)
+    built = _engines({"with_turbomind": True}, SimpleNamespace(CpuQwen2Engine=1), {"available": False})
+    assert built["turbomind"]["reasons"][-1] == "no CUDA GPU visible to torch"
+    assert not any(r.startswith("not compiled in") for r in built["turbomind"]["reasons"])
+    broken = _engines({"error": "cosyfast._core not importable (x)"}, None, {"available": False})
+    assert broken["cpu"] == {"available": False, "reasons": ["cosyfast._core not importable (x)"]}
+    assert broken["auto"] is None

@@ -114,21 +114,17 @@ def _engines(build: dict[str, Any], core: Any, cuda: dict[str, Any]) -> dict[str
     cpu_ok = core is not None and hasattr(core, "CpuQwen2Engine")
     engines: dict[str, Any] = {"cpu": dict(available=cpu_ok, reasons=[] if cpu_ok else [build.get("error", "missing")])}
     reasons = []
-    bound = core is not None and (build.get("with_turbomind") or hasattr(core, "TurboMindEngine"))
-    if not bound:
-        reasons.append("not compiled in")
+    if core is None or not (build.get("with_turbomind") or hasattr(core, "TurboMindEngine")):
+        reasons.append("not compiled in (build with -C cmake.define.COSYFAST_TURBOMIND=ON)")
+    else:
+        try:  # the check engine="auto" makes: lmdeploy's converter, its version, the bound modules
+            from . import turbomind
+
+            turbomind.check_turbomind()
+        except Exception as e:  # noqa: BLE001
+            reasons.append(str(e))
     if not cuda["available"]:
         reasons.append("no CUDA GPU visible to torch")
-    if bound and not build.get("with_turbomind"):  # an engine that drives lmdeploy's own Python binding
-        if _dist_version("lmdeploy") is None:
-            reasons.append("lmdeploy 0.14.x not installed (pip install 'cosyfast[turbomind]')")
-        else:
-            try:
-                from .turbomind import check_lmdeploy
-
-                check_lmdeploy()
-            except Exception as e:  # noqa: BLE001
-                reasons.append(str(e))
     engines["turbomind"] = dict(available=not reasons, reasons=reasons)
     engines["auto"] = "turbomind" if not reasons else "cpu" if cpu_ok else None
     return engines
