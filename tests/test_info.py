@@ -123,3 +123,13 @@ def test_turbomind_reasons() -> None:
     broken = _engines({"error": "cosyfast._core not importable (x)"}, None, {"available": False})
     assert broken["cpu"] == {"available": False, "reasons": ["cosyfast._core not importable (x)"]}
     assert broken["auto"] is None
+
+
+def test_import_is_lazy_but_complete() -> None:
+    # `import cosyfast` loads neither torch nor the extension (so `cosyfast info` can report them),
+    # and every name and submodule an eager import gave is still there
+    code = ("import sys, cosyfast; assert 'torch' not in sys.modules and 'cosyfast._core' not in sys.modules; "
+            "assert cosyfast._core.build_info() and cosyfast.checkpoint.CheckpointError is cosyfast.CheckpointError; "
+            "assert all(getattr(cosyfast, n) for n in cosyfast.__all__); assert not hasattr(cosyfast, 'nope'); "
+            "print('ok')")
+    assert run_info(code=code).strip() == "ok"

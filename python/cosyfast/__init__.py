@@ -24,11 +24,15 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'cosyfast' has no attribute {name!r}")
     import importlib
+    import importlib.util
 
-    value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    elif not name.startswith("__") and importlib.util.find_spec(f".{name}", __name__) is not None:
+        value = importlib.import_module(f".{name}", __name__)  # cosyfast._core, cosyfast.model, ...
+    else:
+        raise AttributeError(f"module 'cosyfast' has no attribute {name!r}")
     globals()[name] = value
     return value
 
