@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/options.h"
+#include "core/process.h"
 #include "decode/generator.h"
 #include "decode/token_queue.h"
 #include "engines/cpu_qwen2.h"
@@ -31,9 +32,11 @@ struct CosyfastRequest {
   std::shared_ptr<cosyfast::Generator> generator;  // keeps the engine alive while the request is
   std::shared_ptr<cosyfast::Session> session;
   std::shared_ptr<cosyfast::TokenQueue> queue;
-  // A request dropped while running is cancelled; the scheduler frees it at its next round.
+  const uint64_t fork_count = cosyfast::ForkCount();
+  // A request dropped while running is cancelled; the scheduler frees it at its next round (in a
+  // forked child there is no scheduler, and its locks may have been held at the fork).
   ~CosyfastRequest() {
-    if (session) session->RequestCancel();
+    if (session && fork_count == cosyfast::ForkCount()) session->RequestCancel();
   }
 };
 

@@ -36,6 +36,10 @@ struct LengthOptions {
   int MaxLen(int text_len) const;
 };
 
+// int(text_len * ratio) as Python computes it (in double), clamped to [0, INT_MAX]: a huge but
+// finite ratio means "no limit", not a float-to-int overflow.
+int ScaledLen(int64_t text_len, double ratio);
+
 struct RequestOptions {
   SamplingOptions sampling;
   LengthOptions length;

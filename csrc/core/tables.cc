@@ -53,13 +53,21 @@ void SpeechVocab::Validate() const {
                                 ") must exceed speech_token_size (" + std::to_string(speech_token_size) + ")");
   }
   if (stop_ids.empty()) throw std::invalid_argument("a speech vocabulary needs at least one stop id");
+  // Stop ids and the fill token are decoder rows past the speech tokens: one among the speech
+  // tokens would end (or extend) a session on an ordinary token.
+  const std::string special = "[" + std::to_string(speech_token_size) + ", " + std::to_string(decoder_rows) + ")";
   for (int id : stop_ids) {
-    if (id < 0 || id >= decoder_rows) {
-      throw std::invalid_argument("stop id " + std::to_string(id) + " is outside the decoder rows [0, " +
-                                  std::to_string(decoder_rows) + ")");
+    if (id < speech_token_size || id >= decoder_rows) {
+      throw std::invalid_argument("stop id " + std::to_string(id) + " is outside the special decoder rows " + special);
     }
   }
   if (!IsStop(eos)) throw std::invalid_argument("eos " + std::to_string(eos) + " must be one of the stop ids");
+  if (fill_token != -1 && (fill_token < speech_token_size || fill_token >= decoder_rows)) {
+    throw std::invalid_argument("fill_token " + std::to_string(fill_token) + " must be -1 (none) or in " + special);
+  }
+  if (required_text_id < -1) {
+    throw std::invalid_argument("required_text_id " + std::to_string(required_text_id) + " must be -1 (none) or a text id");
+  }
 }
 
 bool SpeechVocab::IsStop(int token) const {
@@ -68,7 +76,7 @@ bool SpeechVocab::IsStop(int token) const {
 
 void PromptTables::Validate() const {
   const int64_t h = hidden();
-  if (h <= 0) throw std::invalid_argument("the text embedding table is empty");
+  if (h <= 0 || text_embedding.rows() < 1) throw std::invalid_argument("the text embedding table is empty");
   if (speech_embedding.dim() != h) {
     throw std::invalid_argument("speech embedding width " + std::to_string(speech_embedding.dim()) +
                                 " differs from the text embedding width " + std::to_string(h));

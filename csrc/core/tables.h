@@ -49,7 +49,7 @@ struct SpeechVocab {
 
 // Everything prompt assembly needs: [sos, text..., task_id, prompt speech...].
 struct PromptTables {
-  Table text_embedding;     // Qwen embed_tokens [151936, hidden]
+  Table text_embedding;     // Qwen embed_tokens [text_vocab, hidden] (151936 rows, or more with added tokens)
   Table speech_embedding;   // speech_embedding [decoder_rows or more, hidden]
   std::vector<float> sos;      // CV2 llm_embedding[0], CV3 speech_embedding[6561]
   std::vector<float> task_id;  // CV2 llm_embedding[1], CV3 speech_embedding[6563]

@@ -27,6 +27,17 @@ inline std::string Num(double v) {
   return buf;
 }
 
+// The same for a float32 value (the shortest form that reads back to the same float).
+inline std::string Num(float v) {
+  char buf[32];
+  for (int precision = 1; precision < 9; ++precision) {
+    std::snprintf(buf, sizeof buf, "%.*g", precision, static_cast<double>(v));
+    if (std::strtof(buf, nullptr) == v) return buf;
+  }
+  std::snprintf(buf, sizeof buf, "%.9g", static_cast<double>(v));
+  return buf;
+}
+
 inline std::string Bool(bool v) { return v ? "true" : "false"; }
 
 }  // namespace cosyfast

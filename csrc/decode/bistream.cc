@@ -134,10 +134,8 @@ void BistreamSession::StartTail() {
   lm_input_.push_back({Row::Kind::kTaskId, 0});
   prompt_speech_.clear();  // upstream drops what was not interleaved
   phase_ = Phase::kTail;
-  int64_t max_len = max_len_override_;
-  if (max_len <= 0) max_len = static_cast<int64_t>(static_cast<double>(text_ids_received_) * max_token_text_ratio_);
-  max_len = std::min<int64_t>(max_len, std::numeric_limits<int>::max());
-  set_length_limits(0, static_cast<int>(max_len));
+  const int max_len = max_len_override_ > 0 ? max_len_override_ : ScaledLen(text_ids_received_, max_token_text_ratio_);
+  set_length_limits(0, max_len);
   if (static_cast<int64_t>(decoded().size()) >= max_len) Finish(FinishReason::kMaxLen);
 }
 

@@ -180,8 +180,16 @@ void Scheduler::RunRound() {
     for (size_t i = 0; i < batch_.size(); ++i) advance(i);
   }
   int64_t sampled = 0;
+  for (uint8_t o : outcome_) sampled += o != kFailed;
+  {
+    // Counted before any session of the round retires: a caller woken by a session's end then
+    // finds the round in stats() already, whatever the timing.
+    std::lock_guard<std::mutex> lock(mutex_);
+    ++stats_.rounds;
+    stats_.tokens += sampled;
+    stats_.parallel_rounds += parallel;
+  }
   for (size_t i = 0; i < batch_.size(); ++i) {
-    sampled += outcome_[i] != kFailed;
     if (outcome_[i] == kGoesOn) {
       active_.push_back(std::move(batch_[i]));
     } else {
@@ -189,10 +197,6 @@ void Scheduler::RunRound() {
     }
   }
   batch_.clear();
-  std::lock_guard<std::mutex> lock(mutex_);
-  ++stats_.rounds;
-  stats_.tokens += sampled;
-  stats_.parallel_rounds += parallel;
 }
 
 void Scheduler::Park(std::shared_ptr<Session> session) {

@@ -1,6 +1,9 @@
 #include "decode/token_queue.h"
 
+#include <cmath>
 #include <stdexcept>
+
+#include "core/text.h"
 
 namespace cosyfast {
 
@@ -33,14 +36,27 @@ void TokenQueue::OnNeedText() {
   ready_.notify_all();
 }
 
-std::optional<int32_t> TokenQueue::NextEvent(double timeout_s) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  auto ready = [this] { return !tokens_.empty() || need_text_ || finished_; };
-  if (timeout_s < 0) {
-    ready_.wait(lock, ready);
-  } else if (!ready_.wait_for(lock, std::chrono::duration<double>(timeout_s), ready)) {
-    throw std::runtime_error("no token within " + std::to_string(timeout_s) + " s");
+void TokenQueue::ValidateTimeout(double timeout_s) {
+  if (std::isnan(timeout_s)) {
+    throw std::invalid_argument("timeout must be a number of seconds (negative or inf: wait forever), got nan");
   }
+}
+
+void TokenQueue::RequireParent() const {
+  // Checked before the mutex is taken: a scheduler thread may have held it at the fork.
+  if (ForkCount() != fork_count_) throw std::runtime_error(ForkedError());
+}
+
+template <typename Pred>
+bool TokenQueue::WaitLocked(std::unique_lock<std::mutex>& lock, double timeout_s, Pred pred) {
+  if (timeout_s < 0 || timeout_s >= kForeverSeconds) {
+    ready_.wait(lock, pred);
+    return true;
+  }
+  return ready_.wait_for(lock, std::chrono::duration<double>(timeout_s), pred);
+}
+
+std::optional<int32_t> TokenQueue::TakeLocked() {
   if (!tokens_.empty()) {
     const int32_t t = tokens_.front();
     tokens_.pop_front();
@@ -53,8 +69,32 @@ std::optional<int32_t> TokenQueue::NextEvent(double timeout_s) {
   return std::nullopt;
 }
 
-std::optional<int32_t> TokenQueue::Next(double timeout_s) {
-  const std::optional<int32_t> event = NextEvent(timeout_s);
+std::optional<int32_t> TokenQueue::NextEvent(double timeout_s) {
+  ValidateTimeout(timeout_s);
+  RequireParent();
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!WaitLocked(lock, timeout_s, [this] { return ReadyLocked(); })) {
+    throw std::runtime_error("no token within " + Num(timeout_s) + " s");
+  }
+  return TakeLocked();
+}
+
+bool TokenQueue::TryNextEvent(std::optional<int32_t>* event) {
+  RequireParent();
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!ReadyLocked()) return false;
+  *event = TakeLocked();
+  return true;
+}
+
+bool TokenQueue::WaitReady(double timeout_s) {
+  ValidateTimeout(timeout_s);
+  RequireParent();
+  std::unique_lock<std::mutex> lock(mutex_);
+  return WaitLocked(lock, timeout_s, [this] { return ReadyLocked(); });
+}
+
+std::optional<int32_t> TokenQueue::AsToken(std::optional<int32_t> event) {
   if (event && *event == kNeedText) {
     throw std::logic_error("the session waits for more text: read a bistream session with NextEvent and answer "
                            "each request for text");
@@ -62,14 +102,13 @@ std::optional<int32_t> TokenQueue::Next(double timeout_s) {
   return event;
 }
 
+std::optional<int32_t> TokenQueue::Next(double timeout_s) { return AsToken(NextEvent(timeout_s)); }
+
 bool TokenQueue::WaitFinished(double timeout_s) {
+  ValidateTimeout(timeout_s);
+  RequireParent();
   std::unique_lock<std::mutex> lock(mutex_);
-  auto done = [this] { return finished_; };
-  if (timeout_s < 0) {
-    ready_.wait(lock, done);
-    return true;
-  }
-  return ready_.wait_for(lock, std::chrono::duration<double>(timeout_s), done);
+  return WaitLocked(lock, timeout_s, [this] { return finished_; });
 }
 
 std::vector<double> TokenQueue::arrival_seconds() const {

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "core/process.h"
 #include "decode/session.h"
 
 namespace cosyfast {
@@ -24,15 +25,27 @@ class TokenQueue : public TokenSink {
   void OnFinish(FinishReason reason, const std::string& error) override;
   void OnNeedText() override;
 
+  // Timeouts are seconds; a negative or infinite one (or one past kForeverSeconds) waits
+  // forever, NaN throws std::invalid_argument. Every wait throws std::runtime_error in a process
+  // forked after the queue was made: the scheduler that fills it stayed in the parent.
+  static constexpr double kForeverSeconds = 1e9;  // ~32 years; larger would overflow chrono
+  static void ValidateTimeout(double timeout_s);
+
   // Blocks until a token is ready (returned) or the session has finished and every token was
-  // taken (nullopt). A negative timeout waits forever; on timeout throws std::runtime_error.
-  // Throws std::logic_error if the session waits for text (a bistream session: use NextEvent).
+  // taken (nullopt). On timeout throws std::runtime_error. Throws std::logic_error if the
+  // session waits for text (a bistream session: use NextEvent).
   std::optional<int32_t> Next(double timeout_s = -1.0);
   // Like Next, and also returns kNeedText (once per request for text) after every token queued
   // before it.
   std::optional<int32_t> NextEvent(double timeout_s = -1.0);
-  // Blocks until the session has finished (true) or the timeout passes (false); < 0 waits forever.
+  // NextEvent without waiting: true, with *event set, when an event was ready.
+  bool TryNextEvent(std::optional<int32_t>* event);
+  // Blocks until TryNextEvent would succeed (true) or the timeout passes (false).
+  bool WaitReady(double timeout_s);
+  // Blocks until the session has finished (true) or the timeout passes (false).
   bool WaitFinished(double timeout_s);
+  // `event` as Next returns it: kNeedText throws std::logic_error.
+  static std::optional<int32_t> AsToken(std::optional<int32_t> event);
 
   // Seconds from this queue's creation (the request's start) to each token's arrival, measured
   // on the scheduler thread: latency figures that no consumer thread can skew.
@@ -43,7 +56,14 @@ class TokenQueue : public TokenSink {
   std::string error() const;
 
  private:
+  template <typename Pred>
+  bool WaitLocked(std::unique_lock<std::mutex>& lock, double timeout_s, Pred pred);
+  bool ReadyLocked() const { return !tokens_.empty() || need_text_ || finished_; }
+  std::optional<int32_t> TakeLocked();
+  void RequireParent() const;
+
   const std::chrono::steady_clock::time_point created_ = std::chrono::steady_clock::now();
+  const uint64_t fork_count_ = ForkCount();
   mutable std::mutex mutex_;
   std::vector<double> arrivals_;
   std::condition_variable ready_;

@@ -237,10 +237,16 @@ void CpuQwen2Config::Validate() const {
   Require(head_dim >= 2 && head_dim % 2 == 0,
           "head_dim must be even and >= 2 for rotary embeddings, got " + std::to_string(head_dim));
   Require(ffn >= 1, "ffn must be >= 1, got " + std::to_string(ffn));
-  Require(rms_eps > 0.0, "rms_eps must be > 0, got " + Num(rms_eps));
-  Require(rope_theta > 0.0, "rope_theta must be > 0, got " + Num(rope_theta));
-  Require(max_session_len >= 1,
-          "max_session_len must be >= 1, got " + std::to_string(max_session_len));
+  // Both are used as float32: an epsilon of 1 or more swamps the activations it normalises, and
+  // a theta past float32's range becomes inf (every rotation 0): a model of garbage, not an error.
+  Require(rms_eps > 0.0 && rms_eps < 1.0, "rms_eps must be in (0, 1), got " + Num(rms_eps));
+  Require(rope_theta > 0.0 && std::isfinite(static_cast<float>(rope_theta)),
+          "rope_theta must be a finite float32 > 0, got " + Num(rope_theta));
+  // The RoPE tables take max_session_len x head_dim floats up front and each session's cache
+  // may grow to it: a limit far past any CosyVoice utterance is refused before allocating.
+  Require(max_session_len >= 1 && max_session_len <= kMaxSessionLen,
+          "max_session_len must be >= 1 and <= " + std::to_string(kMaxSessionLen) + ", got " +
+              std::to_string(max_session_len));
 }
 
 std::string CpuQwen2Config::ToString() const {

@@ -28,6 +28,9 @@
 
 namespace cosyfast {
 
+// Longest session the CPU engine accepts (an hour of speech tokens is 90,000).
+inline constexpr int kMaxSessionLen = 1 << 17;
+
 // The shape of the decoder stack. The vocabulary size is not here: it is the row count of the
 // weights' embedding and lm_head tables.
 struct CpuQwen2Config {

@@ -1,6 +1,8 @@
 #include "io/bundle.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
@@ -9,6 +11,7 @@
 #include <stdexcept>
 #include <utility>
 
+#include "core/text.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 
@@ -25,8 +28,7 @@ namespace {
 constexpr long kMaxConfigBytes = 1 << 20;
 
 std::string ReadSmallFile(const std::string& path) {
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
-  if (!f) throw std::runtime_error(path + ": cannot open: " + std::strerror(errno));
+  const File f = OpenRegularFile(path);
   std::string text;
   char buf[65536];
   size_t n;
@@ -112,6 +114,69 @@ CpuQwen2Config ReadModelConfig(const ConfigReader& r, const Json& model, int max
   return c;
 }
 
+// The speech vocabulary of each layout, as cosyfast/checkpoint.py's _LAYOUTS defines it. The
+// Python loader derives the vocabulary from the layout and never from a file, so a bundle whose
+// "vocab" differs from its kind's is refused here rather than run with other stop ids.
+struct Layout {
+  SpeechVocab vocab;
+  bool decoder_bias;
+};
+
+Layout KnownLayout(const ConfigReader& r, const std::string& kind) {
+  if (kind == "cosyvoice2") return {{"cosyvoice2", 6561, 6564, 6561, {6561, 6562, 6563}, 6563, -1}, true};
+  if (kind == "cosyvoice3") {
+    std::vector<int> stops;
+    for (int id = 6561; id < 6761; ++id) stops.push_back(id);
+    return {{"cosyvoice3", 6561, 6761, 6562, stops, 6564, 151646}, false};
+  }
+  r.Fail("\"kind\" must be \"cosyvoice2\" or \"cosyvoice3\", got \"" + kind + "\"");
+}
+
+void RequireLayout(const ConfigReader& r, const SpeechVocab& got, const SpeechVocab& want) {
+  const std::pair<const char*, std::pair<int, int>> fields[] = {
+      {"speech_token_size", {got.speech_token_size, want.speech_token_size}},
+      {"decoder_rows", {got.decoder_rows, want.decoder_rows}},
+      {"eos", {got.eos, want.eos}},
+      {"fill_token", {got.fill_token, want.fill_token}},
+      {"required_text_id", {got.required_text_id, want.required_text_id}},
+  };
+  for (const auto& [name, values] : fields) {
+    if (values.first != values.second) {
+      r.Fail("\"vocab\"[\"" + std::string(name) + "\"] is " + std::to_string(values.first) + " but a " + want.name +
+             " bundle has " + std::to_string(values.second));
+    }
+  }
+  if (got.stop_ids != want.stop_ids) r.Fail("\"vocab\"[\"stop_ids\"] differ from the " + want.name + " stop ids");
+}
+
+// Trained weights are far smaller; past this a float32 forward overflows to inf and NaN, which
+// would surface only as a failed or silently greedy generation.
+constexpr float kMaxWeight = 1e6f;
+
+std::vector<float> ReadWeights(const SafetensorsFile& st, const std::string& name, const std::vector<int64_t>& shape) {
+  std::vector<float> data = st.ReadF32(name, shape);
+  for (size_t i = 0; i < data.size(); ++i) {
+    if (!(std::fabs(data[i]) <= kMaxWeight)) {
+      throw std::runtime_error(st.path() + ": tensor '" + name + "' holds " + Num(data[i]) + " at element " +
+                               std::to_string(i) + "; weights must be finite, with magnitude at most " + Num(kMaxWeight));
+    }
+  }
+  return data;
+}
+
+// The layer count the file holds: one past the highest "layers.<i>." index.
+int64_t CountLayers(const SafetensorsFile& st) {
+  int64_t count = 0;
+  for (const auto& [name, info] : st.tensors()) {
+    if (name.rfind("layers.", 0) != 0) continue;
+    const size_t dot = name.find('.', 7);
+    const std::string index = name.substr(7, dot == std::string::npos ? std::string::npos : dot - 7);
+    if (index.empty() || index.size() > 9 || index.find_first_not_of("0123456789") != std::string::npos) continue;
+    count = std::max<int64_t>(count, std::stoll(index) + 1);
+  }
+  return count;
+}
+
 SpeechVocab ReadVocab(const ConfigReader& r, const Json& vocab) {
   const std::string where = "\"vocab\"";
   SpeechVocab v;
@@ -146,12 +211,11 @@ CpuBundle LoadCpuBundle(const std::string& dir, int max_session_len, Table::Stor
   if (dir.empty()) throw std::runtime_error("the bundle directory is empty: pass the path of an exported bundle");
   const std::string config_path = dir + "/config.json";
   {
-    std::FILE* probe = std::fopen(config_path.c_str(), "rb");
-    if (!probe) {
-      throw std::runtime_error(dir + " is not a cosyfast CPU bundle: cannot open " + config_path + " (" +
-                               std::strerror(errno) + "); export one with `cosyfast export-bundle`");
+    std::string reason;
+    if (!TryOpenRegularFile(config_path, &reason)) {
+      throw std::runtime_error(dir + " is not a cosyfast CPU bundle: cannot open " + config_path + " (" + reason +
+                               "); export one with `cosyfast export-bundle`");
     }
-    std::fclose(probe);
   }
   const ConfigReader r(config_path);
   const std::string text = ReadSmallFile(config_path);
@@ -177,6 +241,8 @@ CpuBundle LoadCpuBundle(const std::string& dir, int max_session_len, Table::Stor
   b.engine_config = ReadModelConfig(r, r.Object(root, "model", "the config"), max_session_len);
   b.vocab = ReadVocab(r, r.Object(root, "vocab", "the config"));
   if (b.vocab.name != b.kind) r.Fail("\"kind\" is \"" + b.kind + "\" but \"vocab\" names \"" + b.vocab.name + "\"");
+  const Layout layout = KnownLayout(r, b.kind);
+  RequireLayout(r, b.vocab, layout.vocab);
   const std::string& weights_name = r.String(root, "weights", "the config");
   if (weights_name.empty() || weights_name.find('/') != std::string::npos) {
     r.Fail("\"weights\" must be a file name inside the bundle directory, got \"" + weights_name + "\"");
@@ -187,9 +253,20 @@ CpuBundle LoadCpuBundle(const std::string& dir, int max_session_len, Table::Stor
   const int64_t h = c.hidden, rows = b.vocab.decoder_rows;
   const int64_t q = static_cast<int64_t>(c.heads) * c.head_dim, kv = static_cast<int64_t>(c.kv_heads) * c.head_dim;
 
+  // Before anything is built per layer: a config claiming a billion layers must not allocate.
+  const int64_t file_layers = CountLayers(st);
+  if (file_layers != c.layers) {
+    r.Fail("\"model\"[\"num_hidden_layers\"] is " + std::to_string(c.layers) + " but " + st.path() + " holds " +
+           std::to_string(file_layers) + " layers");
+  }
+  if (st.Has("decoder_bias") != layout.decoder_bias) {
+    throw std::runtime_error(st.path() + (layout.decoder_bias ? ": has no tensor 'decoder_bias', which a "
+                                                              : ": unexpected tensor 'decoder_bias': no ") +
+                             b.kind + " decoder " + (layout.decoder_bias ? "needs" : "has a bias"));
+  }
   // Every tensor in the file must be one this reader knows: a stray name means another format.
   std::set<std::string> expected = {"text_embedding", "speech_embedding", "sos", "task_id", "decoder_weight", "norm"};
-  if (st.Has("decoder_bias")) expected.insert("decoder_bias");
+  if (layout.decoder_bias) expected.insert("decoder_bias");
   for (int i = 0; i < c.layers; ++i) {
     for (const char* name : kLayerTensorNames) expected.insert("layers." + std::to_string(i) + "." + name);
   }
@@ -202,24 +279,29 @@ CpuBundle LoadCpuBundle(const std::string& dir, int max_session_len, Table::Stor
 
   {
     const TensorInfo& text = st.Info("text_embedding");
-    if (text.shape.size() != 2 || text.shape[1] != h || text.shape[0] < 1) {
+    // Any row count (fine-tuned models add tokens) that holds the ids the model itself needs;
+    // request ids are checked against the rows when a prompt is assembled.
+    const int64_t min_rows = std::max(1, b.vocab.required_text_id + 1);
+    if (text.shape.size() != 2 || text.shape[1] != h || text.shape[0] < min_rows) {
       throw std::runtime_error(st.path() + ": tensor 'text_embedding' has shape " + ShapeString(text.shape) +
-                               ", expected [text_vocab, " + std::to_string(h) + "]");
+                               ", expected [text_vocab, " + std::to_string(h) + "] with text_vocab >= " +
+                               std::to_string(min_rows) + (b.vocab.required_text_id >= 0 ? " (it must hold id " +
+                               std::to_string(b.vocab.required_text_id) + ", <|endofprompt|>)" : std::string()));
     }
-    const std::vector<float> data = st.ReadF32("text_embedding", text.shape);
+    const std::vector<float> data = ReadWeights(st, "text_embedding", text.shape);
     b.tables.text_embedding = Table(data.data(), text.shape[0], h, table_storage);
   }
-  std::vector<float> speech = st.ReadF32("speech_embedding", {rows, h});
+  std::vector<float> speech = ReadWeights(st, "speech_embedding", {rows, h});
   b.tables.speech_embedding = Table(speech.data(), rows, h, table_storage);
-  b.tables.sos = st.ReadF32("sos", {h});
-  b.tables.task_id = st.ReadF32("task_id", {h});
-  if (st.Has("decoder_bias")) b.decoder_bias = st.ReadF32("decoder_bias", {rows});
+  b.tables.sos = ReadWeights(st, "sos", {h});
+  b.tables.task_id = ReadWeights(st, "task_id", {h});
+  if (layout.decoder_bias) b.decoder_bias = ReadWeights(st, "decoder_bias", {rows});
 
   CpuQwen2Weights& w = b.engine_weights;
   w.vocab_size = static_cast<int>(rows);
   w.embed_tokens = std::move(speech);
-  w.lm_head = st.ReadF32("decoder_weight", {rows, h});
-  w.norm = st.ReadF32("norm", {h});
+  w.lm_head = ReadWeights(st, "decoder_weight", {rows, h});
+  w.norm = ReadWeights(st, "norm", {h});
   const std::vector<int64_t> layer_shapes[12] = {
       {q, h}, {q}, {kv, h}, {kv}, {kv, h}, {kv}, {h, q}, {c.ffn, h}, {c.ffn, h}, {h, c.ffn}, {h}, {h},
   };
@@ -230,7 +312,7 @@ CpuBundle LoadCpuBundle(const std::string& dir, int max_session_len, Table::Stor
                                     &layer.v_proj,    &layer.v_bias,  &layer.o_proj,   &layer.gate_proj,
                                     &layer.up_proj,   &layer.down_proj, &layer.input_layernorm,
                                     &layer.post_attention_layernorm};
-    for (int t = 0; t < 12; ++t) *dest[t] = st.ReadF32(prefix + kLayerTensorNames[t], layer_shapes[t]);
+    for (int t = 0; t < 12; ++t) *dest[t] = ReadWeights(st, prefix + kLayerTensorNames[t], layer_shapes[t]);
     w.layers.push_back(std::move(layer));
   }
   try {

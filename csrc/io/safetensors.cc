@@ -1,6 +1,9 @@
 #include "io/safetensors.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
 #include <sys/types.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
@@ -46,11 +49,39 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return s + "]";
 }
 
+File TryOpenRegularFile(const std::string& path, std::string* reason) {
+  File f(nullptr, &std::fclose);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    *reason = std::strerror(errno);
+    return f;
+  }
+  struct stat st;
+  if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    ::close(fd);
+    *reason = "not a regular file (a FIFO, device or directory cannot be one)";
+    return f;
+  }
+  ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) & ~O_NONBLOCK);
+  f.reset(::fdopen(fd, "rb"));
+  if (!f) {
+    *reason = std::strerror(errno);
+    ::close(fd);
+  }
+  return f;
+}
+
+File OpenRegularFile(const std::string& path) {
+  std::string reason;
+  File f = TryOpenRegularFile(path, &reason);
+  if (!f) throw std::runtime_error(path + ": cannot open: " + reason);
+  return f;
+}
+
 void SafetensorsFile::Fail(const std::string& what) const { throw std::runtime_error(path_ + ": " + what); }
 
 SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
-  file_.reset(std::fopen(path.c_str(), "rb"));
-  if (!file_) Fail(std::string("cannot open: ") + std::strerror(errno));
+  file_ = OpenRegularFile(path);
   std::FILE* f = file_.get();
   if (fseeko(f, 0, SEEK_END) != 0) Fail("cannot seek");
   const off_t file_size = ftello(f);

@@ -22,6 +22,8 @@
 
 namespace cosyfast::io {
 
+using File = std::unique_ptr<std::FILE, int (*)(std::FILE*)>;
+
 struct TensorInfo {
   std::string dtype;           // safetensors dtype name: "F32", "BF16", ...
   std::vector<int64_t> shape;  // empty for a scalar
@@ -49,12 +51,19 @@ class SafetensorsFile {
   [[noreturn]] void Fail(const std::string& what) const;
 
   std::string path_;
-  std::unique_ptr<std::FILE, int (*)(std::FILE*)> file_{nullptr, &std::fclose};
+  File file_{nullptr, &std::fclose};
   uint64_t data_start_ = 0;  // file offset of the data region
   uint64_t data_size_ = 0;
   std::map<std::string, TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_;
 };
+
+// Opens `path` for reading when it is a regular file, else throws std::runtime_error
+// "<path>: <what>". The open does not block, so a FIFO in a file's place fails instead of
+// waiting forever for a writer.
+File OpenRegularFile(const std::string& path);
+// The same without throwing: null, with *reason set ("No such file or directory", ...).
+File TryOpenRegularFile(const std::string& path, std::string* reason);
 
 // "[d0, d1, ...]", for messages.
 std::string ShapeString(const std::vector<int64_t>& shape);

@@ -62,7 +62,10 @@ class Stream {
 
   std::vector<int32_t> Drain() {
     std::vector<int32_t> out;
-    while (auto t = Next(-1.0)) out.push_back(*t);
+    while (auto t = Next(-1.0)) {
+      out.push_back(*t);
+      CheckSignals();  // tokens may keep coming without a wait: Ctrl-C must not wait for the end
+    }
     return out;
   }
 
@@ -87,7 +90,16 @@ class Stream {
   // its own thread, between bytecodes) ends a wait within a slice instead of at the session's end.
   static constexpr double kSliceSeconds = 0.05;
 
+  // A signal handler that raised (Ctrl-C's KeyboardInterrupt) cancels the session and propagates.
+  void CheckSignals() {
+    if (PyErr_CheckSignals() != 0) {
+      session_->RequestCancel();
+      throw py::error_already_set();
+    }
+  }
+
   std::optional<int32_t> Wait(double timeout_s) {
+    TokenQueue::ValidateTimeout(timeout_s);
     std::optional<int32_t> event;
     // A token already queued is taken with the GIL held: no release and re-take per token.
     if (queue_->TryNextEvent(&event)) return event;
@@ -99,8 +111,7 @@ class Stream {
   }
 
   // Until done() (true) or the timeout (false; < 0 or inf: never): wait_slice(seconds) without
-  // the GIL, then done() and pending signals with it. A signal handler that raises (Ctrl-C's
-  // KeyboardInterrupt) cancels the session and propagates.
+  // the GIL, then done() and pending signals with it.
   template <typename Done, typename WaitSlice>
   bool InSlices(double timeout_s, Done done, WaitSlice wait_slice) {
     TokenQueue::ValidateTimeout(timeout_s);
@@ -118,10 +129,7 @@ class Stream {
         wait_slice(slice);
       }
       if (done()) return true;
-      if (PyErr_CheckSignals() != 0) {
-        session_->RequestCancel();
-        throw py::error_already_set();
-      }
+      CheckSignals();
     }
   }
 

@@ -2,6 +2,8 @@
 #include <pybind11/stl.h>
 
 #include <optional>
+#include <stdexcept>
+#include <string>
 
 #include "core/options.h"
 #include "python/bindings.h"
@@ -36,6 +38,9 @@ void BindOptions(py::module_& m) {
 
   py::class_<LengthOptions>(m, "LengthOptions", "CosyVoice's min/max token-to-text ratios, or fixed lengths.")
       .def(py::init([](double min_ratio, double max_ratio, std::optional<int> max_len, std::optional<int> min_len) {
+             // -1 is the struct's "unset"; from Python only None means that.
+             if (max_len && *max_len < 1) throw std::invalid_argument("max_len must be > 0 (or None), got " + std::to_string(*max_len));
+             if (min_len && *min_len < 0) throw std::invalid_argument("min_len must be >= 0 (or None), got " + std::to_string(*min_len));
              LengthOptions o;
              o.min_token_text_ratio = min_ratio;
              o.max_token_text_ratio = max_ratio;

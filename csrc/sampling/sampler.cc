@@ -69,6 +69,8 @@ std::vector<float>& WeightScratch() {
 double ExpWeights(std::span<const float> scores, std::vector<float>& w) {
   const float mx = MaxScore(scores);
   if (!(mx > kNegInf)) throw std::runtime_error("every score is -inf or NaN: nothing can be sampled");
+  // exp(inf - inf) is NaN: an overflowed logit would otherwise turn the draw silently greedy.
+  if (mx == -kNegInf) throw std::runtime_error("a score is +inf: the model's weights overflow float32");
   const size_t n = scores.size(), body = n - n % kLanes;
   w.resize(n);
   for (size_t i = 0; i < n; ++i) w[i] = ExpNonPositive(scores[i] - mx);

@@ -54,6 +54,10 @@ CONFIG_RELPATH = Path("CosyVoice-BlankEN") / "config.json"
 QWEN = "llm.model.model."
 LM_HEAD = "llm.model.lm_head.weight"  # tied to embed_tokens and never used by CosyVoice
 GUESSED_HEAD_DIM = 64                 # Qwen2-0.5B's; only used when no config.json is found
+# Trained weights are far smaller; past this a float32 forward overflows to inf and NaN, which
+# would surface only as a failed or silently greedy generation (the C++ bundle reader agrees).
+MAX_WEIGHT = 1e6
+_F32_MAX = float(np.finfo(np.float32).max)
 
 # Per-layer keys (relative to `llm.model.model.layers.{i}.`), in Hugging Face module order.
 LAYER_KEYS: tuple[str, ...] = (
@@ -108,7 +112,7 @@ class LlmWeights:
 
     kind: str
     config: dict[str, Any]
-    text_embedding: np.ndarray          # [151936, H]
+    text_embedding: np.ndarray          # [text_vocab, H]: 151936 rows, more with added tokens
     speech_embedding: np.ndarray        # [decoder_rows, H]
     sos: np.ndarray                     # [H]
     task_id: np.ndarray                 # [H]
@@ -184,8 +188,9 @@ def load_checkpoint(path: str | os.PathLike[str],
     state = _read_state_dict(ckpt)
     lay = _detect_layout(state, ckpt)
     cfg, cfg_src = _resolve_config(state, config, model_dir, ckpt)
-    expected = expected_shapes(lay.kind, cfg)
+    expected = expected_shapes(lay.kind, cfg, _text_vocab(state, lay, ckpt))
     _validate(state, expected, lay, cfg, cfg_src, ckpt)
+    _require_fits_file(state, expected, ckpt)
 
     # Drop what is not loaded first, then pop tensors as they are converted: a bf16 original is
     # freed as soon as its float32 copy exists, and float32 tensors are shared, not copied.
@@ -243,7 +248,7 @@ def weights_from_state_dict(state: Mapping[str, Any], config: Mapping[str, Any],
     state = {k: v.detach().cpu() if isinstance(v, torch.Tensor) else v for k, v in state.items()}
     lay = _detect_layout(state, label)
     cfg = _normalize_config(config, f"{source} config", state)
-    expected = expected_shapes(lay.kind, cfg)
+    expected = expected_shapes(lay.kind, cfg, _text_vocab(state, lay, label))
     _validate(state, expected, lay, cfg, f"{source} config", label)
 
     digest = hashlib.sha256()
@@ -291,12 +296,16 @@ def _resolve(path: Path) -> tuple[Path, Path]:
     """(checkpoint file, model directory searched for config.json)."""
     if path.is_dir():
         ckpt = path / "llm.pt"
+        if ckpt.exists() and not ckpt.is_file():  # a FIFO would block the reader forever
+            raise CheckpointError(f"{ckpt} is not a regular file; pass a CosyVoice2/3 llm.pt or its directory")
         if not ckpt.is_file():
             raise CheckpointError(f"{path} is a directory without llm.pt; pass a CosyVoice2/3 "
                                   "model directory (holding llm.pt) or the llm.pt file itself")
         return ckpt, path
     if not path.exists():
         raise CheckpointError(f"{path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a regular file; pass a CosyVoice2/3 llm.pt or its directory")
     return path, path.parent
 
 
@@ -304,9 +313,11 @@ def _read_state_dict(ckpt: Path) -> dict[str, Any]:
     try:
         obj = torch.load(ckpt, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        # A real pickle naming a class is refused by weights_only; garbage bytes fail the same
-        # unpickler with other opcodes, and are simply not a checkpoint.
-        m = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        # A real pickle naming a class or function is refused by weights_only, worded "Unsupported
+        # global: GLOBAL x" or (torch 2.13, for blocked modules) "Trying to load unsupported
+        # GLOBAL x whose module y is blocked"; garbage bytes fail with other opcodes ("Unsupported
+        # operand"), and are simply not a checkpoint.
+        m = re.search(r"\bGLOBAL (\S+)", str(e))
         if m:
             raise CheckpointError(
                 f"{ckpt}: torch refused to load it with weights_only=True: it holds a Python "
@@ -364,6 +375,8 @@ def _resolve_config(state: Mapping[str, Any], config: Any, model_dir: Path,
         if not src.is_file():
             return _infer_config(state, ckpt), "inferred from the weights"
     try:
+        if not src.is_file():  # a FIFO would block the reader forever
+            raise OSError(f"{src} is not a regular file")
         raw = json.loads(src.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise CheckpointError(f"cannot read {src} as a JSON config: {_first_line(e)}") from None
@@ -409,9 +422,11 @@ def _normalize_config(raw: Mapping[str, Any], src: str, state: Mapping[str, Any]
         theta = theta if theta is not None else rope.get("rope_theta")
     theta = 10000.0 if theta is None else theta  # Hugging Face Qwen2's default
     eps = raw.get("rms_norm_eps", 1e-6)
-    for key, v in (("rope_theta", theta), ("rms_norm_eps", eps)):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-            raise bad(f"{key} must be a positive number, got {v!r}")
+    # Both are used as float32 (the C++ CpuQwen2Config::Validate agrees): an epsilon of 1 or
+    # more swamps what it normalises; a theta past float32 becomes inf and every rotation 0.
+    for key, v, high in (("rope_theta", theta, _F32_MAX), ("rms_norm_eps", eps, 1.0)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not 0 < v < high:
+            raise bad(f"{key} must be a number in (0, {high:g}), got {v!r}")
 
     # Consistency with the weights, so a mismatched config is blamed on the config.
     emb = state.get(QWEN + "embed_tokens.weight")
@@ -421,8 +436,10 @@ def _normalize_config(raw: Mapping[str, Any], src: str, state: Mapping[str, Any]
     vocab = raw.get("vocab_size")
     if isinstance(emb, torch.Tensor) and vocab is not None and emb.shape[0] != vocab:
         raise bad(f"vocab_size {vocab} does not match embed_tokens {_shape(emb)}")
+    # Checked before anything is built per layer: a config claiming a billion layers over a
+    # two-layer file must fail here, not in a billion-entry shape table.
     n_ckpt = _count_layers(state)
-    if n_ckpt > ints["num_hidden_layers"]:
+    if n_ckpt != ints["num_hidden_layers"]:
         raise bad(f"num_hidden_layers is {ints['num_hidden_layers']} but the checkpoint has "
                   f"{n_ckpt} layers")
     return {**ints, "rms_norm_eps": float(eps), "rope_theta": float(theta), "head_dim": head_dim}
@@ -472,6 +489,12 @@ def _validate(state: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
                                   f"({lay.kind} layout; sizes: {cfg_src})")
         if not t.is_floating_point():
             raise CheckpointError(f"{ckpt}: {key!r} has dtype {t.dtype}, expected a float tensor")
+        # A view repeating one element (stride 0) is a few bytes in the file and gigabytes once
+        # converted: refuse storage smaller than the shape needs.
+        held, needed = t.untyped_storage().nbytes(), t.numel() * t.element_size()
+        if held < needed:
+            raise CheckpointError(f"{ckpt}: {key!r} of shape {_shape(t)} needs {needed} bytes but its "
+                                  f"storage holds {held} (strides {list(t.stride())}): not a weight table")
     extra = [k for k in state if k not in expected and not _IGNORED_RE.match(k)]
     if "llm_decoder.bias" in extra:
         raise CheckpointError(
@@ -489,8 +512,8 @@ def _validate(state: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]],
 def _to_f32(t: torch.Tensor, key: str, ckpt: Path, block: int = 1 << 24) -> np.ndarray:
     """float32, C-contiguous numpy; shares memory with `t` when it already is float32.
 
-    Non-finite weights are rejected here because downstream they would only surface as silent
-    garbage; the check goes block by block to keep its temporary small for the 545 MB table.
+    Non-finite or huge (> MAX_WEIGHT) weights are rejected here because downstream they would
+    only surface as silent garbage; min and max need no temporary, even for the 545 MB table.
     """
     t = t.detach()
     if t.dtype != torch.float32:
@@ -498,9 +521,37 @@ def _to_f32(t: torch.Tensor, key: str, ckpt: Path, block: int = 1 << 24) -> np.n
     arr = np.ascontiguousarray(t.numpy())
     flat = arr.reshape(-1)
     for start in range(0, flat.size, block):
-        if not np.isfinite(flat[start:start + block]).all():
-            raise CheckpointError(f"{ckpt}: {key!r} holds NaN or infinite values")
+        part = flat[start:start + block]
+        low, high = part.min(), part.max()
+        if not -MAX_WEIGHT <= low <= high <= MAX_WEIGHT:  # NaN fails every comparison
+            if not (np.isfinite(low) and np.isfinite(high)):
+                raise CheckpointError(f"{ckpt}: {key!r} holds NaN or infinite values")
+            raise CheckpointError(f"{ckpt}: {key!r} holds {max(-low, high):g}; weights must have "
+                                  f"magnitude at most {MAX_WEIGHT:g} (float32 math overflows)")
     return arr
+
+
+def _text_vocab(state: Mapping[str, Any], lay: _Layout, ckpt: Path) -> int:
+    """Rows of the text embedding: any count (fine-tuned models add tokens) that holds the ids
+    the layout itself uses; request ids are checked against it when a prompt is assembled."""
+    emb = state.get(QWEN + "embed_tokens.weight")
+    if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
+        return TEXT_VOCAB  # _validate then names the missing key or the wrong shape
+    rows = emb.shape[0]
+    if rows <= max(lay.required_text_id, 0):
+        need = f"id {lay.required_text_id} (<|endofprompt|>)" if lay.required_text_id >= 0 else "a row"
+        raise CheckpointError(f"{ckpt}: '{QWEN}embed_tokens.weight' has {rows} rows, but {lay.kind} "
+                              f"needs {need}")
+    return rows
+
+
+def _require_fits_file(state: Mapping[str, Any], expected: Mapping[str, Any], ckpt: Path) -> None:
+    """The tensors' bytes cannot exceed the file's (torch saves storages uncompressed)."""
+    needed = sum(state[k].numel() * state[k].element_size() for k in expected)
+    size = ckpt.stat().st_size
+    if needed > size:
+        raise CheckpointError(f"{ckpt}: its tensors' shapes need {needed} bytes but the file has "
+                              f"only {size}: not a checkpoint of real weights")
 
 
 def _count_layers(state: Mapping[str, Any]) -> int:
