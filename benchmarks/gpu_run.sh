@@ -6,7 +6,8 @@
 #   bash ../shared/turbomind-src/pack_python.sh .tm016            # lmdeploy's Python package + deps
 #   cp ../shared/turbomind-src/lmdeploy-0.16.0-src.tar.gz .tm016/ # lmdeploy 0.16.0 + its pinned deps
 # (a machine with network access needs neither: pip fetches lmdeploy, CMake fetches the source).
-# Results go to $OUT (or ./gpu-out): build.log, gpu_tests.log, gpu_tests.jsonl, bench/results.*.
+# Results go to $OUT (or ./gpu-out): device.txt (GPU, build time), gpu_tests.{log,jsonl}, bench/results.*
+# (build.log when the build fails).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 STAGES=${1:-build,tests,bench}; shift || true
@@ -27,7 +28,8 @@ if [[ $STAGES == *build* ]]; then
     -C cmake.define.COSYFAST_TURBOMIND=ON -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real \
     -C cmake.define.COSYFAST_LMDEPLOY_SOURCE="$PACK/lmdeploy-0.16.0-src.tar.gz" \
     -C build-dir=/tmp/cosyfast-build > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -30; tail -40 "$OUT/build.log"; exit 1; }
-  echo "build: $(( $(date +%s) - t0 )) s" | tee "$OUT/build_time.txt"
+  echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/device.txt"
+  rm -f "$OUT/build.log"  # kept only when the build fails (the files that come back are few)
 fi
 cd /tmp  # import the installed package, not the source tree
 python3 -c "import cosyfast.turbomind as t; t.check_turbomind(); print('turbomind engine: built from lmdeploy', t.LMDEPLOY_VERSION)" || exit 1

@@ -1,56 +1,69 @@
-"""The CPU-testable parts of the TurboMind setup: the version check and the EngineConfig fields set
-on the way into lmdeploy's factory (the GPU file tests the engine itself)."""
+"""The CPU-testable parts of the TurboMind setup: what is refused and why, the factory swap while
+lmdeploy's converter loads a model, and the module check (tests/test_turbomind_gpu.py runs the
+engine itself)."""
 import sys
 import types
 
 import pytest
 
-from cosyfast import turbomind
-
-
-class _FakeConfig:
-    max_context_token_num = 0
+from cosyfast import _core, turbomind
 
 
 class _FakeTurboMind:
     """Stands for _turbomind.TurboMind: `create` is a static factory, as in the binding."""
 
-    seen: list = []
-
     @staticmethod
     def create(model_dir, engine_config):
-        _FakeTurboMind.seen.append((model_dir, engine_config.max_context_token_num))
-        return "model"
+        return "lmdeploy's"
 
 
-def test_engine_config_fields_reach_the_factory_and_are_undone():
+def test_a_build_without_the_engine_says_how_to_get_it():
+    if turbomind.built():
+        pytest.skip("this build has the TurboMind engine")
+    with pytest.raises(ImportError, match="COSYFAST_TURBOMIND=ON"):
+        turbomind.check_turbomind()
+
+
+def test_models_are_created_by_cosyfast_while_loading_and_by_lmdeploy_after(monkeypatch):
+    monkeypatch.setattr(_core, "_create_turbomind", lambda model_dir, engine_config: "cosyfast's", raising=False)
     module = types.SimpleNamespace(TurboMind=_FakeTurboMind)
     original = _FakeTurboMind.__dict__["create"]
-    with turbomind._engine_config_fields(module, max_context_token_num=1 << 20):
-        assert _FakeTurboMind.create("dir", _FakeConfig()) == "model"
-    assert _FakeTurboMind.seen[-1] == ("dir", 1 << 20)
+    with turbomind._created_by_cosyfast(module):
+        assert _FakeTurboMind.create(model_dir="", engine_config=None) == "cosyfast's"
     assert _FakeTurboMind.__dict__["create"] is original
-    _FakeTurboMind.create("dir2", _FakeConfig())
-    assert _FakeTurboMind.seen[-1] == ("dir2", 0)
-
-
-def test_engine_config_fields_undone_after_an_error():
-    module = types.SimpleNamespace(TurboMind=_FakeTurboMind)
-    original = _FakeTurboMind.__dict__["create"]
     with pytest.raises(RuntimeError):
-        with turbomind._engine_config_fields(module, max_context_token_num=5):
+        with turbomind._created_by_cosyfast(module):
             raise RuntimeError("load failed")
-    assert _FakeTurboMind.__dict__["create"] is original
+    assert _FakeTurboMind.create("", None) == "lmdeploy's"
 
 
-@pytest.mark.parametrize("version", ["0.13.2", "0.15.0", "1.0.0"])
-def test_other_lmdeploy_versions_are_refused(monkeypatch, version):
+@pytest.fixture
+def as_if_built(monkeypatch):
+    monkeypatch.setattr(turbomind, "built", lambda: True)
+    monkeypatch.setattr(turbomind, "_bound_modules", lambda: {})
+
+
+@pytest.mark.parametrize("version", ["0.14.0", "0.15.0", "0.17.0"])
+def test_other_lmdeploy_versions_are_refused(monkeypatch, as_if_built, version):
     monkeypatch.setitem(sys.modules, "lmdeploy", types.SimpleNamespace(__version__=version))
-    with pytest.raises(ImportError, match=f"needs lmdeploy 0.14.x, found {version}"):
-        turbomind.check_lmdeploy()
+    with pytest.raises(ImportError, match=f"built from lmdeploy {turbomind.LMDEPLOY_VERSION}.*found lmdeploy {version}"):
+        turbomind.check_turbomind()
 
 
-def test_lmdeploy_0_14_is_accepted(monkeypatch):
-    fake = types.SimpleNamespace(__version__="0.14.0")
+def test_the_pinned_lmdeploy_is_accepted(monkeypatch, as_if_built):
+    fake = types.SimpleNamespace(__version__=turbomind.LMDEPLOY_VERSION)
     monkeypatch.setitem(sys.modules, "lmdeploy", fake)
-    assert turbomind.check_lmdeploy() is fake
+    assert turbomind.check_turbomind() is fake
+
+
+def test_another_turbomind_module_imported_first_is_refused(monkeypatch):
+    monkeypatch.setitem(sys.modules, "_turbomind", types.SimpleNamespace(__file__="/elsewhere/_turbomind.so"))
+    with pytest.raises(ImportError, match="another _turbomind module"):
+        turbomind._bound_modules()
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0, 2.5])
+def test_the_cache_share_must_be_a_fraction(monkeypatch, share):
+    monkeypatch.setattr(turbomind, "check_turbomind", lambda: None)
+    with pytest.raises(ValueError, match="cache_max_entry_count must be in \\(0, 1\\)"):
+        turbomind.make_turbomind_engine(None, cache_max_entry_count=share)

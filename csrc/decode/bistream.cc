@@ -77,6 +77,11 @@ bool BistreamSession::HasNews() const {
 }
 
 Session::Plan BistreamSession::PlanRound(EngineInput& input, int engine_limit) {
+  const Plan plan = MoveText();
+  return plan == Plan::kForward ? Feed(input, engine_limit) : plan;
+}
+
+Session::Plan BistreamSession::MoveText() {
   while (phase_ == Phase::kText) {
     std::vector<int32_t> piece;
     bool have_piece = false, ended = false;
@@ -99,7 +104,7 @@ Session::Plan BistreamSession::PlanRound(EngineInput& input, int engine_limit) {
       return Plan::kIdle;  // OnParked asks for the next piece
     }
   }
-  return Feed(input, engine_limit);
+  return Plan::kForward;
 }
 
 void BistreamSession::OnParked() {
@@ -163,10 +168,21 @@ Session::Plan BistreamSession::Feed(EngineInput& input, int engine_limit) {
     input.token = lm_input_[0].id;  // the engine's own table is the speech embedding
     return Plan::kForward;
   }
+  rows_.clear();
+  Materialize(lm_input_, rows_);
+  input.prompt_rows = rows_.data();
+  input.prompt_len = n;
+  input.append = positions_ > 0;
+  if (positions_ == 0) set_prompt_len(n);
+  return Plan::kForward;
+}
+
+void BistreamSession::Materialize(const std::vector<Row>& rows, std::vector<float>& out) const {
   const int64_t h = tables_->hidden();
-  rows_.resize(static_cast<size_t>(n) * h);
-  float* p = rows_.data();
-  for (const Row& row : lm_input_) {
+  const size_t start = out.size();
+  out.resize(start + rows.size() * static_cast<size_t>(h));
+  float* p = out.data() + start;
+  for (const Row& row : rows) {
     switch (row.kind) {
       case Row::Kind::kSos: std::copy(tables_->sos.begin(), tables_->sos.end(), p); break;
       case Row::Kind::kTaskId: std::copy(tables_->task_id.begin(), tables_->task_id.end(), p); break;
@@ -175,11 +191,74 @@ Session::Plan BistreamSession::Feed(EngineInput& input, int engine_limit) {
     }
     p += h;
   }
-  input.prompt_rows = rows_.data();
-  input.prompt_len = n;
-  input.append = positions_ > 0;
-  if (positions_ == 0) set_prompt_len(n);
+}
+
+Session::Plan BistreamSession::PlanPhase(LoopPhase& phase, int engine_limit, size_t window) {
+  const Plan plan = MoveText();
+  if (plan != Plan::kForward) return plan;
+  const int rows = static_cast<int>(fed_.size() + lm_input_.size());
+  if (rows >= engine_limit) {
+    Finish(FinishReason::kMaxLen);
+    return Plan::kDone;
+  }
+  phase.rows.clear();
+  Materialize(fed_, phase.rows);
+  Materialize(lm_input_, phase.rows);
+  phase.tail = phase_ == Phase::kTail;
+  int room = engine_limit - rows;
+  if (max_len() >= 0) room = std::min<int>(room, max_len() - static_cast<int>(decoded().size()));
+  phase.forced_fill_at = -1;
+  if (!phase.tail && next_fill_index_ >= out_.size()) {
+    phase.forced_fill_at = static_cast<int>(next_fill_index_ - out_.size());
+    room = std::min(room, phase.forced_fill_at + 1);  // the forced fill ends the phase
+  }
+  phase.max_tokens = std::max(room, 1);
+  const size_t w = std::min(window, out_.size());
+  phase.window.assign(out_.end() - static_cast<std::ptrdiff_t>(w), out_.end());
+  phase_start_ = out_.size();
+  if (positions_ == 0) set_prompt_len(rows);
+  set_state(State::kDecoding);
+  // The engine feeds lm_input first: from here it is in the history of every later phase.
+  fed_.insert(fed_.end(), lm_input_.begin(), lm_input_.end());
+  positions_ = static_cast<int>(fed_.size());
   return Plan::kForward;
+}
+
+void BistreamSession::CountFill(int32_t token) {
+  const size_t group = static_cast<size_t>(mix_.speech_group) + 1;
+  if (out_.size() == next_fill_index_) next_fill_index_ += group;
+  if (token == vocab_.fill_token) next_fill_index_ = out_.size() + group;
+}
+
+bool BistreamSession::PhaseToken(int32_t token) {
+  if (phase_ != Phase::kTail) CountFill(token);
+  out_.push_back(token);
+  return Emit(token);
+}
+
+bool BistreamSession::EndPhase(int32_t end_token) {
+  // Every token the phase emitted was fed back before the next was drawn; the one that ended it
+  // (a fill or stop id) was not, nor the last of a phase that ran out of room.
+  const size_t emitted = out_.size() - phase_start_;
+  const size_t fed = end_token >= 0 ? emitted : (emitted > 0 ? emitted - 1 : 0);
+  for (size_t i = 0; i < fed; ++i) fed_.push_back({Row::Kind::kSpeech, out_[phase_start_ + i]});
+  positions_ = static_cast<int>(fed_.size());
+  if (state() == State::kFinished) return false;
+  if (end_token < 0) {
+    Finish(FinishReason::kMaxLen);
+    return false;
+  }
+  if (phase_ == Phase::kTail || end_token != vocab_.fill_token) {
+    out_.push_back(end_token);
+    Finish(FinishReason::kStopToken);
+    return false;
+  }
+  CountFill(end_token);
+  out_.push_back(end_token);
+  // lm_input keeps the rows of the phase's last forward: its last token, or its input.
+  if (emitted > 0) lm_input_.assign(1, {Row::Kind::kSpeech, out_[out_.size() - 2]});
+  phase_ = Phase::kText;
+  return true;
 }
 
 int BistreamSession::SampleToken(const float* logits, const TokenSampler& sampler, bool text_phase) {
@@ -207,15 +286,9 @@ bool BistreamSession::Advance(const float* logits, const TokenSampler& sampler) 
     lm_input_.assign(1, {Row::Kind::kSpeech, token});
     return Emit(token);
   }
-  const size_t group = static_cast<size_t>(mix_.speech_group) + 1;
-  int token;
-  if (out_.size() == next_fill_index_) {
-    token = vocab_.fill_token;  // forced: the group's speech is complete
-    next_fill_index_ += group;
-  } else {
-    token = SampleToken(logits, sampler, /*text_phase=*/true);
-  }
-  if (token == vocab_.fill_token) next_fill_index_ = out_.size() + group;
+  // Forced when the group's speech is complete.
+  const int token = out_.size() == next_fill_index_ ? vocab_.fill_token : SampleToken(logits, sampler, /*text_phase=*/true);
+  CountFill(token);
   out_.push_back(token);
   if (token == vocab_.fill_token) {
     phase_ = Phase::kText;  // lm_input keeps the rows just fed

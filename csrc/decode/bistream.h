@@ -71,6 +71,26 @@ class BistreamSession final : public Session, public TextInput {
   bool HasNews() const override;
   void OnParked() override;
 
+  // The same rules for an engine that runs a whole decode phase in its own loop and keeps no
+  // cache between requests (the TurboMind engine): one request per phase (a piece's speech, up
+  // to a fill token; or the tail, up to a stop id), fed every row so far.
+  struct LoopPhase {
+    std::vector<float> rows;       // every row fed so far, then lm_input: rows x hidden
+    bool tail = false;             // false: the text phase (every stop id but the fill masked)
+    int forced_fill_at = -1;       // the fill token is forced as this phase's token of this index
+    int max_tokens = 0;            // most tokens the phase may draw, the one that ends it included
+    std::vector<int32_t> window;   // the last tokens drawn before it (RAS), oldest first
+  };
+  // Takes text as PlanRound does. kForward: `phase` is filled; kIdle: it needs the next piece
+  // (OnParked asks for it); kDone: it finished. `window` tokens at most go into phase.window.
+  Plan PlanPhase(LoopPhase& phase, int engine_limit, size_t window);
+  // One token the phase drew and emitted (not the fill or stop that ends it). Returns false
+  // when the session finished (max_len, or the sink refused it).
+  bool PhaseToken(int32_t token);
+  // The phase has ended: on `end_token` (the fill or stop id drawn last), or, with -1, having
+  // drawn max_tokens. Returns whether the session goes on (the next phase, or more text).
+  bool EndPhase(int32_t end_token);
+
  private:
   // One row of lm_input, named rather than copied: rows are built when a round needs them.
   struct Row {
@@ -89,8 +109,14 @@ class BistreamSession final : public Session, public TextInput {
   void StartTail();
   void AppendText(size_t count);
   void AppendPromptSpeech(size_t count);
+  // Runs the text rules until a decode phase is due (kForward), text is needed or it ends.
+  Plan MoveText();
   // Fills `input` with lm_input_ (a token step where it is one fed-back speech token).
   Plan Feed(EngineInput& input, int engine_limit);
+  // Appends the rows' floats to `out`.
+  void Materialize(const std::vector<Row>& rows, std::vector<float>& out) const;
+  // The bookkeeping of one drawn token in the text phase (forced or drawn fill, or speech).
+  void CountFill(int32_t token);
   int SampleToken(const float* logits, const TokenSampler& sampler, bool text_phase);
 
   std::shared_ptr<const PromptTables> tables_;
@@ -115,6 +141,9 @@ class BistreamSession final : public Session, public TextInput {
   std::vector<int32_t> out_; // upstream's out_tokens: emitted tokens and fill tokens
   size_t next_fill_index_ = 0;
   int positions_ = 0;        // rows in the engine's cache
+  // Loop-phase engines: every row fed so far, and where the current phase's tokens start in out_.
+  std::vector<Row> fed_;
+  size_t phase_start_ = 0;
 };
 
 }  // namespace cosyfast

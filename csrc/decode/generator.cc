@@ -105,22 +105,8 @@ std::shared_ptr<BistreamSession> Generator::StartBistream(const BistreamRequest&
     throw std::invalid_argument("bistream needs an engine that appends rows to a live session; the " +
                                 engine_->name() + " engine does not");
   }
-  request.options.Validate();
-  request.mix.Validate();
   const SpeechVocab& vocab = sampler_->vocab();
-  for (int32_t t : request.prompt_speech_tokens) {
-    if (t < 0 || t >= vocab.speech_token_size) {
-      throw std::invalid_argument("prompt speech token " + std::to_string(t) + " is outside [0, " +
-                                  std::to_string(vocab.speech_token_size) + ")");
-    }
-  }
-  const int64_t text_rows = tables_->text_embedding.rows();
-  for (int32_t t : request.prompt_text_ids) {
-    if (t < 0 || t >= text_rows) {
-      throw std::invalid_argument("prompt text id " + std::to_string(t) + " is outside [0, " +
-                                  std::to_string(text_rows) + ")");
-    }
-  }
+  CheckBistream(*tables_, vocab, request);
   auto session = std::make_shared<BistreamSession>(NextSessionId(), tables_, vocab, request.prompt_text_ids,
                                                    request.prompt_speech_tokens, request.options, request.mix,
                                                    std::move(sink));

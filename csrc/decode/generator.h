@@ -27,14 +27,6 @@
 
 namespace cosyfast {
 
-// CosyVoice's inference_bistream(): the text follows as pieces (BistreamSession::PushText).
-struct BistreamRequest {
-  std::vector<int32_t> prompt_text_ids;       // the voice prompt's transcript (may be empty)
-  std::vector<int32_t> prompt_speech_tokens;  // the voice prompt's speech tokens (may be empty)
-  RequestOptions options;                     // min_len does not apply; see decode/bistream.h
-  BistreamOptions mix;
-};
-
 class Generator {
  public:
   // `lanes` > 1 needs an engine whose concurrent_forward() is true.

@@ -35,4 +35,22 @@ PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, cons
   return plan;
 }
 
+void CheckBistream(const PromptTables& tables, const SpeechVocab& vocab, const BistreamRequest& request) {
+  request.options.Validate();
+  request.mix.Validate();
+  for (int32_t t : request.prompt_speech_tokens) {
+    if (t < 0 || t >= vocab.speech_token_size) {
+      throw std::invalid_argument("prompt speech token " + std::to_string(t) + " is outside [0, " +
+                                  std::to_string(vocab.speech_token_size) + ")");
+    }
+  }
+  const int64_t text_rows = tables.text_embedding.rows();
+  for (int32_t t : request.prompt_text_ids) {
+    if (t < 0 || t >= text_rows) {
+      throw std::invalid_argument("prompt text id " + std::to_string(t) + " is outside [0, " +
+                                  std::to_string(text_rows) + ")");
+    }
+  }
+}
+
 }  // namespace cosyfast

@@ -7,6 +7,7 @@
 
 #include "core/options.h"
 #include "core/tables.h"
+#include "decode/bistream.h"
 
 namespace cosyfast {
 
@@ -16,6 +17,14 @@ struct GenerationRequest {
   std::vector<int32_t> prompt_text_ids;      // the voice prompt's transcript (may be empty)
   std::vector<int32_t> prompt_speech_tokens; // the voice prompt's speech tokens (may be empty)
   RequestOptions options;
+};
+
+// CosyVoice's inference_bistream(): the text follows as pieces (BistreamSession::PushText).
+struct BistreamRequest {
+  std::vector<int32_t> prompt_text_ids;       // the voice prompt's transcript (may be empty)
+  std::vector<int32_t> prompt_speech_tokens;  // the voice prompt's speech tokens (may be empty)
+  RequestOptions options;                     // min_len does not apply; see decode/bistream.h
+  BistreamOptions mix;
 };
 
 struct PromptPlan {
@@ -32,5 +41,8 @@ struct PromptPlan {
 // last one).
 PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
                       int session_limit, bool fed_back_last);
+
+// The checks of a bistream request's start (its text pieces are checked as they come).
+void CheckBistream(const PromptTables& tables, const SpeechVocab& vocab, const BistreamRequest& request);
 
 }  // namespace cosyfast

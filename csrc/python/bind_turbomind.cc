@@ -117,10 +117,27 @@ void BindTurboMind(py::module_& m) {
           py::arg("native") = false,
           "Starts a request. native=True: TurboMind's own top-k/top-p sampler, no bias/RAS/min_len/stops "
           "(benchmarks).")
+      .def(
+          "start_bistream",
+          [](tm::Generator& g, std::vector<int32_t> prompt_text_ids, std::vector<int32_t> prompt_speech_tokens,
+             const RequestOptions& options, int text_group, int speech_group) {
+            BistreamRequest request{std::move(prompt_text_ids), std::move(prompt_speech_tokens), options,
+                                    BistreamOptions{text_group, speech_group}};
+            auto queue = std::make_shared<TokenQueue>();
+            tm::Generator::Bistream b;
+            {
+              py::gil_scoped_release release;
+              b = g.StartBistream(request, queue);
+            }
+            return NewStream(std::move(b.request), std::move(queue), std::move(b.text));
+          },
+          py::arg("prompt_text_ids"), py::arg("prompt_speech_tokens"), py::arg("options"), py::arg("text_group") = 5,
+          py::arg("speech_group") = 15,
+          "Starts a bistream request (CosyVoice's inference_bistream): one TurboMind request per decode phase.")
       .def_property_readonly("live_sessions", &tm::Generator::live_sessions)
       .def_property_readonly("lanes", [](const tm::Generator&) { return 1; },
                              "Scheduler lanes: TurboMind's own loop steps every session (always 1).")
-      .def_property_readonly("parked_sessions", [](const tm::Generator&) { return 0; })
+      .def_property_readonly("parked_sessions", &tm::Generator::parked_sessions, "Live bistreams waiting for text.")
       .def_property_readonly("engine_live_sessions",
                              [](const tm::Generator& g) {
                                const auto m = g.engine().metrics();

@@ -269,9 +269,9 @@ class Model:
         next piece (answer with `push_text(ids)`, or `end_text()` when there is none), or None at
         the end. The rules (5:15 interleave, fill token, tail) are in csrc/decode/bistream.h;
         `cosyfast.cosyvoice.CosyVoiceLLM.inference_bistream` drives a text iterator this way.
-        Options as in `stream`; min_len does not apply. Both engines support it (appends
-        continue the session's cache).
-        """
+        Options as in `stream`; min_len does not apply. Both engines run it: the cpu engine appends
+        each piece to the session's cache; TurboMind runs each decode phase (a piece's speech up
+        to its fill token, or the tail) as one request fed every row so far."""
         if not isinstance(mix_ratio, (tuple, list)) or len(mix_ratio) != 2:
             raise TypeError(f"mix_ratio must be a pair (text_group, speech_group) of integers >= 1, got {mix_ratio!r}")
         text_group, speech_group = (_int(f"mix_ratio[{i}]", v, 1) for i, v in enumerate(mix_ratio))

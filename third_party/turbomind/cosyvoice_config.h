@@ -8,6 +8,9 @@
 
 namespace turbomind {
 
+// Tokens decoded before a request that its RAS window may reach (bistream's earlier pieces).
+constexpr int kCosyVoiceMaxHistory = 32;
+
 struct CosyVoiceConfig {
     bool enabled = false;  // off: TurboMind's own sampler (top_k/top_p/...) draws the request
     int  decoder_rows = 0;                // logits rows that are tokens; the rest are padding

@@ -25,10 +25,9 @@
 #include <cuda_runtime.h>
 #include <curand_kernel.h>
 
-namespace turbomind {
+#include "src/turbomind/generation/cosyvoice_config.h"  // kCosyVoiceMaxHistory
 
-// Tokens decoded before a request that its RAS window may reach (bistream's earlier pieces).
-constexpr int kCosyVoiceMaxHistory = 32;
+namespace turbomind {
 
 // One generating row's options, laid out for a host -> device copy.
 struct CosyVoiceRow {

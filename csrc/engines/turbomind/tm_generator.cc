@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <stdexcept>
 #include <string>
+
+#include "decode/bistream.h"
 
 namespace cosyfast::tm {
 namespace {
@@ -65,6 +68,133 @@ class PromptRequest final : public RequestHandle, public RequestObserver {
   std::mutex mutex_;
   std::shared_ptr<Request> request_;
   bool cancel_requested_ = false;
+};
+
+// A bistream request: the session's rules, a decode phase at a time, each phase one TurboMind
+// request. Its mutex guards the session; it is held while a phase starts (so a signal of that
+// phase waits for it) and never while a request is cancelled (TurboMind's signal thread may
+// hold that request's lock, waiting for this one).
+class BistreamRequestTm final : public RequestHandle,
+                                public TextInput,
+                                public RequestObserver,
+                                public std::enable_shared_from_this<BistreamRequestTm> {
+ public:
+  using PhaseSpec = std::function<RequestSpec(const BistreamSession::LoopPhase&, int index)>;
+
+  BistreamRequestTm(std::shared_ptr<BistreamSession> session, std::shared_ptr<Engine> engine, PhaseSpec spec,
+                    std::shared_ptr<Generator::Counters> counters)
+      : session_(std::move(session)), engine_(std::move(engine)), spec_(std::move(spec)),
+        counters_(std::move(counters)) {}
+
+  void Begin() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    Pump();
+  }
+
+  void RequestCancel() override {
+    session_->RequestCancel();
+    std::shared_ptr<Request> current;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      current = current_;
+      if (!current && !delivered_) {  // waiting for text: nothing runs to be cancelled
+        session_->Finish(FinishReason::kCancelled);
+        Deliver();
+      }
+    }
+    if (current) current->Cancel();
+  }
+  int prompt_len() const override { return session_->prompt_len(); }
+  int min_len() const override { return session_->min_len(); }
+  int max_len() const override { return session_->max_len(); }
+
+  void PushText(std::vector<int32_t> ids) override {
+    session_->PushText(std::move(ids));
+    Resume();
+  }
+  void EndText() override {
+    session_->EndText();
+    Resume();
+  }
+
+  bool OnTokens(const int32_t* tokens, int count) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (int i = 0; i < count; ++i) {
+      counters_->tokens.fetch_add(1, std::memory_order_relaxed);
+      if (!session_->PhaseToken(tokens[i])) return false;
+    }
+    return true;
+  }
+
+  void OnEnd(const RequestEnd& end) override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    current_.reset();
+    switch (end.kind) {
+      case RequestEnd::Kind::kStop: session_->EndPhase(end.stop_token); break;
+      case RequestEnd::Kind::kLength: session_->EndPhase(-1); break;
+      case RequestEnd::Kind::kCancelled: session_->Finish(FinishReason::kCancelled); break;
+      case RequestEnd::Kind::kError: session_->Finish(FinishReason::kError, end.error); break;
+    }
+    if (session_->cancel_requested()) session_->Finish(FinishReason::kCancelled);
+    Pump();
+  }
+
+ private:
+  void Resume() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!current_) Pump();
+  }
+
+  // Starts the next phase, asks for text, or delivers the end. mutex_ held, no phase running.
+  void Pump() {
+    if (delivered_) return;
+    if (session_->state() == Session::State::kFinished) return Deliver();
+    BistreamSession::LoopPhase phase;
+    try {
+      const Session::Plan plan = session_->PlanPhase(phase, engine_->options().max_session_len, turbomind::kCosyVoiceMaxHistory);
+      if (plan == Session::Plan::kIdle) {
+        Park(true);
+        return session_->OnParked();  // once per piece: asks the sink
+      }
+      Park(false);
+      if (plan == Session::Plan::kDone) return Deliver();
+      current_ = engine_->Start(spec_(phase, phases_++), shared_from_this());
+    } catch (const std::exception& e) {
+      session_->Finish(FinishReason::kError, e.what());
+      Deliver();
+    }
+  }
+
+  void Park(bool parked) {
+    if (parked == parked_) return;
+    parked_ = parked;
+    counters_->parked += parked ? 1 : -1;
+  }
+
+  void Deliver() {
+    if (delivered_) return;
+    delivered_ = true;
+    Park(false);
+    switch (session_->finish_reason()) {
+      case FinishReason::kStopToken: counters_->stopped++; break;
+      case FinishReason::kMaxLen: counters_->length++; break;
+      case FinishReason::kCancelled: counters_->cancelled++; break;
+      default: counters_->failed++; break;
+    }
+    counters_->finished++;
+    counters_->live--;
+    session_->DeliverFinish();
+  }
+
+  std::shared_ptr<BistreamSession> session_;
+  std::shared_ptr<Engine> engine_;
+  PhaseSpec spec_;
+  std::shared_ptr<Generator::Counters> counters_;
+  std::mutex mutex_;
+  std::shared_ptr<Request> current_;  // the phase in flight
+  int phases_ = 0;
+  bool parked_ = false;  // waiting for text
+  bool delivered_ = false;
 };
 
 // CosyVoice's repetition rule re-draws when count >= win_size * tau_r; with an integer count that
@@ -129,17 +259,12 @@ std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request
   const SamplingOptions& s = plan.options.sampling;
   spec.top_k = s.top_k;
   spec.top_p = static_cast<float>(s.top_p);
+  spec.cosyvoice = SamplingConfig(s);
   turbomind::CosyVoiceConfig& c = spec.cosyvoice;
   c.enabled = !native;
-  c.decoder_rows = vocab_.decoder_rows;
   c.stop_begin = c.mask_begin = stop_begin_;
   c.stop_end = c.mask_end = stop_end_;
   c.min_len = plan.min_len;
-  c.ras = s.ras;
-  c.win_size = s.win_size;
-  c.ras_min_repeats = MinRepeats(s);
-  c.exclude_repeated = s.exclude_repeated;
-  c.bias = bias_;
 
   auto handle = std::make_shared<PromptRequest>(std::move(sink), counters_, plan.prompt_len,
                                                 native ? 0 : plan.min_len, plan.max_len);
@@ -153,7 +278,65 @@ std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request
   return handle;
 }
 
+turbomind::CosyVoiceConfig Generator::SamplingConfig(const SamplingOptions& s) const {
+  turbomind::CosyVoiceConfig c;
+  c.enabled = true;
+  c.decoder_rows = vocab_.decoder_rows;
+  c.ras = s.ras;
+  c.win_size = s.win_size;
+  c.ras_min_repeats = MinRepeats(s);
+  c.exclude_repeated = s.exclude_repeated;
+  c.bias = bias_;
+  return c;
+}
+
+Generator::Bistream Generator::StartBistream(const BistreamRequest& request, std::shared_ptr<TokenSink> sink) {
+  if (!sink) throw std::invalid_argument("a request needs a token sink");
+  CheckBistream(*tables_, vocab_, request);
+  const SamplingOptions& s = request.options.sampling;
+  if (s.ras && s.win_size > turbomind::kCosyVoiceMaxHistory) {
+    throw std::invalid_argument("win_size is " + std::to_string(s.win_size) + "; bistream on the turbomind engine "
+                                "takes at most " + std::to_string(turbomind::kCosyVoiceMaxHistory));
+  }
+  auto session = std::make_shared<BistreamSession>(0, tables_, vocab_, request.prompt_text_ids,
+                                                   request.prompt_speech_tokens, request.options, request.mix, sink);
+  const turbomind::CosyVoiceConfig base = SamplingConfig(s);
+  const uint64_t seed = request.options.seed;
+  const int fill = vocab_.fill_token, stop_begin = stop_begin_, stop_end = stop_end_;
+  const int hidden = static_cast<int>(tables_->hidden());
+  auto phase_spec = [=](const BistreamSession::LoopPhase& phase, int index) {
+    RequestSpec spec;
+    const int rows = static_cast<int>(phase.rows.size() / static_cast<size_t>(hidden));
+    spec.ids.assign(rows, 0);  // placeholders: every position takes its row
+    spec.rows = ToBFloat16(phase.rows);
+    spec.row_ranges = {{0, rows}};
+    spec.max_new_tokens = phase.max_tokens;
+    spec.seed = seed + static_cast<uint64_t>(index) * 0x9E3779B97F4A7C15ull;  // its own stream per phase
+    spec.top_k = s.top_k;
+    spec.top_p = static_cast<float>(s.top_p);
+    turbomind::CosyVoiceConfig& c = spec.cosyvoice = base;
+    c.history = phase.window;
+    c.forced_index = phase.forced_fill_at;
+    c.forced_token = fill;
+    if (phase.tail) {  // to any stop id, nothing masked
+      c.stop_begin = stop_begin, c.stop_end = stop_end;
+      c.min_len = 0;
+    } else {  // every stop id but the fill masked; the fill ends the phase
+      c.stop_begin = fill, c.stop_end = fill + 1;
+      c.mask_begin = stop_begin, c.mask_end = stop_end, c.mask_keep = fill;
+      c.min_len = std::numeric_limits<int>::max();
+    }
+    return spec;
+  };
+  auto driver = std::make_shared<BistreamRequestTm>(session, engine_, phase_spec, counters_);
+  counters_->live++;
+  driver->Begin();
+  return {driver, driver};
+}
+
 size_t Generator::live_sessions() const { return static_cast<size_t>(counters_->live.load()); }
+
+size_t Generator::parked_sessions() const { return static_cast<size_t>(counters_->parked.load()); }
 
 GeneratorStats Generator::stats() const {
   GeneratorStats s;

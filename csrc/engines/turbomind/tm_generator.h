@@ -13,6 +13,7 @@
 #include "core/options.h"
 #include "core/tables.h"
 #include "decode/prompt_plan.h"
+#include "decode/bistream.h"
 #include "decode/session.h"
 #include "engines/turbomind/tm_engine.h"
 
@@ -35,14 +36,25 @@ class Generator {
   std::shared_ptr<RequestHandle> Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink,
                                        bool native = false);
 
+  // CosyVoice's inference_bistream(): the rules of decode/bistream.h, one TurboMind request per
+  // decode phase (a piece's speech up to its fill token, or the tail up to a stop id). TurboMind
+  // 0.16 keeps no cache between requests, so each phase is fed every row so far: a longer
+  // prefill per phase, the same tokens' distribution.
+  struct Bistream {
+    std::shared_ptr<RequestHandle> request;
+    std::shared_ptr<TextInput> text;
+  };
+  Bistream StartBistream(const BistreamRequest& request, std::shared_ptr<TokenSink> sink);
+
   size_t live_sessions() const;
+  size_t parked_sessions() const;  // bistreams waiting for text
   GeneratorStats stats() const;
   const Engine& engine() const { return *engine_; }
   const SpeechVocab& vocab() const { return vocab_; }
 
   // Counters the requests bump from TurboMind's signal thread.
   struct Counters {
-    std::atomic<int64_t> live{0}, tokens{0}, finished{0}, stopped{0}, length{0}, cancelled{0}, failed{0};
+    std::atomic<int64_t> live{0}, parked{0}, tokens{0}, finished{0}, stopped{0}, length{0}, cancelled{0}, failed{0};
   };
 
  private:
@@ -52,6 +64,10 @@ class Generator {
   std::shared_ptr<Engine> engine_;
   std::shared_ptr<Counters> counters_;
   int stop_begin_ = 0, stop_end_ = 0;  // the stop ids as one range
+
+  // The CosyVoice sampling every request of this model shares; the caller sets the per-request
+  // fields (lengths, masks, stops).
+  turbomind::CosyVoiceConfig SamplingConfig(const SamplingOptions& s) const;
 };
 
 // The bf16 bits of float rows, for TurboMind's input embeddings.
