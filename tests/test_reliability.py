@@ -6,6 +6,7 @@ the old code run in a subprocess with a timeout, so a regression fails the test 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
@@ -45,7 +46,7 @@ def _script(code: str, *args: str, timeout: float = 60, mem_gb: float | None = N
 
 def _host(bundle: Path, *args: str, timeout: float = 60, mem_gb: float | None = None) -> subprocess.CompletedProcess:
     def cap() -> None:
-        if mem_gb:
+        if mem_gb and "ASAN_OPTIONS" not in os.environ:  # AddressSanitizer's shadow memory needs no cap
             resource.setrlimit(resource.RLIMIT_AS, (int(mem_gb * 2**30),) * 2)
 
     return subprocess.run([str(host_program()), str(bundle), "--text", "1,2,3", *args], capture_output=True,
@@ -60,10 +61,8 @@ def _host_fails(bundle: Path, pattern: str, *args: str, **kw) -> None:
 
 @pytest.fixture(scope="module")
 def models(tiny_dirs):
-    ms = {kind: cosyfast.load(path, engine="cpu") for kind, path in tiny_dirs.items()}
-    yield ms
-    for m in ms.values():
-        m.close()
+    with contextlib.ExitStack() as stack:
+        yield {kind: stack.enter_context(cosyfast.load(path, engine="cpu")) for kind, path in tiny_dirs.items()}
 
 
 @pytest.fixture(scope="module")
@@ -293,7 +292,6 @@ def test_a_fifo_in_a_bundle(bundles, tmp_path, name):
     (dict(min_token_text_ratio=math.inf), "min_token_text_ratio must be a finite number >= 0, got inf"),
     (dict(max_token_text_ratio=math.nan), "max_token_text_ratio must be a finite number > 0, got nan"),
     (dict(tau_r=math.inf), "tau_r must be a finite number > 0"),
-    (dict(top_p=math.nan), "top_p must be in (0, 1], got nan"),
 ])
 def test_non_finite_options(models, options, pattern):
     with pytest.raises(ValueError, match=pattern.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
@@ -384,8 +382,6 @@ BAD_REQUESTS = [
     (dict(prompt_text_ids=[2**63]), ValueError, r"prompt_text_ids: id 9223372036854775808"),
     (dict(prompt_speech_tokens=[2**35]), ValueError, r"prompt_speech_tokens: id 34359738368"),
     (dict(text_ids=[[1, 2], [3]]), ValueError, r"text_ids must be a flat sequence of integer token ids"),
-    (dict(text_ids=[True, False]), ValueError, r"text_ids must be integer token ids, got an array of bool"),
-    (dict(text_ids=["1"]), ValueError, r"text_ids must be integer token ids"),
     (dict(seed=2**64), ValueError, r"seed must be an integer in \[0, 18446744073709551615\], got 18446744073709551616"),
     (dict(seed=1.0), TypeError, r"seed must be an integer .* got 1.0"),
     (dict(seed="7"), TypeError, r"seed must be an integer .* got '7'"),
