@@ -274,7 +274,8 @@ class Model:
         to its fill token, or the tail) as one request fed every row so far."""
         if not isinstance(mix_ratio, (tuple, list)) or len(mix_ratio) != 2:
             raise TypeError(f"mix_ratio must be a pair (text_group, speech_group) of integers >= 1, got {mix_ratio!r}")
-        text_group, speech_group = (_int(f"mix_ratio[{i}]", v, 1) for i, v in enumerate(mix_ratio))
+        text_group, speech_group = (_int(f"mix_ratio[{i}] ({name})", v, 1)
+                                    for i, (v, name) in enumerate(zip(mix_ratio, ("text_group", "speech_group"))))
         gen = min(self._live(), key=lambda g: g.live_sessions)
         return gen.start_bistream(
             _ids(prompt_text_ids, "prompt_text_ids"),
