@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
 # Everything the GPU machine does, in one go: build cosyfast with the TurboMind engine (lmdeploy's
 # source + cosyfast's patch), run the GPU tests, then the benchmark.
-#   bash benchmarks/gpu_run.sh [build,tests,bench] [bench-args...]     (from the repo root)
-# Needs the offline pack in $COSYFAST_DEVICE_PACK (default .tm016, kept out of git):
-#   bash ../shared/turbomind-src/pack_python.sh .tm016            # lmdeploy's Python package + deps
-#   cp ../shared/turbomind-src/lmdeploy-0.16.0-src.tar.gz .tm016/ # lmdeploy 0.16.0 + its pinned deps
-# (a machine with network access needs neither: pip fetches lmdeploy, CMake fetches the source).
+#   bash benchmarks/gpu_run.sh [build,tests,bench,memory,compare] [bench-args...]   (from the repo root)
+# Needs the offline pack in $COSYFAST_DEVICE_PACK (default .gpupack, kept out of git), made on a
+# machine that reaches PyPI by `bash benchmarks/make_gpu_pack.sh [--with-0.14]` (a machine with
+# network access needs none: pip fetches lmdeploy, CMake fetches the source).
 # Results go to $OUT (or ./gpu-out): device.txt (GPU, build time), gpu_tests.{log,jsonl}, bench/results.*
 # (build.log when the build fails).
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 STAGES=${1:-build,tests,bench}; shift || true
-PACK=${COSYFAST_DEVICE_PACK:-$PWD/.tm016}
+PACK=${COSYFAST_DEVICE_PACK:-$PWD/.gpupack}
 export PYTHONUNBUFFERED=1 COSYFAST_CACHE=${COSYFAST_CACHE:-/tmp/cosyfast-cache}
-SITE=/tmp/site
+SITE=/tmp/site016  # lmdeploy 0.16.0's Python (its converter loads the weights)
 if [ ! -d "$SITE/lmdeploy" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$PACK"/whl/*.whl >/dev/null &&
     python3 -m zipfile -e "$PACK/lmdeploy_py.zip" "$SITE" || { echo "unpacking $PACK failed"; exit 1; }
@@ -39,4 +38,21 @@ if [[ $STAGES == *tests* ]]; then
 fi
 if [[ $STAGES == *bench* ]]; then
   python3 -m cosyfast.bench --out "$OUT/bench" --plot "$@" 2>&1 | grep -v "^\[TM\]" | tee "$OUT/bench.log" | tail -40
+fi
+if [[ $STAGES == *memory* ]]; then
+  # The default budget (what max_batch sessions need) against the old default (half of the free
+  # memory, no budget) at 256 sessions, and a 4 GB budget at 32 sessions; one JSON row each.
+  mem() { python3 -m cosyfast.bench --paths cosyfast --new-tokens 500 --repeats 3 "$@" 2>&1 | grep -E "^  [a-z]"; }
+  mem --concurrency 256 --label budget-default --out /tmp/m1
+  mem --concurrency 256 --label no-budget-half-free --engine-option cache_max_entry_count=0.5 --out /tmp/m2
+  mem --concurrency 32 --max-batch 32 --gpu-memory 4 --label budget-4gb --out /tmp/m3
+  cat /tmp/m1/results.jsonl /tmp/m2/results.jsonl /tmp/m3/results.jsonl > "$OUT/memory.jsonl"
+fi
+if [[ $STAGES == *compare* ]]; then
+  # lmdeploy's own loops, 0.16.0 (this build, CosyVoice sampling off) and 0.14.0 (its CUDA-12
+  # wheel with a cuBLAS shim: no 0.14 source is to be had here), one process each.
+  python3 "$OLDPWD/benchmarks/lmdeploy_own_loop.py" --cosyfast-engine 2>&1 | grep '^{' | tee "$OUT/own_loops.jsonl"
+  P14=/tmp/p14; mkdir -p $P14/whl && cp "$PACK"/whl/*.whl "$PACK"/tm014/cu12/*.whl $P14/whl/ &&
+    cp "$PACK"/tm014/{_turbomind.so.xz,lmdeploy_py.zip,setup.sh} $P14/ && bash $P14/setup.sh >/dev/null &&
+    (source /tmp/tm_env.sh && python3 "$OLDPWD/benchmarks/lmdeploy_own_loop.py" 2>&1 | grep '^{' | tee -a "$OUT/own_loops.jsonl")
 fi

@@ -67,3 +67,53 @@ def test_the_cache_share_must_be_a_fraction(monkeypatch, share):
     monkeypatch.setattr(turbomind, "check_turbomind", lambda: None)
     with pytest.raises(ValueError, match="cache_max_entry_count must be in \\(0, 1\\)"):
         turbomind.make_turbomind_engine(None, cache_max_entry_count=share)
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tiny_cv2_dir):
+    from cosyfast.checkpoint import load_checkpoint
+
+    return load_checkpoint(tiny_cv2_dir)
+
+
+def kv_bytes_per_position(weights) -> int:
+    c = weights.config  # K and V of every layer and KV head, bf16
+    return c["num_hidden_layers"] * 2 * c["num_key_value_heads"] * c["head_dim"] * 2
+
+
+def test_the_default_budget_is_what_the_sessions_need(tiny_weights):
+    plan = turbomind.plan_gpu_memory(tiny_weights, max_batch=256, max_session_len=4096, total_bytes=80 << 30)
+    assert plan.kv_bytes == 256 * 4096 * kv_bytes_per_position(tiny_weights)
+    assert plan.cache_bytes == plan.kv_bytes  # no more cache than the sessions can use
+    assert plan.budget_bytes == plan.weights_bytes + plan.kv_bytes + plan.workspace_bytes
+    # A session length that is not a whole number of TurboMind's 64-position blocks rounds up.
+    odd = turbomind.plan_gpu_memory(tiny_weights, max_batch=1, max_session_len=65, total_bytes=80 << 30)
+    assert odd.kv_bytes == 128 * kv_bytes_per_position(tiny_weights)
+
+
+def test_a_budget_in_gb_or_as_a_fraction(tiny_weights):
+    gb = turbomind.plan_gpu_memory(tiny_weights, max_batch=8, max_session_len=1024, total_bytes=80 << 30, gpu_memory=4)
+    share = turbomind.plan_gpu_memory(tiny_weights, max_batch=8, max_session_len=1024, total_bytes=80 << 30,
+                                      gpu_memory=0.05)
+    assert gb.budget_bytes == 4 << 30 and share.budget_bytes == int(0.05 * (80 << 30))
+    assert gb.cache_bytes == gb.budget_bytes - gb.weights_bytes - gb.workspace_bytes
+    assert gb.as_dict()["budget_mb"] == 4096.0
+
+
+def test_a_budget_too_small_for_the_sessions_is_refused_with_the_numbers(tiny_weights):
+    # The tiny model's KV cache is 256 bytes a position: 4096 sessions of 4096 need 4 GB.
+    with pytest.raises(ValueError, match=r"gpu_memory 2\.00 GB cannot hold 4096 sessions of 4096 positions: "
+                                         r"weights .* GB \+ KV cache 4\.00 GB \+ workspace 1\.50 GB .* it holds \d+ such"):
+        turbomind.plan_gpu_memory(tiny_weights, max_batch=4096, max_session_len=4096, total_bytes=80 << 30, gpu_memory=2)
+    with pytest.raises(ValueError, match="more than the GPU's"):
+        turbomind.plan_gpu_memory(tiny_weights, max_batch=1, max_session_len=64, total_bytes=8 << 30, gpu_memory=9)
+    for bad in (0, -1, True, "4", float("nan")):
+        with pytest.raises(ValueError, match="gpu_memory must be"):
+            turbomind.plan_gpu_memory(tiny_weights, max_batch=1, max_session_len=64, total_bytes=8 << 30,
+                                      gpu_memory=bad)
+
+
+def test_a_budget_and_a_cache_share_together_are_refused(monkeypatch):
+    monkeypatch.setattr(turbomind, "check_turbomind", lambda: None)
+    with pytest.raises(ValueError, match="not both"):
+        turbomind.make_turbomind_engine(None, gpu_memory=4, cache_max_entry_count=0.5)

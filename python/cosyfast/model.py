@@ -128,8 +128,9 @@ def _gpu_available() -> bool:
 
 
 def _make_engine(weights: LlmWeights, engine: str, max_batch: int, max_session_len: int,
-                 **engine_options: Any) -> tuple[Any, Any]:
-    """The core engine, and the backend object behind it (lmdeploy's TurboMind, or None)."""
+                 **engine_options: Any) -> tuple[Any, Any, dict[str, Any] | None]:
+    """The core engine, the backend object behind it (lmdeploy's TurboMind, or None) and, on a
+    GPU, its memory report."""
     if engine == "cpu":
         if engine_options:
             raise ValueError(f"options {sorted(engine_options)} apply to the turbomind engine only")
@@ -140,7 +141,7 @@ def _make_engine(weights: LlmWeights, engine: str, max_batch: int, max_session_l
             weights.layers,
             weights.norm,
             max_session_len=max_session_len,
-        ), None
+        ), None, None
     if engine == "turbomind":
         from .turbomind import make_turbomind_engine
 
@@ -202,19 +203,27 @@ class Model:
         self.vocab = dict(weights.vocab)
         if self.engine == "turbomind":
             devices = list(devices) if devices else [0]
-            engine_options.setdefault("cache_max_entry_count", 0.5 / -(-replicas // len(devices)))
+            per_gpu = -(-replicas // len(devices))
+            budget = engine_options.pop("gpu_memory", None)
+            if budget is not None:  # a budget per GPU: the replicas on one GPU share it
+                if isinstance(budget, bool) or not isinstance(budget, (int, float)):
+                    raise TypeError(f"gpu_memory must be a number (GB, or a fraction <= 1 of the GPU), got {budget!r}")
+                engine_options["gpu_memory"] = budget / per_gpu
         elif devices:
             raise ValueError("devices applies to the turbomind engine only")
         tables = _core.PromptTables(text_embedding=weights.text_embedding, speech_embedding=weights.speech_embedding,
                                     sos=weights.sos, task_id=weights.task_id, table_dtype=table_dtype)
         self._engines: list[Any] = []
         self._backends: list[Any] = []
+        self.gpu_memory: list[dict[str, Any]] = []  # per TurboMind engine: budget, split, measured load
         generators = []
         for i in range(replicas):
             options = dict(engine_options, device=devices[i % len(devices)]) if devices else engine_options
-            core_engine, backend = _make_engine(weights, self.engine, max_batch, max_session_len, **options)
+            core_engine, backend, memory = _make_engine(weights, self.engine, max_batch, max_session_len, **options)
             self._engines.append(core_engine)
             self._backends.append(backend)
+            if memory is not None:
+                self.gpu_memory.append(memory)
             if on_gpu:
                 generators.append(_core.TurboMindGenerator(tables=tables, vocab=weights.vocab,
                                                            decoder_bias=weights.decoder_bias, engine=core_engine))
@@ -315,9 +324,14 @@ class Model:
         """Counters summed over replicas. Every engine: tokens, sessions_finished. The cpu engine's
         round scheduler: rounds, parallel_rounds. TurboMind: finished sessions by reason
         (finished_stop_token, finished_max_len, finished_cancelled, finished_error) and
-        engine_iterations, the iterations TurboMind's own loop has run."""
+        engine_iterations, the iterations TurboMind's own loop has run, and gpu_memory: per engine
+        its budget and split (budget_mb, weights_mb, kv_cache_mb, kv_needed_mb, workspace_mb) and
+        loaded_mb, the GPU memory its load took (measured)."""
         gens = self._live()
-        return {k: sum(g.stats[k] for g in gens) for k in gens[0].stats}
+        total: dict[str, Any] = {k: sum(g.stats[k] for g in gens) for k in gens[0].stats}
+        if self.gpu_memory:
+            total["gpu_memory"] = [dict(m) for m in self.gpu_memory]
+        return total
 
     @property
     def max_session_len(self) -> int:

@@ -91,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sample-threads", type=int, default=None,
                    help="helper threads per lane that share a large round's sampling (default: the Model's)")
     p.add_argument("--devices", default=None, help="comma list of GPU ids the replicas are spread over")
+    p.add_argument("--gpu-memory", type=float, default=None,
+                   help="turbomind: GPU memory budget per GPU, GB (or a fraction <= 1); default: what max-batch "
+                        "sessions need")
     p.add_argument("--label", default="cosyfast", help="path name for the cosyfast rows (e.g. cosyfast-r2)")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                    help="turbomind engine option, e.g. async_=0 (repeatable)")
@@ -114,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     engine_options = {k: int(v) if v.lstrip("-").isdigit() else float(v)
                       for k, v in (o.split("=", 1) for o in args.engine_option)}
     devices = [int(d) for d in args.devices.split(",")] if args.devices else None
+    if args.gpu_memory is not None:
+        engine_options["gpu_memory"] = args.gpu_memory
     model = load(weights, engine=args.engine, max_batch=max(args.max_batch, max(sweep)), replicas=args.replicas,
                  lanes=args.lanes, sample_threads=args.sample_threads, devices=devices, **engine_options)
     device = _device_name()
@@ -124,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def record(res) -> None:
         row = res.row() | {"engine": model.engine, "device": device, "kind": weights.kind,
+                           "gpu_memory": getattr(model, "gpu_memory", []),
                            "prompt_rows": work.prompt_rows, "new_tokens_per_request": res.tokens // res.concurrency}
         rows.append(row)
         print(f"  {res.path:17s} conc {res.concurrency:4d}: {res.tok_per_s:9.1f} tok/s  "
