@@ -380,16 +380,14 @@ atexit.register(_close_all_at_exit)
 def load(path: str | os.PathLike[str] | LlmWeights, engine: str = "auto", **options: Any) -> Model:
     """Loads a CosyVoice2/3 `llm.pt` (or a model directory holding one) onto an engine.
 
-    engine: "cpu" (reference float32 forward), "turbomind" (lmdeploy 0.14 on an NVIDIA GPU) or
-    "auto" (turbomind where a GPU and lmdeploy 0.14 are present, else cpu). Options as `Model`:
-    max_batch, max_session_len, table_dtype ("float32" or "bfloat16" prompt tables), replicas
-    (engine instances; default 2 per GPU on turbomind, 1 on cpu), lanes (scheduler threads per
-    replica, each stepping its own sessions so that one samples while another's round runs;
-    default 2 on turbomind, 1 on cpu), sample_threads (helper threads per lane that share the
-    sampling of rounds of 16+ sessions; default 2 on turbomind, 0 on cpu), devices (GPU ids the turbomind replicas are
-    spread over);
-    any other keyword goes to the turbomind engine (cache_max_entry_count, async_,
-    max_context_token_num, ...).
+    engine: "cpu" (reference float32 forward), "turbomind" (TurboMind built from lmdeploy's source
+    with cosyfast's patch, on an NVIDIA GPU) or "auto" (turbomind where a GPU and that engine are
+    present, else cpu). Options as `Model`: max_batch, max_session_len, table_dtype ("float32" or
+    "bfloat16" prompt tables), replicas (engines; default 1 per GPU on turbomind, 1 on cpu),
+    devices (GPU ids the turbomind replicas are spread over), gpu_memory (turbomind: GB or a
+    fraction per GPU; default what max_batch sessions of max_session_len need), and on cpu lanes
+    (scheduler threads) and sample_threads (helpers sharing a large round's sampling); any other
+    keyword goes to the turbomind engine config (async_, cache_max_entry_count, ...).
     """
     weights = path if isinstance(path, LlmWeights) else load_checkpoint(Path(path))
     return Model(weights, engine, **options)
