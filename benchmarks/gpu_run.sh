@@ -2,9 +2,13 @@
 # Everything the GPU machine does, in one go: build cosyfast with the TurboMind engine (lmdeploy's
 # source + cosyfast's patch), run the GPU tests, then the benchmark.
 #   bash benchmarks/gpu_run.sh [build,tests,bench,memory,compare] [bench-args...]   (from the repo root)
-# Needs the offline pack in $COSYFAST_DEVICE_PACK (default .gpupack, kept out of git), made on a
-# machine that reaches PyPI by `bash benchmarks/make_gpu_pack.sh [--with-0.14]` (a machine with
-# network access needs none: pip fetches lmdeploy, CMake fetches the source).
+# Needs, besides CUDA, PyTorch, pybind11, scikit-build-core and ninja, lmdeploy 0.16.0's Python package
+# (its weight converter) and lmdeploy's source. Either
+#   - the offline pack in $COSYFAST_DEVICE_PACK (default .gpupack, kept out of git), made on a
+#     machine that reaches PyPI by `bash benchmarks/make_gpu_pack.sh` (for a GPU machine without
+#     network), or
+#   - no pack: `pip install "cosyfast[turbomind]"`'s lmdeploy (or `pip install lmdeploy==0.16.0`)
+#     already installed, and CMake fetches the source from GitHub at configure time.
 # Results go to $OUT (or ./gpu-out): device.txt (GPU, build time), gpu_tests.{log,jsonl}, bench/results.*
 # (build.log when the build fails).
 set -uo pipefail
@@ -12,12 +16,18 @@ OUT=${OUT:-$PWD/gpu-out}; mkdir -p "$OUT"
 STAGES=${1:-build,tests,bench}; shift || true
 PACK=${COSYFAST_DEVICE_PACK:-$PWD/.gpupack}
 export PYTHONUNBUFFERED=1 COSYFAST_CACHE=${COSYFAST_CACHE:-/tmp/cosyfast-cache}
-SITE=/tmp/site016  # lmdeploy 0.16.0's Python (its converter loads the weights)
-if [ ! -d "$SITE/lmdeploy" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$PACK"/whl/*.whl >/dev/null &&
-    python3 -m zipfile -e "$PACK/lmdeploy_py.zip" "$SITE" || { echo "unpacking $PACK failed"; exit 1; }
+SOURCE_ARG=()
+if [ -d "$PACK" ]; then
+  SITE=/tmp/site016  # lmdeploy 0.16.0's Python (its converter loads the weights)
+  if [ ! -d "$SITE/lmdeploy" ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$PACK"/whl/*.whl >/dev/null &&
+      python3 -m zipfile -e "$PACK/lmdeploy_py.zip" "$SITE" || { echo "unpacking $PACK failed"; exit 1; }
+  fi
+  export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
+  [ -f "$PACK/lmdeploy-0.16.0-src.tar.gz" ] && SOURCE_ARG=(-C cmake.define.COSYFAST_LMDEPLOY_SOURCE="$PACK/lmdeploy-0.16.0-src.tar.gz")
+else
+  python3 -c "import lmdeploy" 2>/dev/null || { echo "no pack at $PACK and no lmdeploy installed: pip install lmdeploy==0.16.0, or make the pack (benchmarks/make_gpu_pack.sh)"; exit 1; }
 fi
-export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
 # The system compiler: a TurboMind built with the image's /opt/gcc crashes at engine creation.
 [ -x /usr/bin/g++ ] && export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
@@ -25,8 +35,7 @@ if [[ $STAGES == *build* ]]; then
   t0=$(date +%s)
   python3 -m pip install -v --no-build-isolation --no-deps . \
     -C cmake.define.COSYFAST_TURBOMIND=ON -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real \
-    -C cmake.define.COSYFAST_LMDEPLOY_SOURCE="$PACK/lmdeploy-0.16.0-src.tar.gz" \
-    -C build-dir=/tmp/cosyfast-build > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -30; tail -40 "$OUT/build.log"; exit 1; }
+    "${SOURCE_ARG[@]}" -C build-dir=/tmp/cosyfast-build > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -30; tail -40 "$OUT/build.log"; exit 1; }
   echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/device.txt"
   rm -f "$OUT/build.log"  # kept only when the build fails (the files that come back are few)
 fi

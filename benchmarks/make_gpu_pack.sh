@@ -1,21 +1,41 @@
 #!/usr/bin/env bash
-# Makes the offline pack benchmarks/gpu_run.sh needs on the GPU machine (no registry there), from a
-# machine that reaches PyPI, into .gpupack/ (ignored by git; ~25 MB, ~60 MB with --with-0.14):
-#   whl/                         the pure-Python packages lmdeploy's converter imports
+# Makes the offline pack benchmarks/gpu_run.sh needs on a GPU machine that reaches no registry, from
+# a machine that reaches PyPI, into .gpupack/ (ignored by git; ~25 MB, ~60 MB with --with-0.14):
+#   whl/                         the pure-Python packages lmdeploy's converter imports (and pybind11,
+#                                ninja), for the GPU machine's Python ($GPU_PYTHON, default 3.12)
 #   lmdeploy_py.zip              lmdeploy 0.16.0's Python package, without its CUDA-12 binaries
-#   lmdeploy-0.16.0-src.tar.gz   lmdeploy 0.16.0's source with the sources its CMake fetches
-#   tm014/                       (--with-0.14) lmdeploy 0.14.0's wheel build and Python, for the
-#                                version comparison (gpu_run.sh compare)
-# Usage: bash benchmarks/make_gpu_pack.sh [--with-0.14]     (from the repo root; the scripts and the
-# source archive come from ../shared, see ../shared/turbomind-src/README.md)
+#   lmdeploy-0.16.0-src.tar.gz   lmdeploy 0.16.0's source with the sources its CMake fetches (the
+#                                layout cmake/turbomind.cmake reads), copied from
+#                                $COSYFAST_LMDEPLOY_SOURCE; without it the build on the GPU machine
+#                                fetches the tag from GitHub (so that machine needs network)
+#   tm014/                       (--with-0.14, this project's machines only: built by
+#                                $COSYFAST_SHARED/turbomind-cu13/pack.sh) lmdeploy 0.14.0's wheel
+#                                build, for the version comparison (gpu_run.sh compare)
+# Usage, from the repo root: [COSYFAST_LMDEPLOY_SOURCE=lmdeploy-0.16.0-src.tar.gz] bash benchmarks/make_gpu_pack.sh [--with-0.14]
+# A GPU machine with network access needs no pack (gpu_run.sh says what it needs then).
 set -euo pipefail
 SHARED=${COSYFAST_SHARED:-../shared}
 OUT=.gpupack
 mkdir -p "$OUT"
-[ -f /tmp/cosyfast-pack016/lmdeploy_py.zip ] || bash "$SHARED/turbomind-src/pack_python.sh" /tmp/cosyfast-pack016 >/dev/null
-cp -r /tmp/cosyfast-pack016/whl "$OUT/"
+DL=/tmp/cosyfast-pack016
+PLAT="--platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"
+GET="python3 -m pip download -q --no-deps --only-binary=:all: --python-version ${GPU_PYTHON:-3.12} --implementation cp $PLAT"
+if [ ! -f "$DL/lmdeploy_py.zip" ]; then
+  rm -rf "$DL" && mkdir -p "$DL/dl/x" "$DL/whl"
+  $GET -d "$DL/dl" lmdeploy==0.16.0
+  python3 -m zipfile -e "$DL"/dl/lmdeploy-0.16.0-*.whl "$DL/dl/x"
+  (cd "$DL/dl/x" && python3 -m zipfile -c ../../lmdeploy_py.zip lmdeploy)
+  # What lmdeploy's converter imports, at the versions verified on the GPU machine.
+  $GET -d "$DL/whl" pybind11 ninja pybase64==1.5.1 pydantic==2.14.3 pydantic-core==2.50.4 \
+    fastapi==0.165.0 starlette==1.10.0 openai==3.54.0 jiter==0.19.0 distro==1.9.0 sniffio==1.3.1 fire==0.7.1 \
+    termcolor==3.3.0 shortuuid==1.0.13 partial_json_parser==0.2.1.1.post7 openai_harmony==0.0.8 pyzmq==27.3.0 \
+    xgrammar==0.2.8 mmengine-lite==0.10.7 addict==2.4.0 yapf==0.43.0 platformdirs==4.14.7 tomli==2.5.0 \
+    uvicorn==0.54.0 typing-inspection==0.4.5 annotated-types==0.8.0
+  rm -rf "$DL/dl"
+fi
+cp -r "$DL/whl" "$OUT/"
 # lmdeploy's own static xgrammar library (13 MB) is not needed: cosyfast builds TurboMind itself.
-python3 - "$OUT/lmdeploy_py.zip" /tmp/cosyfast-pack016/lmdeploy_py.zip <<'PY'
+python3 - "$OUT/lmdeploy_py.zip" "$DL/lmdeploy_py.zip" <<'PY'
 import sys, zipfile
 dst, src = sys.argv[1], sys.argv[2]
 with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst + ".tmp", "w", zipfile.ZIP_DEFLATED) as zout:
@@ -24,7 +44,9 @@ with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst + ".tmp", "w", zipfile.ZIP
             zout.writestr(item, zin.read(item))
 import os; os.replace(dst + ".tmp", dst)
 PY
-cp "$SHARED/turbomind-src/lmdeploy-0.16.0-src.tar.gz" "$OUT/"
+SRC=${COSYFAST_LMDEPLOY_SOURCE:-$SHARED/turbomind-src/lmdeploy-0.16.0-src.tar.gz}
+if [ -f "$SRC" ]; then cp "$SRC" "$OUT/lmdeploy-0.16.0-src.tar.gz"
+else echo "no lmdeploy source archive ($SRC): the GPU build will fetch lmdeploy from GitHub"; fi
 if [[ ${1:-} == --with-0.14 ]]; then
   [ -f /tmp/cosyfast-pack014/_turbomind.so.xz ] || bash "$SHARED/turbomind-cu13/pack.sh" /tmp/cosyfast-pack014 >/dev/null
   mkdir -p "$OUT/tm014/cu12"

@@ -33,7 +33,8 @@ class Table {
 uint16_t FloatToBFloat16(float f);  // round to nearest even, NaN kept
 float BFloat16ToFloat(uint16_t b);
 
-// Which token ids mean what, for CosyVoice2 or CosyVoice3 (see COSYVOICE_LLM.md).
+// Which token ids mean what, for CosyVoice2 or CosyVoice3 (as upstream CosyVoice's
+// cosyvoice/llm/llm.py numbers them: Qwen2LM, CosyVoice3LM; docs/architecture.md).
 struct SpeechVocab {
   std::string name;              // "cosyvoice2" or "cosyvoice3"
   int speech_token_size = 6561;  // ids below this are speech tokens

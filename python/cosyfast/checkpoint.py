@@ -6,7 +6,7 @@ as garbage speech. So the layout is detected from keys and shapes, the dimension
 `CosyVoice-BlankEN/config.json` beside it, and every key and shape is checked here, once, with an
 error that names the first problem. Later stages (export, the C++ core) trust `LlmWeights`.
 
-Layouts (see shared/COSYVOICE_LLM.md; the upstream code `cosyvoice/llm/llm.py` wins on conflict):
+Layouts (as upstream CosyVoice's `cosyvoice/llm/llm.py` builds and loads them):
 
 * CosyVoice2 (`Qwen2LM`): `llm_embedding` [2,H] holds sos (row 0) and task_id (row 1);
   `speech_embedding` and `llm_decoder` have 6564 rows; the decoder has a bias.
