@@ -100,23 +100,31 @@ std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab&
                                   std::to_string(vocab.speech_token_size) + ")");
     }
   }
-  const int64_t h = tables.hidden();
-  const size_t rows = 2 + text_ids.size() + prompt_speech_tokens.size();
-  std::vector<float> out(rows * h);
-  float* p = out.data();
-  std::copy(tables.sos.begin(), tables.sos.end(), p);
-  p += h;
-  for (int32_t t : text_ids) {
-    tables.text_embedding.CopyRow(t, p, "text id");
-    p += h;
-  }
-  std::copy(tables.task_id.begin(), tables.task_id.end(), p);
-  p += h;
-  for (int32_t t : prompt_speech_tokens) {
-    tables.speech_embedding.CopyRow(t, p, "prompt speech token");
-    p += h;
-  }
+  std::vector<PromptRow> rows;
+  rows.reserve(2 + text_ids.size() + prompt_speech_tokens.size());
+  rows.push_back({PromptRow::Kind::kSos});
+  for (int32_t t : text_ids) rows.push_back({PromptRow::Kind::kText, t});
+  rows.push_back({PromptRow::Kind::kTaskId});
+  for (int32_t t : prompt_speech_tokens) rows.push_back({PromptRow::Kind::kSpeech, t});
+  std::vector<float> out;
+  AppendRows(tables, rows, out);
   return out;
+}
+
+void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<float>& out) {
+  const int64_t h = tables.hidden();
+  const size_t start = out.size();
+  out.resize(start + rows.size() * static_cast<size_t>(h));
+  float* p = out.data() + start;
+  for (const PromptRow& row : rows) {
+    switch (row.kind) {
+      case PromptRow::Kind::kSos: std::copy(tables.sos.begin(), tables.sos.end(), p); break;
+      case PromptRow::Kind::kTaskId: std::copy(tables.task_id.begin(), tables.task_id.end(), p); break;
+      case PromptRow::Kind::kText: tables.text_embedding.CopyRow(row.id, p, "text id"); break;
+      case PromptRow::Kind::kSpeech: tables.speech_embedding.CopyRow(row.id, p, "speech token"); break;
+    }
+    p += h;
+  }
 }
 
 }  // namespace cosyfast

@@ -59,6 +59,17 @@ struct PromptTables {
   void Validate() const;
 };
 
+// One row of an engine input, named rather than copied: rows are built when an engine needs them.
+struct PromptRow {
+  enum class Kind : uint8_t { kSos, kTaskId, kText, kSpeech };
+  Kind kind;
+  int32_t id = 0;  // kText: a text id; kSpeech: a speech token
+};
+
+// Appends the rows' floats (hidden each) to `out`: the one assembler every session type uses.
+// Throws std::invalid_argument naming a text id or speech token outside its table.
+void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<float>& out);
+
 // Builds the prompt rows [sos, text_ids..., task_id, speech_embedding[prompt_speech]...] as
 // float32, (2 + text + speech) x hidden. `text_ids` is prompt text followed by text.
 // Throws std::invalid_argument for an id outside its table or a missing required id.

@@ -29,7 +29,7 @@ BistreamSession::BistreamSession(int64_t id, std::shared_ptr<const PromptTables>
   // No min_len in bistream (upstream has none); max_len is known once the text has ended,
   // unless the request fixed it.
   set_length_limits(0, max_len_override_ > 0 ? max_len_override_ : -1);
-  lm_input_.push_back({Row::Kind::kSos, 0});
+  lm_input_.push_back({Row::Kind::kSos});
   size_t text_start = 0;
   if (vocab_.required_text_id >= 0) {
     // CosyVoice3: the prompt text up to <|endofprompt|> goes into the first rows; the rest is
@@ -136,7 +136,7 @@ void BistreamSession::TakePiece(const std::vector<int32_t>& piece) {
 void BistreamSession::StartTail() {
   // Upstream concatenates onto lm_input as it stands: after a fill its rows are fed again.
   AppendText(text_cache_.size());
-  lm_input_.push_back({Row::Kind::kTaskId, 0});
+  lm_input_.push_back({Row::Kind::kTaskId});
   prompt_speech_.clear();  // upstream drops what was not interleaved
   phase_ = Phase::kTail;
   const int max_len = max_len_override_ > 0 ? max_len_override_ : ScaledLen(text_ids_received_, max_token_text_ratio_);
@@ -169,28 +169,12 @@ Session::Plan BistreamSession::Feed(EngineInput& input, int engine_limit) {
     return Plan::kForward;
   }
   rows_.clear();
-  Materialize(lm_input_, rows_);
+  AppendRows(*tables_, lm_input_, rows_);
   input.prompt_rows = rows_.data();
   input.prompt_len = n;
   input.append = positions_ > 0;
   if (positions_ == 0) set_prompt_len(n);
   return Plan::kForward;
-}
-
-void BistreamSession::Materialize(const std::vector<Row>& rows, std::vector<float>& out) const {
-  const int64_t h = tables_->hidden();
-  const size_t start = out.size();
-  out.resize(start + rows.size() * static_cast<size_t>(h));
-  float* p = out.data() + start;
-  for (const Row& row : rows) {
-    switch (row.kind) {
-      case Row::Kind::kSos: std::copy(tables_->sos.begin(), tables_->sos.end(), p); break;
-      case Row::Kind::kTaskId: std::copy(tables_->task_id.begin(), tables_->task_id.end(), p); break;
-      case Row::Kind::kText: tables_->text_embedding.CopyRow(row.id, p, "text id"); break;
-      case Row::Kind::kSpeech: tables_->speech_embedding.CopyRow(row.id, p, "speech token"); break;
-    }
-    p += h;
-  }
 }
 
 Session::Plan BistreamSession::PlanPhase(LoopPhase& phase, int engine_limit, size_t window) {
@@ -202,8 +186,8 @@ Session::Plan BistreamSession::PlanPhase(LoopPhase& phase, int engine_limit, siz
     return Plan::kDone;
   }
   phase.rows.clear();
-  Materialize(fed_, phase.rows);
-  Materialize(lm_input_, phase.rows);
+  AppendRows(*tables_, fed_, phase.rows);
+  AppendRows(*tables_, lm_input_, phase.rows);
   phase.tail = phase_ == Phase::kTail;
   int room = engine_limit - rows;
   if (max_len() >= 0) room = std::min<int>(room, max_len() - static_cast<int>(decoded().size()));
@@ -262,15 +246,9 @@ bool BistreamSession::EndPhase(int32_t end_token) {
 }
 
 int BistreamSession::SampleToken(const float* logits, const TokenSampler& sampler, bool text_phase) {
-  std::vector<float>& scores = scratch();
-  sampler.Process(logits, /*ignore_eos=*/false, scores);
-  if (text_phase) {
-    // Upstream's ignore_eos in the text phase; the fill token stays drawable: it asks for text.
-    for (int id : vocab_.stop_ids) {
-      if (id != vocab_.fill_token) scores[id] = -std::numeric_limits<float>::infinity();
-    }
-  }
-  return RasSample(scores, out_, sampling(), rng());
+  // Upstream's ignore_eos in the text phase; the fill token stays drawable: it asks for text.
+  return sampler.Sample(logits, text_phase ? StopMask::kAllButFill : StopMask::kNone, out_, sampling(), rng(),
+                        scratch());
 }
 
 bool BistreamSession::Advance(const float* logits, const TokenSampler& sampler) {

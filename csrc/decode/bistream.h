@@ -92,12 +92,7 @@ class BistreamSession final : public Session, public TextInput {
   bool EndPhase(int32_t end_token);
 
  private:
-  // One row of lm_input, named rather than copied: rows are built when a round needs them.
-  struct Row {
-    enum class Kind : uint8_t { kSos, kTaskId, kText, kSpeech };
-    Kind kind;
-    int32_t id;
-  };
+  using Row = PromptRow;  // one row of lm_input
   enum class Phase {
     kText,    // between pieces: the next piece decides what happens
     kDecode,  // decoding the current piece's speech, up to a fill token
@@ -113,8 +108,6 @@ class BistreamSession final : public Session, public TextInput {
   Plan MoveText();
   // Fills `input` with lm_input_ (a token step where it is one fed-back speech token).
   Plan Feed(EngineInput& input, int engine_limit);
-  // Appends the rows' floats to `out`.
-  void Materialize(const std::vector<Row>& rows, std::vector<float>& out) const;
   // The bookkeeping of one drawn token in the text phase (forced or drawn fill, or speech).
   void CountFill(int32_t token);
   int SampleToken(const float* logits, const TokenSampler& sampler, bool text_phase);

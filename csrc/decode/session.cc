@@ -80,8 +80,8 @@ bool PromptSession::Advance(const float* logits, const TokenSampler& sampler) {
     prompt_rows_.shrink_to_fit();
   }
   // CosyVoice: ignore_eos = (i < min_len), i = the number of tokens emitted so far.
-  const bool ignore_eos = static_cast<int>(decoded().size()) < min_len();
-  const int token = sampler.Sample(logits, ignore_eos, decoded(), sampling(), rng(), scratch());
+  const StopMask mask = static_cast<int>(decoded().size()) < min_len() ? StopMask::kAll : StopMask::kNone;
+  const int token = sampler.Sample(logits, mask, decoded(), sampling(), rng(), scratch());
   if (sampler.vocab().IsStop(token)) {
     Finish(FinishReason::kStopToken);
     return false;

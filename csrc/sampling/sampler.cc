@@ -180,7 +180,7 @@ TokenSampler::TokenSampler(SpeechVocab vocab, std::vector<float> decoder_bias, i
   }
 }
 
-void TokenSampler::Process(const float* logits, bool ignore_eos, std::vector<float>& scores) const {
+void TokenSampler::Process(const float* logits, StopMask mask, std::vector<float>& scores) const {
   scores.resize(engine_vocab_);
   const int rows = vocab_.decoder_rows;
   for (int i = 0; i < rows; ++i) scores[i] = logits[i];
@@ -188,14 +188,16 @@ void TokenSampler::Process(const float* logits, bool ignore_eos, std::vector<flo
     for (int i = 0; i < rows; ++i) scores[i] += bias_[i];
   }
   std::fill(scores.begin() + rows, scores.end(), kNegInf);
-  if (ignore_eos) {
-    for (int id : vocab_.stop_ids) scores[id] = kNegInf;
+  if (mask != StopMask::kNone) {
+    for (int id : vocab_.stop_ids) {
+      if (mask == StopMask::kAll || id != vocab_.fill_token) scores[id] = kNegInf;
+    }
   }
 }
 
-int TokenSampler::Sample(const float* logits, bool ignore_eos, std::span<const int32_t> decoded,
+int TokenSampler::Sample(const float* logits, StopMask mask, std::span<const int32_t> decoded,
                          const SamplingOptions& options, Rng& rng, std::vector<float>& scratch) const {
-  Process(logits, ignore_eos, scratch);
+  Process(logits, mask, scratch);
   return RasSample(scratch, decoded, options, rng);
 }
 

@@ -3,9 +3,10 @@
 // The order of every step applied to a logits row (engine output, width = engine vocab):
 //   1. scores[i] = logits[i] + decoder_bias[i]     (CV2's llm_decoder bias; CV3 has none)
 //   2. rows >= decoder_rows (engine padding)       -> -inf
-//   3. while step < min_len (ignore_eos): every stop id -> -inf
-//      (upstream masks eos only, or re-draws until the token < speech_token_size; masking every
-//      stop id gives the distribution of the re-draw rule; a documented choice)
+//   3. the stop mask the caller asks for (StopMask): kAll while step < min_len (ignore_eos):
+//      every stop id -> -inf (upstream masks eos only, or re-draws until the token <
+//      speech_token_size; masking every stop id gives the distribution of the re-draw rule; a
+//      documented choice); kAllButFill in bistream's text phase: every stop id but the fill token
 //   4. temperature 1: probabilities = softmax(scores) (log_softmax first changes nothing), in
 //      float32 as upstream's, through an exp of our own so that they are the same on every
 //      platform; sums in double
@@ -36,6 +37,13 @@ int RandomSample(std::span<const float> scores, Rng& rng);
 // CosyVoice's ras_sampling. `scores` may be modified (the repeated token set to -inf).
 int RasSample(std::span<float> scores, std::span<const int32_t> decoded, const SamplingOptions& options, Rng& rng);
 
+// Which stop ids step 3 masks.
+enum class StopMask {
+  kNone,        // every stop id drawable
+  kAll,         // CosyVoice's ignore_eos (step < min_len)
+  kAllButFill,  // bistream's text phase: the fill token stays drawable (it asks for text)
+};
+
 // Steps 1-6 above for one model. Immutable after construction, so one instance serves every
 // session and thread; the caller owns the scratch row.
 class TokenSampler {
@@ -43,12 +51,12 @@ class TokenSampler {
   // `decoder_bias`: decoder_rows values, or empty when the decoder has none.
   TokenSampler(SpeechVocab vocab, std::vector<float> decoder_bias, int engine_vocab);
 
-  // `ignore_eos`: step < min_len. Returns the token id (possibly a stop id).
-  int Sample(const float* logits, bool ignore_eos, std::span<const int32_t> decoded,
-             const SamplingOptions& options, Rng& rng, std::vector<float>& scratch) const;
+  // Returns the token id (possibly a stop id). `decoded`: the RAS window's source, oldest first.
+  int Sample(const float* logits, StopMask mask, std::span<const int32_t> decoded, const SamplingOptions& options,
+             Rng& rng, std::vector<float>& scratch) const;
 
-  // Steps 1-3 only, into `scores` (resized to engine_vocab): for tests and benchmarks.
-  void Process(const float* logits, bool ignore_eos, std::vector<float>& scores) const;
+  // Steps 1-3 only, into `scores` (resized to engine_vocab).
+  void Process(const float* logits, StopMask mask, std::vector<float>& scores) const;
 
   const SpeechVocab& vocab() const { return vocab_; }
   int engine_vocab() const { return engine_vocab_; }
