@@ -16,10 +16,8 @@ import torch
 
 import cosyfast
 from cosyfast import _core
-
-from test_cosyvoice_adapter import (EOP, GREEDY, CosyVoice2Model, CosyVoice3Model, build_standin,
-                                    ids)
 from cosyfast.cosyvoice import patch
+from test_cosyvoice_adapter import EOP, GREEDY, CosyVoice2Model, CosyVoice3Model, build_standin, ids
 
 MIX_TEXT, MIX_SPEECH = 5, 15
 

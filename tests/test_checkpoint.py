@@ -9,8 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from cosyfast.checkpoint import (LAYER_KEYS, CheckpointError, CheckpointWarning, expected_shapes,
-                                 file_sha256, load_checkpoint)
+from cosyfast.checkpoint import (
+    LAYER_KEYS,
+    CheckpointError,
+    CheckpointWarning,
+    expected_shapes,
+    file_sha256,
+    load_checkpoint,
+)
 from cosyfast.synthetic import SIZES, ensure_default_model, write_model_dir
 
 Q = "llm.model.model."

@@ -9,8 +9,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import re
 import os
+import re
 import resource
 import shutil
 import subprocess

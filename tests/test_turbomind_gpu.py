@@ -30,7 +30,6 @@ except ImportError as e:  # pragma: no cover - depends on the machine
 import cosyfast
 from cosyfast.checkpoint import LlmWeights, load_checkpoint
 from cosyfast.synthetic import ensure_default_model
-
 from reference import ras_distribution
 
 pytestmark = pytest.mark.gpu

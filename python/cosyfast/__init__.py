@@ -1,6 +1,7 @@
 """cosyfast: CosyVoice2/3's LLM stage (text + voice prompt -> speech tokens), fast and concurrent,
 with CosyVoice's exact repetition-aware sampling."""
 import os as _os
+from importlib import metadata as _metadata
 
 # The CPU engine's OpenMP threads otherwise spin while waiting, which made a step 5-10x slower
 # whenever other work shared the cores. Only effective before the OpenMP runtime loads; a value
@@ -37,7 +38,10 @@ def __getattr__(name: str) -> Any:
     return value
 
 
-__version__ = "0.1.0"
+try:  # pyproject.toml's version, the one place it is typed (the extension has it too: build_info())
+    __version__ = _metadata.version(__name__)
+except _metadata.PackageNotFoundError:  # a source tree on sys.path, not installed
+    __version__ = "unknown"
 __all__ = [
     "CheckpointError",
     "LengthOptions",

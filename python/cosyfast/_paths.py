@@ -19,7 +19,7 @@ def cache_root() -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "cosyfast"
 
 
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) -> Path:
     """Call `write(tmp)` on a temporary path beside `path`, then rename it over `path`.
 
     Readers (or a crashed writer) never see a half-written file: the rename is atomic on one

@@ -56,7 +56,7 @@ def _qwen2_config(weights: LlmWeights, vocab: int, session_len: int) -> dict:
 def _tokenizer_files(vocab: int) -> dict[str, dict]:
     """A word-level tokenizer over names t0..t{vocab-1}: TurboMind's loader wants one; cosyfast
     never tokenizes through it."""
-    tokenizer = {
+    tokenizer: dict[str, object] = {
         "version": "1.0",
         "truncation": None,
         "padding": None,

@@ -37,8 +37,7 @@ import torch
 from tqdm import tqdm
 
 from ._paths import atomic_write, cache_root
-from .checkpoint import (CONFIG_RELPATH, LM_HEAD, QWEN, SPEECH_TOKEN_SIZE, TEXT_VOCAB,
-                         expected_shapes)
+from .checkpoint import CONFIG_RELPATH, LM_HEAD, QWEN, SPEECH_TOKEN_SIZE, TEXT_VOCAB, expected_shapes
 
 __all__ = ["SIZES", "KINDS", "write_model_dir", "ensure_default_model"]
 
