@@ -368,7 +368,7 @@ def test_an_infinite_score_is_an_error_not_a_greedy_draw():
     scores = np.array([0.0, math.inf, 0.5, 0.1], np.float32)
     for method in ("ras", "nucleus", "random"):
         with pytest.raises(RuntimeError, match=r"\+inf"):
-            _core.sample_many(method, scores, [], _core.SamplingOptions(), 0, 4)
+            _core.testing.sample_many(method, scores, [], _core.SamplingOptions(), 0, 4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -386,10 +386,12 @@ BAD_REQUESTS = [
     (dict(seed=1.0), TypeError, r"seed must be an integer .* got 1.0"),
     (dict(seed="7"), TypeError, r"seed must be an integer .* got '7'"),
     (dict(seed=True), TypeError, r"seed must be an integer .* got True"),
-    (dict(top_k=2**31), ValueError, r"top_k must be an integer in \[1, 2147483647\], got 2147483648"),
+    (dict(top_k=2**31), ValueError, r"top_k must be an integer in \[-2147483648, 2147483647\], got 2147483648"),
+    (dict(top_k=0), ValueError, r"top_k must be >= 1, got 0"),
     (dict(top_k=True), TypeError, r"top_k must be an integer .* got True"),
     (dict(top_k=2.0), TypeError, r"top_k must be an integer .* got 2.0"),
-    (dict(win_size=2**40), ValueError, r"win_size must be an integer in \[0, 2147483647\]"),
+    (dict(win_size=2**40), ValueError, r"win_size must be an integer in \[-2147483648, 2147483647\]"),
+    (dict(win_size=0), ValueError, r"win_size must be >= 1 when ras is on, got 0"),
     (dict(max_len=5.5), TypeError, r"max_len must be an integer .* got 5.5"),
     (dict(max_len=-1), ValueError, r"max_len must be an integer in \[1, 2147483647\], got -1"),
     (dict(max_len=2**31), ValueError, r"max_len must be an integer in \[1, 2147483647\]"),
@@ -428,10 +430,11 @@ def test_bad_mix_ratio(models, mix_ratio, error, pattern):
 
 
 def test_core_length_options_refuse_negative_lengths():
-    with pytest.raises(ValueError, match=r"max_len must be > 0 \(or None\), got -1"):
-        _core.LengthOptions(max_len=-1)
-    with pytest.raises(ValueError, match=r"min_len must be >= 0 \(or None\), got -3"):
-        _core.LengthOptions(min_len=-3)
+    # Plain data; the core's Validate() refuses the values (-1 is the core's "unset").
+    with pytest.raises(ValueError, match=r"max_len must be > 0 \(or unset\), got -3"):
+        _core.LengthOptions(max_len=-3).validate()
+    with pytest.raises(ValueError, match=r"min_len must be >= 0 \(or unset\), got -3"):
+        _core.LengthOptions(min_len=-3).validate()
 
 
 def test_huge_session_limit_is_refused_before_allocating(tiny_cv2_dir):

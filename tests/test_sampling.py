@@ -25,8 +25,8 @@ def log_probs(probs):
 
 
 def draw(method, scores, decoded=(), n=4000, seed=7, **opts):
-    options = cosyfast.SamplingOptions(**opts)
-    out = _core.sample_many(method, np.asarray(scores, dtype=np.float32), [int(t) for t in decoded], options, seed, n)
+    options = _core.SamplingOptions(**opts)
+    out = _core.testing.sample_many(method, np.asarray(scores, dtype=np.float32), [int(t) for t in decoded], options, seed, n)
     out = np.asarray(out)
     assert out.shape == (n,)
     return out
@@ -46,7 +46,7 @@ def ref_support(scores, top_p, top_k):
 # ----------------------------------------------------------------------------------------------
 
 def test_sampling_options_defaults_and_attributes():
-    o = cosyfast.SamplingOptions()
+    o = _core.SamplingOptions()
     assert o.top_p == pytest.approx(0.8)
     assert o.top_k == 25
     assert o.ras is True

@@ -125,7 +125,7 @@ CosyfastModelConfig cosyfast_model_config_default(void) {
   CosyfastModelConfig c;
   c.bundle_dir = nullptr;
   c.max_batch = cosyfast::SchedulerOptions{}.max_batch;
-  c.max_session_len = 4096;
+  c.max_session_len = cosyfast::kDefaultMaxSessionLen;
   c.table_bfloat16 = 0;
   return c;
 }

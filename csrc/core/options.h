@@ -7,6 +7,10 @@
 
 namespace cosyfast {
 
+// Longest sequence (prompt + generated) a session may reach unless the caller says otherwise:
+// the default of every engine, the C API and the Python API (cosyfast._core.DEFAULTS).
+inline constexpr int kDefaultMaxSessionLen = 4096;
+
 // CosyVoice's ras_sampling(top_p, top_k, win_size, tau_r), temperature 1.
 struct SamplingOptions {
   double top_p = 0.8;   // nucleus: keep tokens while the probability mass before them is < top_p

@@ -21,7 +21,9 @@ Generator::Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab voc
                      std::shared_ptr<Engine> engine, SchedulerOptions scheduler_options, int lanes)
     : tables_(std::move(tables)), engine_(std::move(engine)) {
   if (!tables_ || !engine_) throw std::invalid_argument("a generator needs prompt tables and an engine");
-  if (lanes < 1 || lanes > 16) throw std::invalid_argument("lanes must be in [1, 16], got " + std::to_string(lanes));
+  if (lanes < 1 || lanes > kMaxLanes) {
+    throw std::invalid_argument("lanes must be in [1, " + std::to_string(kMaxLanes) + "], got " + std::to_string(lanes));
+  }
   if (lanes > 1 && !engine_->concurrent_forward()) {
     throw std::invalid_argument("the " + engine_->name() + " engine runs one round at a time: lanes must be 1, got " +
                                 std::to_string(lanes));

@@ -29,9 +29,11 @@ namespace cosyfast {
 
 class Generator {
  public:
-  // `lanes` > 1 needs an engine whose concurrent_forward() is true.
+  static constexpr int kDefaultLanes = 1;
+  static constexpr int kMaxLanes = 16;
+  // `lanes` in [1, kMaxLanes]; > 1 needs an engine whose concurrent_forward() is true.
   Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab vocab, std::vector<float> decoder_bias,
-            std::shared_ptr<Engine> engine, SchedulerOptions scheduler_options, int lanes = 1);
+            std::shared_ptr<Engine> engine, SchedulerOptions scheduler_options, int lanes = kDefaultLanes);
   // In a process forked after construction the lanes' threads do not exist: they are leaked,
   // not joined (joining would hang), and Start* throws std::runtime_error.
   ~Generator();

@@ -7,12 +7,22 @@
 
 namespace cosyfast {
 
+std::atomic<bool>& TokenQueue::RecordingArrivals() {
+  static std::atomic<bool> on{false};
+  return on;
+}
+
+void TokenQueue::RecordArrivals(bool on) { RecordingArrivals().store(on, std::memory_order_relaxed); }
+
 bool TokenQueue::OnToken(int32_t token) {
-  const double at = std::chrono::duration<double>(std::chrono::steady_clock::now() - created_).count();
-  {
+  if (record_arrivals_) {
+    const double at = std::chrono::duration<double>(std::chrono::steady_clock::now() - created_).count();
     std::lock_guard<std::mutex> lock(mutex_);
     tokens_.push_back(token);
     arrivals_.push_back(at);
+  } else {
+    std::lock_guard<std::mutex> lock(mutex_);
+    tokens_.push_back(token);
   }
   ready_.notify_all();
   return true;
@@ -112,6 +122,10 @@ bool TokenQueue::WaitFinished(double timeout_s) {
 }
 
 std::vector<double> TokenQueue::arrival_seconds() const {
+  if (!record_arrivals_) {
+    throw std::logic_error("arrival times are recorded only for requests started while recording is on "
+                           "(cosyfast._core._record_arrivals(True), as cosyfast.bench does)");
+  }
   std::lock_guard<std::mutex> lock(mutex_);
   return arrivals_;
 }

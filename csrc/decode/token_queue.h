@@ -2,6 +2,7 @@
 // so the scheduler thread never waits on the consumer.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -48,8 +49,13 @@ class TokenQueue : public TokenSink {
   static std::optional<int32_t> AsToken(std::optional<int32_t> event);
 
   // Seconds from this queue's creation (the request's start) to each token's arrival, measured
-  // on the scheduler thread: latency figures that no consumer thread can skew.
+  // on the scheduler thread: latency figures that no consumer thread can skew. Recorded only by
+  // queues made while RecordArrivals(true) is in force (benchmarks): the per-token path otherwise
+  // reads no clock. Throws std::logic_error for a queue that does not record.
   std::vector<double> arrival_seconds() const;
+  // Process-wide: whether queues made from now on record arrival times (default false).
+  static void RecordArrivals(bool on);
+  bool records_arrivals() const { return record_arrivals_; }
 
   bool finished() const;
   FinishReason reason() const;
@@ -62,7 +68,11 @@ class TokenQueue : public TokenSink {
   std::optional<int32_t> TakeLocked();
   void RequireParent() const;
 
-  const std::chrono::steady_clock::time_point created_ = std::chrono::steady_clock::now();
+  static std::atomic<bool>& RecordingArrivals();
+
+  const bool record_arrivals_ = RecordingArrivals().load(std::memory_order_relaxed);
+  const std::chrono::steady_clock::time_point created_ =
+      record_arrivals_ ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point{};
   const uint64_t fork_count_ = ForkCount();
   mutable std::mutex mutex_;
   std::vector<double> arrivals_;

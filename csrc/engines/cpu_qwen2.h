@@ -24,6 +24,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "core/options.h"
 #include "engines/engine.h"
 
 namespace cosyfast {
@@ -42,7 +43,7 @@ struct CpuQwen2Config {
   int ffn = 0;       // intermediate size of the SwiGLU MLP
   double rms_eps = 1e-6;
   double rope_theta = 1e6;
-  int max_session_len = 4096;  // longest sequence (prompt + generated) a session may reach
+  int max_session_len = kDefaultMaxSessionLen;  // longest sequence (prompt + generated) a session may reach
 
   // Throws std::invalid_argument naming the first bad field.
   void Validate() const;

@@ -318,7 +318,7 @@ void BindCpuEngine(py::module_& m) {
       "logits are bit-identical whatever else is in its round.")
       .def(py::init(&MakeCpuEngine), py::arg("config"), py::arg("embed_tokens"),
            py::arg("lm_head"), py::arg("layers"), py::arg("norm"),
-           py::arg("max_session_len") = 4096,
+           py::arg("max_session_len") = kDefaultMaxSessionLen,
            "config: a Hugging Face Qwen2 config dict (num_hidden_layers, hidden_size, "
            "num_attention_heads, num_key_value_heads, intermediate_size, rms_norm_eps, "
            "rope_theta, optional head_dim). embed_tokens: [vocab, hidden], the table generated "

@@ -163,6 +163,16 @@ SpeechVocab VocabFromDict(const py::dict& d) { return MakeVocab(d); }
 void BindGenerator(py::module_& m) {
   m.def("_waiting_readers", [] { return WaitWithoutGil::waiting().load(); },
         "Threads waiting for tokens without the GIL now (the exit handler waits for 0).");
+  m.def("_record_arrivals", &TokenQueue::RecordArrivals, py::arg("on"),
+        "Whether requests started from now on record each token's arrival time (Stream.arrival_seconds; "
+        "cosyfast.bench turns it on). Off by default: the per-token path then reads no clock.");
+  // The C++ defaults the Python front reads instead of typing them again.
+  py::dict defaults;
+  defaults["max_batch"] = SchedulerOptions{}.max_batch;
+  defaults["max_session_len"] = kDefaultMaxSessionLen;
+  defaults["lanes"] = Generator::kDefaultLanes;
+  defaults["sample_threads"] = SchedulerOptions{}.sample_threads;
+  m.attr("DEFAULTS") = defaults;
   py::class_<Stream, std::shared_ptr<Stream>>(m, "Stream", "Speech tokens of one request, as they are produced.")
       .def("__iter__", [](std::shared_ptr<Stream> s) { return s; })
       .def("__next__",
@@ -192,7 +202,8 @@ void BindGenerator(py::module_& m) {
       .def_property_readonly("max_len", &Stream::max_len)
       .def_property_readonly("prompt_len", &Stream::prompt_len)
       .def_property_readonly("arrival_seconds", &Stream::arrivals,
-                             "Seconds from the request's start to each token's arrival (for benchmarks).");
+                             "Seconds from the request's start to each token's arrival, for requests started while "
+                             "_record_arrivals(True) was in force (benchmarks); RuntimeError otherwise.");
 
   py::class_<PromptTables, std::shared_ptr<PromptTables>>(
       m, "PromptTables", "Host tables for prompt assembly; one copy serves every replica of a model.")
@@ -231,7 +242,8 @@ void BindGenerator(py::module_& m) {
                                                     std::move(engine), sched, lanes));
            }),
            py::kw_only(), py::arg("tables"), py::arg("vocab"), py::arg("decoder_bias"), py::arg("engine"),
-           py::arg("max_batch") = 256, py::arg("lanes") = 1, py::arg("sample_threads") = 0)
+           py::arg("max_batch") = SchedulerOptions{}.max_batch, py::arg("lanes") = Generator::kDefaultLanes,
+           py::arg("sample_threads") = SchedulerOptions{}.sample_threads)
       .def(
           "start",
           [](Generator& g, std::vector<int32_t> text_ids, std::vector<int32_t> prompt_text_ids,
@@ -261,8 +273,8 @@ void BindGenerator(py::module_& m) {
             }
             return std::make_shared<Stream>(session, std::move(queue), session);
           },
-          py::arg("prompt_text_ids"), py::arg("prompt_speech_tokens"), py::arg("options"), py::arg("text_group") = 5,
-          py::arg("speech_group") = 15,
+          py::arg("prompt_text_ids"), py::arg("prompt_speech_tokens"), py::arg("options"),
+          py::arg("text_group") = BistreamOptions{}.text_group, py::arg("speech_group") = BistreamOptions{}.speech_group,
           "Starts a bistream request (CosyVoice's inference_bistream); feed it text with push_text.")
       .def_property_readonly("live_sessions", &Generator::live_sessions)
       .def_property_readonly("lanes", &Generator::lanes, "Scheduler threads stepping their own sessions over the engine.")
@@ -270,8 +282,6 @@ void BindGenerator(py::module_& m) {
                              "Live bistream sessions that wait for text.")
       .def_property_readonly("engine_live_sessions", [](const Generator& g) { return g.engine().live_sessions(); },
                              "Sessions whose cache the engine holds (exact when no round runs).")
-      .def_property_readonly("supports_bistream", [](const Generator& g) { return g.engine().supports_append(); })
-      .def_property_readonly("engine_name", [](const Generator& g) { return g.engine().name(); })
       .def_property_readonly("max_session_len", [](const Generator& g) { return g.engine().max_session_len(); })
       .def_property_readonly("stats", [](const Generator& g) {
         const SchedulerStats s = g.stats();

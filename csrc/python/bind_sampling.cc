@@ -1,4 +1,5 @@
-// The sampler alone, for tests and micro-benchmarks: many draws from one seeded generator.
+// cosyfast._core.testing: the sampler alone, for tests and micro-benchmarks (many draws from one
+// seeded generator). Nothing in the package calls it.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
@@ -15,10 +16,9 @@ namespace py = pybind11;
 
 namespace cosyfast::python {
 
-void BindSampling(py::module_& m) {
+void BindTesting(py::module_& m) {
   py::class_<Rng>(m, "Rng", "The per-session generator (xoshiro256** seeded through splitmix64).")
       .def(py::init<uint64_t>(), py::arg("seed") = 0)
-      .def("next_u64", &Rng::NextU64)
       .def("uniform", &Rng::Uniform);
 
   m.def(

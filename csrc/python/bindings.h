@@ -13,7 +13,7 @@
 namespace cosyfast::python {
 
 void BindOptions(pybind11::module_& m);
-void BindSampling(pybind11::module_& m);
+void BindTesting(pybind11::module_& m);  // the submodule cosyfast._core.testing
 void BindCpuEngine(pybind11::module_& m);
 void BindGenerator(pybind11::module_& m);
 void BindTurboMind(pybind11::module_& m);  // only with COSYFAST_WITH_TURBOMIND

@@ -7,11 +7,12 @@
 PYBIND11_MODULE(_core, m) {
   m.doc() = "cosyfast C++ core: prompt assembly, RAS sampling, the round scheduler and engines";
   cosyfast::python::BindOptions(m);
-  cosyfast::python::BindSampling(m);
   cosyfast::python::BindCpuEngine(m);
   cosyfast::python::BindGenerator(m);
 #ifdef COSYFAST_WITH_TURBOMIND
   cosyfast::python::BindTurboMind(m);
 #endif
   cosyfast::python::BindBuildInfo(m);
+  auto testing = m.def_submodule("testing", "Test-only entry points (the sampler alone); no public API uses them.");
+  cosyfast::python::BindTesting(testing);
 }

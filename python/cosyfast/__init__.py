@@ -11,16 +11,16 @@ _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._core import LengthOptions, RequestOptions, SamplingOptions
+    from ._core import Stream
     from .checkpoint import CheckpointError, LlmWeights, load_checkpoint
-    from .model import Model, load, request_options
+    from .model import Model, load
 
 # Imported on first use, so that `cosyfast info` still runs (and reports) where torch or the
 # extension fails to import.
 _LAZY = {
-    "LengthOptions": "_core", "RequestOptions": "_core", "SamplingOptions": "_core",
+    "Stream": "_core",
     "CheckpointError": "checkpoint", "LlmWeights": "checkpoint", "load_checkpoint": "checkpoint",
-    "Model": "model", "load": "model", "request_options": "model",
+    "Model": "model", "load": "model",
 }
 
 
@@ -44,12 +44,9 @@ except _metadata.PackageNotFoundError:  # a source tree on sys.path, not install
     __version__ = "unknown"
 __all__ = [
     "CheckpointError",
-    "LengthOptions",
     "LlmWeights",
     "Model",
-    "RequestOptions",
-    "SamplingOptions",
+    "Stream",
     "load",
     "load_checkpoint",
-    "request_options",
 ]

@@ -101,7 +101,8 @@ class CosyVoiceLLM:
             sampling_options if sampling_options is not None else sampling_options_from(sampling))
         self.seed = seed
         self.close_timeout = close_timeout
-        request_options(seed=0, **self.sampling_options)  # bad options fail here, not per request
+        # The core's one Validate(), called now so that bad options fail here, not per request.
+        request_options(seed=0, **self.sampling_options).validate()
 
     @classmethod
     def from_module(
@@ -185,9 +186,8 @@ class CosyVoiceLLM:
             stop id (no min_len);
           - the eos-like stop ids are masked while text goes on; the fill token stays drawable.
         Limits upstream lacks: the tail stops after int(text ids * max_token_text_ratio) tokens
-        in all, and at the engine's session length. Needs the CPU engine (TurboMind cannot yet
-        append text to a live session). `embedding`, `sampling` and min_token_text_ratio are
-        ignored, as upstream ignores them.
+        in all, and at the engine's session length. Both engines run it (see `Model.bistream`).
+        `embedding`, `sampling` and min_token_text_ratio are ignored, as upstream ignores them.
         """
         prompt_ids = _row(prompt_text, "prompt_text", prompt_text_len)
         speech = _row(prompt_speech_token, "prompt_speech_token", prompt_speech_token_len)

@@ -77,13 +77,18 @@ def export_dir_for(weights: LlmWeights, cache_dir: Path | None = None) -> Path:
     return (cache_dir or cache_root()) / "turbomind" / key
 
 
-def export_turbomind(weights: LlmWeights, cache_dir: Path | None = None, session_len: int = 4096,
+def export_turbomind(weights: LlmWeights, cache_dir: Path | None = None, session_len: int | None = None,
                      progress: bool = True) -> Path:
     """Returns the TurboMind model directory for `weights`, writing it first if it is not cached.
 
     Written into a temporary directory beside the target and renamed into place, so a crash
-    leaves nothing half-written under the final name.
+    leaves nothing half-written under the final name. `session_len`: default the core's
+    max_session_len.
     """
+    if session_len is None:
+        from . import _core
+
+        session_len = _core.DEFAULTS["max_session_len"]
     target = export_dir_for(weights, cache_dir)
     if (target / "config.json").is_file():
         return target

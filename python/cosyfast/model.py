@@ -25,8 +25,12 @@ ENGINES = ("auto", "cpu", "turbomind")
 DEFAULT_TURBOMIND_REPLICAS_PER_GPU = 1
 
 
-_INT32_MAX = 2**31 - 1
+_INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _SEED_MAX = 2**64 - 1
+# The core's defaults (max_batch, max_session_len, lanes, sample_threads) and those of one request.
+DEFAULTS: dict[str, int] = dict(_core.DEFAULTS)
+_SAMPLING = _core.SamplingOptions()
+_LENGTH = _core.LengthOptions()
 # One process, one set of models: the exit handler closes them, a fork makes them unusable.
 _LIVE_MODELS: "weakref.WeakSet[Model]" = weakref.WeakSet()
 _FORKED = ("this model was loaded before fork(): its scheduler threads exist only in the parent "
@@ -60,7 +64,10 @@ def _ids(values: Any, name: str) -> list[int]:
     return flat.astype(np.int64).tolist()
 
 
-def _int(name: str, value: Any, low: int, high: int = _INT32_MAX) -> int:
+def _int(name: str, value: Any, low: int = _INT32_MIN, high: int = _INT32_MAX) -> int:
+    """An integer that fits the core's field (by default a C++ int), checked before pybind's
+    conversion so that a wrong type or width names the option; the core's Validate() checks what
+    the option allows."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
     if not low <= value <= high:
@@ -87,26 +94,28 @@ def _flag(name: str, value: Any) -> bool:
 def request_options(
     *,
     seed: int | None = None,
-    top_p: float = 0.8,
-    top_k: int = 25,
-    ras: bool = True,
-    win_size: int = 10,
-    tau_r: float = 0.1,
-    exclude_repeated: bool = True,
-    min_token_text_ratio: float = 2.0,
-    max_token_text_ratio: float = 20.0,
+    top_p: float = _SAMPLING.top_p,
+    top_k: int = _SAMPLING.top_k,
+    ras: bool = _SAMPLING.ras,
+    win_size: int = _SAMPLING.win_size,
+    tau_r: float = _SAMPLING.tau_r,
+    exclude_repeated: bool = _SAMPLING.exclude_repeated,
+    min_token_text_ratio: float = _LENGTH.min_token_text_ratio,
+    max_token_text_ratio: float = _LENGTH.max_token_text_ratio,
     max_len: int | None = None,
     min_len: int | None = None,
 ) -> _core.RequestOptions:
-    """Options for one request. `seed=None` draws a fresh seed.
+    """Options for one request; the defaults are the core's (csrc/core/options.h). `seed=None`
+    draws a fresh seed (the one place that does).
 
-    Types and integer widths are checked here (TypeError/ValueError naming the option); ranges
-    of the numbers by the core's Validate().
+    Types and integer widths are checked here (TypeError/ValueError naming the option); what
+    each option allows by the core's Validate() when the request starts. max_len and min_len
+    are checked here as well: None is Python's "unset", so -1 (the core's) must not pass.
     """
     seed = secrets.randbits(63) if seed is None else _int("seed", seed, 0, _SEED_MAX)
     sampling = _core.SamplingOptions(
-        top_p=_real("top_p", top_p), top_k=_int("top_k", top_k, 1), ras=_flag("ras", ras),
-        win_size=_int("win_size", win_size, 0), tau_r=_real("tau_r", tau_r),
+        top_p=_real("top_p", top_p), top_k=_int("top_k", top_k), ras=_flag("ras", ras),
+        win_size=_int("win_size", win_size), tau_r=_real("tau_r", tau_r),
         exclude_repeated=_flag("exclude_repeated", exclude_repeated),
     )
     length = _core.LengthOptions(
@@ -174,8 +183,8 @@ class Model:
         weights: LlmWeights,
         engine: str = "auto",
         *,
-        max_batch: int = 256,
-        max_session_len: int = 4096,
+        max_batch: int = DEFAULTS["max_batch"],
+        max_session_len: int = DEFAULTS["max_session_len"],
         table_dtype: str = "float32",
         replicas: int | None = None,
         lanes: int | None = None,
@@ -189,16 +198,13 @@ class Model:
             replicas = DEFAULT_TURBOMIND_REPLICAS_PER_GPU * len(devices or [0]) if on_gpu else 1
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
-        if on_gpu and (lanes not in (None, 1) or sample_threads not in (None, 0)):
+        if on_gpu and (lanes not in (None, DEFAULTS["lanes"]) or sample_threads not in (None, DEFAULTS["sample_threads"])):
             raise ValueError("lanes and sample_threads apply to the cpu engine's round scheduler; the turbomind "
                              f"engine steps every session in TurboMind's own loop (got lanes={lanes}, "
                              f"sample_threads={sample_threads})")
-        lanes = 1 if lanes is None else lanes
-        if not 1 <= lanes <= 16:
-            raise ValueError(f"lanes must be in [1, 16], got {lanes}")
-        sample_threads = 0 if sample_threads is None else sample_threads
-        if not 0 <= sample_threads <= 64:  # checked again by the C++ scheduler, after an engine loads
-            raise ValueError(f"sample_threads must be in [0, 64], got {sample_threads}")
+        # Their ranges are the C++ generator's and scheduler's to check (when the first replica is built).
+        lanes = DEFAULTS["lanes"] if lanes is None else _int("lanes", lanes)
+        sample_threads = DEFAULTS["sample_threads"] if sample_threads is None else _int("sample_threads", sample_threads)
         self.kind = weights.kind
         self.vocab = dict(weights.vocab)
         if self.engine == "turbomind":
@@ -214,6 +220,8 @@ class Model:
         tables = _core.PromptTables(text_embedding=weights.text_embedding, speech_embedding=weights.speech_embedding,
                                     sos=weights.sos, task_id=weights.task_id, table_dtype=table_dtype)
         self._engines: list[Any] = []
+        # lmdeploy's TurboMind per replica (None on the cpu engine): private. Its Python request
+        # path must not be used: its callbacks would run on a signal thread that takes no GIL.
         self._backends: list[Any] = []
         self.gpu_memory: list[dict[str, Any]] = []  # per TurboMind engine: budget, split, measured load
         generators = []
@@ -232,9 +240,6 @@ class Model:
                                                   engine=core_engine, max_batch=max_batch, lanes=lanes,
                                                   sample_threads=sample_threads))
         self._generators: list[Any] | None = generators
-        # lmdeploy's TurboMind of replica 0 (None on the cpu engine). Its Python request path must
-        # not be used: its callbacks would run on a signal thread that takes no GIL.
-        self.backend = self._backends[0]
         self._pid = os.getpid()
         _LIVE_MODELS.add(self)
 
@@ -342,7 +347,6 @@ class Model:
         self._generators = None
         self._engines = []
         self._backends = []
-        self.backend = None
 
     def _live(self) -> list[_core.Generator]:
         if self._generators is None:

@@ -158,8 +158,8 @@ def _device_memory(device: int) -> tuple[int, int]:
 def make_turbomind_engine(
     weights: LlmWeights,
     *,
-    max_batch: int = 256,
-    max_session_len: int = 4096,
+    max_batch: int = _core.DEFAULTS["max_batch"],
+    max_session_len: int = _core.DEFAULTS["max_session_len"],
     gpu_memory: float | None = None,
     cache_max_entry_count: float | None = None,
     export_cache: Path | None = None,

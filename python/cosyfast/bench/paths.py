@@ -3,17 +3,32 @@ and returns the arrival times of every token; warm-up runs happen in the caller,
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
+from .. import _core
 from ..checkpoint import LlmWeights
 from ..model import Model
 from .workload import Request, Workload, prompt_rows
 
 
+@contextmanager
+def _arrivals_recorded() -> Iterator[None]:
+    """Requests started inside record each token's arrival time (off elsewhere: the per-token
+    path reads no clock)."""
+    _core._record_arrivals(True)
+    try:
+        yield
+    finally:
+        _core._record_arrivals(False)
+
+
 def run_cosyfast(model: Model, work: Workload, requests: list[Request], **sampling: object) -> tuple[float, list[list[float]]]:
     """Every request started at once; the C++ core records each token's arrival."""
     t0 = time.perf_counter()
-    streams = [model.stream(r.text_ids, r.prompt_text_ids, r.prompt_speech_tokens, seed=r.seed,
-                            **work.length_options(), **sampling) for r in requests]
+    with _arrivals_recorded():
+        streams = [model.stream(r.text_ids, r.prompt_text_ids, r.prompt_speech_tokens, seed=r.seed,
+                                **work.length_options(), **sampling) for r in requests]
     for s in streams:
         s.drain()
     wall = time.perf_counter() - t0
@@ -30,10 +45,11 @@ def run_turbomind_native(model: Model, work: Workload, requests: list[Request]) 
     gens = model._live()
     t0 = time.perf_counter()
     streams = []
-    for i, r in enumerate(requests):
-        gen = gens[i % len(gens)]
-        options = request_options(seed=r.seed, top_k=25, top_p=0.8, ras=False, **work.length_options())
-        streams.append(gen.start(r.text_ids, r.prompt_text_ids, r.prompt_speech_tokens, options, native=True))
+    with _arrivals_recorded():
+        for i, r in enumerate(requests):
+            gen = gens[i % len(gens)]
+            options = request_options(seed=r.seed, top_k=25, top_p=0.8, ras=False, **work.length_options())
+            streams.append(gen.start(r.text_ids, r.prompt_text_ids, r.prompt_speech_tokens, options, native=True))
     for s in streams:
         s.drain()
     wall = time.perf_counter() - t0

@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds live streams may finish in at shutdown before they are cancelled")
     p.add_argument("--max-batch", type=int, default=None, help="engine batch (default: max(256, --max-sessions))")
-    p.add_argument("--max-session-len", type=int, default=4096)
+    p.add_argument("--max-session-len", type=int, default=None, help="engine session limit (default: the Model's)")
     p.add_argument("--replicas", type=int, default=None, help="engine instances (default: the Model's)")
     p.add_argument("--lanes", type=int, default=None, help="scheduler lanes per replica (default: the Model's)")
     p.add_argument("--sample-threads", type=int, default=None, help="sampling helpers per lane (default: the Model's)")
@@ -88,9 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     from .. import load
 
     devices = [int(d) for d in args.devices.split(",")] if args.devices else None
+    limit = {} if args.max_session_len is None else {"max_session_len": args.max_session_len}
     model = load(args.model, engine=args.engine, max_batch=args.max_batch or max(256, args.max_sessions),
-                 max_session_len=args.max_session_len, replicas=args.replicas, lanes=args.lanes,
-                 sample_threads=args.sample_threads, devices=devices)
+                 replicas=args.replicas, lanes=args.lanes, sample_threads=args.sample_threads, devices=devices,
+                 **limit)
     service = Service(model, max_sessions=args.max_sessions, drain_timeout_s=args.drain_timeout)
     print(f"cosyfast serve: {model.kind} on {model.engine}, at most {args.max_sessions} sessions, "
           f"http://{args.host}:{args.port}", flush=True)
