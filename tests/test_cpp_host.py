@@ -143,6 +143,18 @@ def test_bfloat16_tables_match_python(bundles, tiny_dirs, kind):
     assert tokens == expected
 
 
+def test_replicas_give_the_same_tokens_and_bad_counts_are_refused(bundles, models):
+    """The C API's pool (decode/pool.h, the pick Python's Model uses too): a request's tokens do
+    not depend on which replica runs it."""
+    options = OPTIONS["ras_seed7"]
+    expected, _ = python_tokens(models["cosyvoice2"], "cosyvoice2", options)
+    tokens, _ = host_tokens(bundles["cosyvoice2"], "cosyvoice2", options, "--replicas", "3")
+    assert tokens == expected
+    text, prompt_text, prompt_speech = REQUESTS["cosyvoice2"]
+    proc = run_host(bundles["cosyvoice2"], "--text", _ids(text), "--replicas", "0")
+    assert proc.returncode != 0 and "replicas must be in [1, 64], got 0" in proc.stderr
+
+
 @pytest.mark.parametrize("mode", ["generate", "stream"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_stop_after_stops_early(bundles, kind, mode):

@@ -41,6 +41,7 @@ const char kUsage[] =
     "  --max-len N                  fixed max_len\n"
     "  --max-session-len N          engine session limit (default 4096)\n"
     "  --table-dtype float32|bfloat16  prompt table storage (default float32)\n"
+    "  --replicas N                 engine copies; requests go to the least loaded (default 1)\n"
     "  --stop-after N               stop the request from the token callback after N tokens\n"
     "  --stream                     pull tokens from a streaming request instead of generate()\n"
     "  --info                       print the model's facts to stderr\n"
@@ -145,6 +146,8 @@ int Run(int argc, char** argv) {
       const std::string dtype = value();
       if (dtype != "float32" && dtype != "bfloat16") throw UsageError{"--table-dtype must be float32 or bfloat16"};
       config.table_bfloat16 = dtype == "bfloat16";
+    } else if (arg == "--replicas") {
+      config.replicas = static_cast<int32_t>(ParseInt(value(), arg, -kIntMax, kIntMax));
     } else if (arg == "--stop-after") {
       stop_after = ParseInt(value(), arg, 1, std::numeric_limits<int64_t>::max());
     } else if (arg == "--stream") {

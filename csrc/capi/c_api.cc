@@ -17,6 +17,7 @@
 #include "decode/generator.h"
 #include "decode/token_queue.h"
 #include "engines/cpu_qwen2.h"
+#include "decode/pool.h"
 #include "io/bundle.h"
 
 #ifndef COSYFAST_VERSION
@@ -24,8 +25,9 @@
 #endif
 
 struct CosyfastModel {
-  std::shared_ptr<cosyfast::Generator> generator;
+  std::unique_ptr<cosyfast::Pool<cosyfast::Generator>> pool;  // the replicas and the one pick
   std::string kind;
+  const cosyfast::Generator& first() const { return *pool->replicas().front(); }
 };
 
 struct CosyfastRequest {
@@ -107,9 +109,9 @@ CosyfastRequest* StartRequest(CosyfastModel* model, const CosyfastInput* input, 
       Ids(input->prompt_speech_tokens, input->num_prompt_speech_tokens, "prompt_speech_tokens");
   request.options = ToCore(*options);
   auto handle = std::make_unique<CosyfastRequest>();
-  handle->generator = model->generator;
+  handle->generator = model->pool->Pick();
   handle->queue = std::make_shared<cosyfast::TokenQueue>();
-  handle->session = model->generator->Start(request, handle->queue);
+  handle->session = handle->generator->Start(request, handle->queue);
   return handle.release();
 }
 
@@ -127,6 +129,7 @@ CosyfastModelConfig cosyfast_model_config_default(void) {
   c.max_batch = cosyfast::SchedulerOptions{}.max_batch;
   c.max_session_len = cosyfast::kDefaultMaxSessionLen;
   c.table_bfloat16 = 0;
+  c.replicas = 1;
   return c;
 }
 
@@ -159,14 +162,20 @@ CosyfastModel* cosyfast_model_create(const CosyfastModelConfig* config) {
     sched.Validate();
     const auto storage = config->table_bfloat16 ? cosyfast::Table::Storage::kBFloat16
                                                 : cosyfast::Table::Storage::kFloat32;
-    cosyfast::io::CpuBundle bundle =
-        cosyfast::io::LoadCpuBundle(config->bundle_dir, config->max_session_len, storage);
-    auto engine = std::make_shared<cosyfast::CpuQwen2Engine>(bundle.engine_config, std::move(bundle.engine_weights));
-    auto tables = std::make_shared<const cosyfast::PromptTables>(std::move(bundle.tables));
+    RequireArg(config->replicas >= 1 && config->replicas <= 64,
+               ("replicas must be in [1, 64], got " + std::to_string(config->replicas)).c_str());
     auto model = std::make_unique<CosyfastModel>();
-    model->kind = bundle.kind;
-    model->generator = std::make_shared<cosyfast::Generator>(std::move(tables), std::move(bundle.vocab),
-                                                             std::move(bundle.decoder_bias), std::move(engine), sched);
+    std::vector<std::shared_ptr<cosyfast::Generator>> replicas;
+    for (int32_t i = 0; i < config->replicas; ++i) {
+      cosyfast::io::CpuBundle bundle =
+          cosyfast::io::LoadCpuBundle(config->bundle_dir, config->max_session_len, storage);
+      auto engine = std::make_shared<cosyfast::CpuQwen2Engine>(bundle.engine_config, std::move(bundle.engine_weights));
+      auto tables = std::make_shared<const cosyfast::PromptTables>(std::move(bundle.tables));
+      model->kind = bundle.kind;
+      replicas.push_back(std::make_shared<cosyfast::Generator>(std::move(tables), std::move(bundle.vocab),
+                                                               std::move(bundle.decoder_bias), std::move(engine), sched));
+    }
+    model->pool = std::make_unique<cosyfast::Pool<cosyfast::Generator>>(std::move(replicas));
     return model.release();
   });
 }
@@ -188,28 +197,28 @@ const char* cosyfast_model_kind(const CosyfastModel* model) {
 int32_t cosyfast_model_hidden_size(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return model->generator->engine().hidden_size();
+    return model->first().engine().hidden_size();
   });
 }
 
 int32_t cosyfast_model_vocab_size(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return model->generator->engine().vocab_size();
+    return model->first().engine().vocab_size();
   });
 }
 
 int32_t cosyfast_model_max_session_len(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return model->generator->engine().max_session_len();
+    return model->first().engine().max_session_len();
   });
 }
 
 int32_t cosyfast_model_live_sessions(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return static_cast<int32_t>(model->generator->live_sessions());
+    return static_cast<int32_t>(model->pool->live_sessions());
   });
 }
 

@@ -13,6 +13,7 @@
 
 #include "decode/token_queue.h"
 #include "engines/turbomind/tm_generator.h"
+#include "python/bind_pool.h"
 #include "python/bindings.h"
 
 namespace py = pybind11;
@@ -157,6 +158,7 @@ void BindTurboMind(py::module_& m) {
         d["engine_iterations"] = g.engine().metrics().iterations;
         return d;
       });
+  BindPool<tm::Generator>(m, "TurboMindPool", "TurboMind generators (one per engine), and the pick of the next request's.");
 }
 
 }  // namespace cosyfast::python

@@ -16,6 +16,7 @@ void BindOptions(pybind11::module_& m);
 void BindTesting(pybind11::module_& m);  // the submodule cosyfast._core.testing
 void BindCpuEngine(pybind11::module_& m);
 void BindGenerator(pybind11::module_& m);
+void BindGeneratorPool(pybind11::module_& m);
 void BindTurboMind(pybind11::module_& m);  // only with COSYFAST_WITH_TURBOMIND
 void BindBuildInfo(pybind11::module_& m);
 

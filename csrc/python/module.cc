@@ -9,6 +9,7 @@ PYBIND11_MODULE(_core, m) {
   cosyfast::python::BindOptions(m);
   cosyfast::python::BindCpuEngine(m);
   cosyfast::python::BindGenerator(m);
+  cosyfast::python::BindGeneratorPool(m);
 #ifdef COSYFAST_WITH_TURBOMIND
   cosyfast::python::BindTurboMind(m);
 #endif

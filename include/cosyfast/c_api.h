@@ -47,6 +47,7 @@ typedef struct CosyfastModelConfig {
   int32_t max_batch;        /* most sessions stepped together in one round (default 256) */
   int32_t max_session_len;  /* longest prompt + generated sequence (default 4096) */
   int32_t table_bfloat16;   /* 1: keep the prompt tables in bfloat16 (half the memory); default 0 */
+  int32_t replicas;         /* engine copies; each request goes to the least loaded (default 1) */
 } CosyfastModelConfig;
 
 /* The options of one request; the defaults are CosyVoice's. */

@@ -240,6 +240,8 @@ class Model:
                                                   engine=core_engine, max_batch=max_batch, lanes=lanes,
                                                   sample_threads=sample_threads))
         self._generators: list[Any] | None = generators
+        # The one pick of the replica for each request (C++: decode/pool.h, as the C API's).
+        self._pool = (_core.TurboMindPool if on_gpu else _core.GeneratorPool)(generators)
         self._pid = os.getpid()
         _LIVE_MODELS.add(self)
 
@@ -257,7 +259,8 @@ class Model:
         win_size, tau_r, exclude_repeated, min_token_text_ratio, max_token_text_ratio, max_len,
         min_len. Greedy decoding: top_k=1, ras=False. Dropping the iterator cancels the session.
         """
-        gen = min(self._live(), key=lambda g: g.live_sessions)
+        self._live()
+        gen = self._pool.pick()
         return gen.start(
             _ids(text_ids, "text_ids"),
             _ids(prompt_text_ids, "prompt_text_ids"),
@@ -290,7 +293,8 @@ class Model:
             raise TypeError(f"mix_ratio must be a pair (text_group, speech_group) of integers >= 1, got {mix_ratio!r}")
         text_group, speech_group = (_int(f"mix_ratio[{i}] ({name})", v, 1)
                                     for i, (v, name) in enumerate(zip(mix_ratio, ("text_group", "speech_group"))))
-        gen = min(self._live(), key=lambda g: g.live_sessions)
+        self._live()
+        gen = self._pool.pick()
         return gen.start_bistream(
             _ids(prompt_text_ids, "prompt_text_ids"),
             _ids(prompt_speech_tokens, "prompt_speech_tokens"),
@@ -345,6 +349,7 @@ class Model:
     def close(self) -> None:
         """Cancels every live request and frees the engines."""
         self._generators = None
+        self._pool = None
         self._engines = []
         self._backends = []
 
