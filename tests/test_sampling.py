@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from scipy import stats
 
-import cosyfast
 from cosyfast import _core
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

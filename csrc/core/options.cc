@@ -3,7 +3,7 @@
 #include <cmath>
 #include <limits>
 
-#include "core/text.h"
+#include "core/messages.h"
 
 namespace cosyfast {
 

@@ -5,7 +5,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "core/text.h"
+#include "core/messages.h"
 
 namespace cosyfast {
 

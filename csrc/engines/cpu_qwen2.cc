@@ -1,6 +1,6 @@
 #include "engines/cpu_qwen2.h"
 
-#include "core/text.h"
+#include "core/messages.h"
 
 #include <algorithm>
 #include <array>

@@ -11,7 +11,7 @@
 #include <stdexcept>
 #include <utility>
 
-#include "core/text.h"
+#include "core/messages.h"
 #include "io/json.h"
 #include "io/safetensors.h"
 

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from .. import load
     from ..checkpoint import load_checkpoint
     from ..synthetic import ensure_default_model
-    from .paths import run_cosyfast, run_hf, run_turbomind_native
+    from .runs import run_cosyfast, run_hf, run_turbomind_native
 
     paths = [x for x in args.paths.split(",") if x]
     bad = [x for x in paths if x not in PATHS]

@@ -16,7 +16,7 @@
 
 #include "engines/cpu_qwen2.h"
 #include "engines/engine.h"
-#include "python/bindings.h"
+#include "bindings/bindings.h"
 
 namespace py = pybind11;
 

@@ -5,7 +5,7 @@
 #include <string>
 
 #include "core/options.h"
-#include "python/bindings.h"
+#include "bindings/bindings.h"
 
 namespace py = pybind11;
 

@@ -13,8 +13,8 @@
 
 #include "decode/token_queue.h"
 #include "engines/turbomind/tm_generator.h"
-#include "python/bind_pool.h"
-#include "python/bindings.h"
+#include "bindings/bind_pool.h"
+#include "bindings/bindings.h"
 
 namespace py = pybind11;
 

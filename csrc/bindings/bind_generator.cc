@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "core/process.h"
-#include "core/text.h"
+#include "core/messages.h"
 #include "decode/generator.h"
 #include "decode/token_queue.h"
-#include "python/bindings.h"
+#include "bindings/bindings.h"
 
 namespace py = pybind11;
 

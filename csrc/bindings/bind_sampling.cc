@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "python/bindings.h"
+#include "bindings/bindings.h"
 #include "sampling/rng.h"
 #include "sampling/sampler.h"
 

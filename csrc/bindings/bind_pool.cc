@@ -1,7 +1,7 @@
 // The CPU engine's replica pool (the TurboMind engine's is bound in bind_turbomind.cc).
 #include "decode/generator.h"
-#include "python/bind_pool.h"
-#include "python/bindings.h"
+#include "bindings/bind_pool.h"
+#include "bindings/bindings.h"
 
 namespace cosyfast::python {
 

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "python/bindings.h"
+#include "bindings/bindings.h"
 
 namespace py = pybind11;
 

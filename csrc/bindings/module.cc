@@ -2,7 +2,7 @@
 // Bind* function called here.
 #include <pybind11/pybind11.h>
 
-#include "python/bindings.h"
+#include "bindings/bindings.h"
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "cosyfast C++ core: prompt assembly, RAS sampling, the round scheduler and engines";
