@@ -9,6 +9,7 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2Model
 
+from cosyfast import _core
 from cosyfast._core import CpuQwen2Engine, Engine
 
 VOCAB = 100
@@ -59,7 +60,13 @@ class Reference:
         for i in range(self.config.num_hidden_layers):
             prefix = f"layers.{i}."
             layers.append({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
-        return self.config.to_dict(), self.embed, self.lm_head, layers, sd["norm.weight"]
+        c = self.config  # cosyfast's normalised config, as cosyfast.checkpoint writes it
+        config = {k: getattr(c, k) for k in ("num_hidden_layers", "hidden_size", "num_attention_heads",
+                                             "num_key_value_heads", "intermediate_size", "rms_norm_eps")}
+        config["head_dim"] = c.hidden_size // c.num_attention_heads
+        config["rope_theta"] = float(c.rope_parameters["rope_theta"] if getattr(c, "rope_parameters", None)
+                                     else c.rope_theta)
+        return config, self.embed, self.lm_head, layers, sd["norm.weight"]
 
     def engine(self, **kwargs):
         return CpuQwen2Engine(*self.engine_args(), **kwargs)
@@ -145,21 +152,24 @@ def test_greedy_stream_matches_transformers(ref):
 def test_comparison_detects_a_wrong_rope_theta(ref):
     """Guards the tolerance itself: a plausible mistake must fail it."""
     config, embed, lm_head, layers, norm = ref.engine_args()
-    config["rope_parameters"] = {"rope_type": "default", "rope_theta": 1e4}
+    config["rope_theta"] = 1e4
     engine = CpuQwen2Engine(config, embed, lm_head, layers, norm)
     rows = prompt(12, seed=4)
     assert rel_err(engine.forward([(1, rows, None)])[0], ref.logits(rows)) > 100 * REL_TOL
 
 
-def test_top_level_rope_theta_as_in_config_json(ref):
-    """CosyVoice-BlankEN/config.json keeps rope_theta at the top level (transformers 4 layout)."""
+def test_the_engine_reads_the_normalised_config_of_the_one_spec(ref):
+    """The engine takes cosyfast's normalised config (head_dim and rope_theta explicit; the
+    checkpoint reader turns Hugging Face's layouts into it) and names a missing field."""
     config, embed, lm_head, layers, norm = ref.engine_args()
-    flat = {k: v for k, v in config.items() if k != "rope_parameters"}
-    flat["rope_theta"] = 1e6
-    rows = prompt(12, seed=5)
-    a = CpuQwen2Engine(config, embed, lm_head, layers, norm).forward([(1, rows, None)])
-    b = CpuQwen2Engine(flat, embed, lm_head, layers, norm).forward([(1, rows, None)])
-    assert np.array_equal(a, b)
+    for key in ("head_dim", "rope_theta"):
+        with pytest.raises(ValueError, match=f"config is missing '{key}'"):
+            CpuQwen2Engine({k: v for k, v in config.items() if k != key}, embed, lm_head, layers, norm)
+    shapes = _core.qwen2_layer_shapes(config)
+    assert tuple(shapes) == _core.QWEN2_LAYER_TENSORS
+    assert shapes["self_attn.k_proj.weight"] == (config["num_key_value_heads"] * config["head_dim"],
+                                                 config["hidden_size"])
+    assert shapes["mlp.down_proj.weight"] == (config["hidden_size"], config["intermediate_size"])
 
 
 def test_weights_are_copied(ref):
@@ -304,7 +314,5 @@ def test_bad_weights_are_named(ref):
         build(config={k: v for k, v in config.items() if k != "intermediate_size"})
     with pytest.raises(ValueError, match=r"heads \(4\) must be a multiple of kv_heads \(3\)"):
         build(config=dict(config, num_key_value_heads=3))
-    with pytest.raises(ValueError, match="only the default RoPE"):
-        build(config=dict(config, rope_parameters={"rope_type": "yarn", "rope_theta": 1e6}))
     with pytest.raises(ValueError, match="max_session_len must be >= 1"):
         build(max_session_len=0)

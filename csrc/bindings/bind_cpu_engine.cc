@@ -8,6 +8,7 @@
 // before BindGenerator and BindTurboMind).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <memory>
 #include <stdexcept>
@@ -55,131 +56,29 @@ std::vector<float> CopyTensor(py::handle obj, const std::string& name,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Reading a Hugging Face Qwen2 config dict (config.json, or Qwen2Config.to_dict())
+// Reading cosyfast's normalised Qwen2 config dict
 
 bool Has(const py::dict& d, const char* key) { return d.contains(key) && !d[key].is_none(); }
 
-int ConfigInt(const py::dict& config, const char* key) {
-  if (!Has(config, key)) {
-    throw std::invalid_argument(std::string("config is missing '") + key + "'");
-  }
-  try {
-    return py::cast<int>(config[key]);
-  } catch (const py::cast_error&) {
-    throw std::invalid_argument(std::string("config['") + key + "'] must be an integer");
-  }
-}
-
-double ConfigFloat(const py::dict& config, const char* key, const char* where = "config") {
-  if (!Has(config, key)) {
-    throw std::invalid_argument(std::string(where) + " is missing '" + key + "'");
-  }
-  try {
-    return py::cast<double>(config[key]);
-  } catch (const py::cast_error&) {
-    throw std::invalid_argument(std::string(where) + "['" + key + "'] must be a number");
-  }
-}
-
-// The engine implements HF's default RoPE only; a scaled variant would silently give other
-// logits, so it is refused.
-void RequireDefaultRope(const py::dict& config) {
-  for (const char* key : {"rope_scaling", "rope_parameters"}) {
-    if (!Has(config, key) || !py::isinstance<py::dict>(config[key])) continue;
-    const py::dict params = config[key];
-    for (const char* type_key : {"rope_type", "type"}) {
-      if (!Has(params, type_key)) continue;
-      const std::string type = py::str(params[type_key]);
-      if (type != "default") {
-        throw std::invalid_argument("only the default RoPE is supported, config['" +
-                                    std::string(key) + "'] has " + type_key + " '" + type + "'");
-      }
-    }
-  }
-}
-
-// transformers 4.x keeps rope_theta at the top level (as CosyVoice-BlankEN/config.json does);
-// transformers 5 moves it into rope_parameters.
-double RopeTheta(const py::dict& config) {
-  if (Has(config, "rope_theta")) return ConfigFloat(config, "rope_theta");
-  if (Has(config, "rope_parameters") && py::isinstance<py::dict>(config["rope_parameters"])) {
-    const py::dict params = config["rope_parameters"];
-    if (Has(params, "rope_theta")) {
-      return ConfigFloat(params, "rope_theta", "config['rope_parameters']");
-    }
-  }
-  throw std::invalid_argument("config is missing 'rope_theta' (top level or in rope_parameters)");
-}
-
+// cosyfast's normalised config (cosyfast/checkpoint.py writes it; LlmWeights.config), as the one
+// reader in cpu_qwen2.h reads it.
 CpuQwen2Config ConfigFromDict(const py::dict& d, int max_session_len) {
-  CpuQwen2Config c;
-  c.layers = ConfigInt(d, "num_hidden_layers");
-  c.hidden = ConfigInt(d, "hidden_size");
-  c.heads = ConfigInt(d, "num_attention_heads");
-  c.kv_heads = ConfigInt(d, "num_key_value_heads");
-  c.ffn = ConfigInt(d, "intermediate_size");
-  c.rms_eps = ConfigFloat(d, "rms_norm_eps");
-  RequireDefaultRope(d);
-  c.rope_theta = RopeTheta(d);
-  if (Has(d, "head_dim")) {
-    c.head_dim = ConfigInt(d, "head_dim");
-  } else {
-    if (c.heads <= 0 || c.hidden % c.heads != 0) {
-      throw std::invalid_argument("config has no 'head_dim' and hidden_size (" +
-                                  std::to_string(c.hidden) +
-                                  ") is not a multiple of num_attention_heads (" +
-                                  std::to_string(c.heads) + ")");
-    }
-    c.head_dim = c.hidden / c.heads;
-  }
-  c.max_session_len = max_session_len;
-  c.Validate();
-  return c;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Layer tensors: the HF names (without the "model.layers.N." prefix), where each goes, and its
-// shape in terms of the config.
-
-enum class Dim { kNone, kHidden, kQWidth, kKvWidth, kFfn };
-
-struct LayerTensor {
-  const char* key;
-  std::vector<float> CpuQwen2LayerWeights::*member;
-  Dim rows;
-  Dim cols;  // kNone: a vector
-};
-
-using L = CpuQwen2LayerWeights;
-const LayerTensor kLayerTensors[] = {
-    {"self_attn.q_proj.weight", &L::q_proj, Dim::kQWidth, Dim::kHidden},
-    {"self_attn.q_proj.bias", &L::q_bias, Dim::kQWidth, Dim::kNone},
-    {"self_attn.k_proj.weight", &L::k_proj, Dim::kKvWidth, Dim::kHidden},
-    {"self_attn.k_proj.bias", &L::k_bias, Dim::kKvWidth, Dim::kNone},
-    {"self_attn.v_proj.weight", &L::v_proj, Dim::kKvWidth, Dim::kHidden},
-    {"self_attn.v_proj.bias", &L::v_bias, Dim::kKvWidth, Dim::kNone},
-    {"self_attn.o_proj.weight", &L::o_proj, Dim::kHidden, Dim::kQWidth},
-    {"mlp.gate_proj.weight", &L::gate_proj, Dim::kFfn, Dim::kHidden},
-    {"mlp.up_proj.weight", &L::up_proj, Dim::kFfn, Dim::kHidden},
-    {"mlp.down_proj.weight", &L::down_proj, Dim::kHidden, Dim::kFfn},
-    {"input_layernorm.weight", &L::input_layernorm, Dim::kHidden, Dim::kNone},
-    {"post_attention_layernorm.weight", &L::post_attention_layernorm, Dim::kHidden, Dim::kNone},
-};
-
-py::ssize_t DimSize(Dim dim, const CpuQwen2Config& c) {
-  switch (dim) {
-    case Dim::kHidden: return c.hidden;
-    case Dim::kQWidth: return static_cast<py::ssize_t>(c.heads) * c.head_dim;
-    case Dim::kKvWidth: return static_cast<py::ssize_t>(c.kv_heads) * c.head_dim;
-    case Dim::kFfn: return c.ffn;
-    case Dim::kNone: break;
-  }
-  return 0;
+  return Qwen2ConfigFrom(
+      [&](const char* key, bool integer) -> double {
+        if (!Has(d, key)) throw std::invalid_argument(std::string("config is missing '") + key + "'");
+        try {
+          return integer ? static_cast<double>(py::cast<int>(d[key])) : py::cast<double>(d[key]);
+        } catch (const py::cast_error&) {
+          throw std::invalid_argument(std::string("config['") + key + "'] must be " +
+                                      (integer ? "an integer" : "a number"));
+        }
+      },
+      max_session_len);
 }
 
 bool IsLayerTensorName(const std::string& key) {
-  for (const LayerTensor& t : kLayerTensors) {
-    if (key == t.key) return true;
+  for (const Qwen2LayerTensor& t : Qwen2LayerTensors()) {
+    if (key == t.name) return true;
   }
   return false;
 }
@@ -199,12 +98,12 @@ CpuQwen2LayerWeights LayerFromDict(py::handle obj, int index, const CpuQwen2Conf
     }
   }
   CpuQwen2LayerWeights layer;
-  for (const LayerTensor& t : kLayerTensors) {
-    const std::string tensor = name + "['" + t.key + "']";
-    if (!d.contains(t.key)) throw std::invalid_argument(name + " is missing '" + t.key + "'");
-    std::vector<py::ssize_t> shape{DimSize(t.rows, c)};
-    if (t.cols != Dim::kNone) shape.push_back(DimSize(t.cols, c));
-    layer.*(t.member) = CopyTensor(d[t.key], tensor, shape);
+  for (const Qwen2LayerTensor& t : Qwen2LayerTensors()) {
+    const std::string tensor = name + "['" + t.name + "']";
+    if (!d.contains(t.name)) throw std::invalid_argument(name + " is missing '" + t.name + "'");
+    const std::vector<int64_t> dims = Qwen2Shape(t, c);
+    const std::vector<py::ssize_t> shape(dims.begin(), dims.end());
+    layer.*(t.member) = CopyTensor(d[t.name], tensor, shape);
   }
   return layer;
 }
@@ -284,6 +183,21 @@ py::array_t<float> EngineForward(Engine& engine, const py::sequence& inputs) {
 }  // namespace
 
 void BindCpuEngine(py::module_& m) {
+  py::list names;
+  for (const Qwen2LayerTensor& t : Qwen2LayerTensors()) names.append(t.name);
+  m.attr("QWEN2_LAYER_TENSORS") = py::tuple(names);
+  m.def(
+      "qwen2_layer_shapes",
+      [](const py::dict& config) {
+        const CpuQwen2Config c = ConfigFromDict(config, kDefaultMaxSessionLen);
+        py::dict shapes;  // insertion order: checkpoint order
+        for (const Qwen2LayerTensor& t : Qwen2LayerTensors()) shapes[t.name] = py::tuple(py::cast(Qwen2Shape(t, c)));
+        return shapes;
+      },
+      py::arg("config"),
+      "Every tensor of one decoder layer (names without 'model.layers.N.', in checkpoint order) and its shape "
+      "for a normalised config: the one description the C++ readers use too.");
+
   py::class_<Engine, std::shared_ptr<Engine>>(
       m, "Engine",
       "A transformer engine: owns the KV caches of its sessions and returns raw decoder logits.")
@@ -319,9 +233,9 @@ void BindCpuEngine(py::module_& m) {
       .def(py::init(&MakeCpuEngine), py::arg("config"), py::arg("embed_tokens"),
            py::arg("lm_head"), py::arg("layers"), py::arg("norm"),
            py::arg("max_session_len") = kDefaultMaxSessionLen,
-           "config: a Hugging Face Qwen2 config dict (num_hidden_layers, hidden_size, "
-           "num_attention_heads, num_key_value_heads, intermediate_size, rms_norm_eps, "
-           "rope_theta, optional head_dim). embed_tokens: [vocab, hidden], the table generated "
+           "config: cosyfast's normalised Qwen2 config (LlmWeights.config: num_hidden_layers, hidden_size, "
+           "num_attention_heads, num_key_value_heads, head_dim, intermediate_size, rms_norm_eps, "
+           "rope_theta). embed_tokens: [vocab, hidden], the table generated "
            "tokens are looked up in. lm_head: [vocab, hidden], no bias. layers: one dict per "
            "layer keyed by HF names without the 'model.layers.N.' prefix. norm: [hidden]. The "
            "arrays are copied.")

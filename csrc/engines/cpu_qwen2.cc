@@ -259,8 +259,6 @@ std::string CpuQwen2Config::ToString() const {
 void CpuQwen2Weights::Validate(const CpuQwen2Config& c) const {
   Require(vocab_size >= 1, "vocab_size must be >= 1, got " + std::to_string(vocab_size));
   const size_t hidden = c.hidden;
-  const size_t q_width = static_cast<size_t>(c.heads) * c.head_dim;
-  const size_t kv_width = static_cast<size_t>(c.kv_heads) * c.head_dim;
   RequireSize(embed_tokens, "embed_tokens", vocab_size, hidden);
   RequireSize(lm_head, "lm_head", vocab_size, hidden);
   RequireSize(norm, "norm.weight", hidden, 0);
@@ -268,21 +266,66 @@ void CpuQwen2Weights::Validate(const CpuQwen2Config& c) const {
           "the weights hold " + std::to_string(layers.size()) + " layers but the config says " +
               std::to_string(c.layers));
   for (size_t i = 0; i < layers.size(); ++i) {
-    const CpuQwen2LayerWeights& l = layers[i];
     const std::string p = "layers[" + std::to_string(i) + "].";
-    RequireSize(l.q_proj, p + "self_attn.q_proj.weight", q_width, hidden);
-    RequireSize(l.q_bias, p + "self_attn.q_proj.bias", q_width, 0);
-    RequireSize(l.k_proj, p + "self_attn.k_proj.weight", kv_width, hidden);
-    RequireSize(l.k_bias, p + "self_attn.k_proj.bias", kv_width, 0);
-    RequireSize(l.v_proj, p + "self_attn.v_proj.weight", kv_width, hidden);
-    RequireSize(l.v_bias, p + "self_attn.v_proj.bias", kv_width, 0);
-    RequireSize(l.o_proj, p + "self_attn.o_proj.weight", hidden, q_width);
-    RequireSize(l.gate_proj, p + "mlp.gate_proj.weight", c.ffn, hidden);
-    RequireSize(l.up_proj, p + "mlp.up_proj.weight", c.ffn, hidden);
-    RequireSize(l.down_proj, p + "mlp.down_proj.weight", hidden, c.ffn);
-    RequireSize(l.input_layernorm, p + "input_layernorm.weight", hidden, 0);
-    RequireSize(l.post_attention_layernorm, p + "post_attention_layernorm.weight", hidden, 0);
+    for (const Qwen2LayerTensor& t : Qwen2LayerTensors()) {
+      RequireSize(layers[i].*t.member, p + t.name, static_cast<size_t>(Qwen2DimSize(t.rows, c)),
+                  static_cast<size_t>(Qwen2DimSize(t.cols, c)));
+    }
   }
+}
+
+CpuQwen2Config Qwen2ConfigFrom(const std::function<double(const char* name, bool integer)>& get,
+                               int max_session_len) {
+  CpuQwen2Config c;
+  const auto integer = [&](const char* name) { return static_cast<int>(get(name, true)); };
+  c.layers = integer("num_hidden_layers");
+  c.hidden = integer("hidden_size");
+  c.heads = integer("num_attention_heads");
+  c.kv_heads = integer("num_key_value_heads");
+  c.head_dim = integer("head_dim");
+  c.ffn = integer("intermediate_size");
+  c.rms_eps = get("rms_norm_eps", false);
+  c.rope_theta = get("rope_theta", false);
+  c.max_session_len = max_session_len;
+  c.Validate();
+  return c;
+}
+
+std::span<const Qwen2LayerTensor> Qwen2LayerTensors() {
+  using L = CpuQwen2LayerWeights;
+  using D = Qwen2Dim;
+  static const Qwen2LayerTensor kTensors[] = {
+      {"self_attn.q_proj.weight", &L::q_proj, D::kQWidth, D::kHidden},
+      {"self_attn.q_proj.bias", &L::q_bias, D::kQWidth, D::kNone},
+      {"self_attn.k_proj.weight", &L::k_proj, D::kKvWidth, D::kHidden},
+      {"self_attn.k_proj.bias", &L::k_bias, D::kKvWidth, D::kNone},
+      {"self_attn.v_proj.weight", &L::v_proj, D::kKvWidth, D::kHidden},
+      {"self_attn.v_proj.bias", &L::v_bias, D::kKvWidth, D::kNone},
+      {"self_attn.o_proj.weight", &L::o_proj, D::kHidden, D::kQWidth},
+      {"mlp.gate_proj.weight", &L::gate_proj, D::kFfn, D::kHidden},
+      {"mlp.up_proj.weight", &L::up_proj, D::kFfn, D::kHidden},
+      {"mlp.down_proj.weight", &L::down_proj, D::kHidden, D::kFfn},
+      {"input_layernorm.weight", &L::input_layernorm, D::kHidden, D::kNone},
+      {"post_attention_layernorm.weight", &L::post_attention_layernorm, D::kHidden, D::kNone},
+  };
+  return kTensors;
+}
+
+int64_t Qwen2DimSize(Qwen2Dim dim, const CpuQwen2Config& c) {
+  switch (dim) {
+    case Qwen2Dim::kHidden: return c.hidden;
+    case Qwen2Dim::kQWidth: return static_cast<int64_t>(c.heads) * c.head_dim;
+    case Qwen2Dim::kKvWidth: return static_cast<int64_t>(c.kv_heads) * c.head_dim;
+    case Qwen2Dim::kFfn: return c.ffn;
+    case Qwen2Dim::kNone: break;
+  }
+  return 0;
+}
+
+std::vector<int64_t> Qwen2Shape(const Qwen2LayerTensor& t, const CpuQwen2Config& c) {
+  std::vector<int64_t> shape{Qwen2DimSize(t.rows, c)};
+  if (t.cols != Qwen2Dim::kNone) shape.push_back(Qwen2DimSize(t.cols, c));
+  return shape;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -20,6 +20,8 @@
 #include <memory>
 #include <mutex>
 #include <span>
+#include <functional>
+#include <span>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -62,6 +64,30 @@ struct CpuQwen2LayerWeights {
   std::vector<float> input_layernorm;           // [hidden]
   std::vector<float> post_attention_layernorm;  // [hidden]
 };
+
+// The Qwen2 model as cosyfast describes it, once for every reader (the Python binding, the bundle
+// reader, the weight checks, and the checkpoint reader through _core.qwen2_layer_shapes).
+//
+// The config, by the field names of cosyfast's normalised config (cosyfast/checkpoint.py turns a
+// Hugging Face config.json into it; export-bundle writes it): integers num_hidden_layers,
+// hidden_size, num_attention_heads, num_key_value_heads, head_dim, intermediate_size; numbers
+// rms_norm_eps, rope_theta. `get(name, integer)` returns a field or throws naming it in the
+// caller's terms. The result is validated.
+CpuQwen2Config Qwen2ConfigFrom(const std::function<double(const char* name, bool integer)>& get, int max_session_len);
+
+// A decoder layer's tensors, by their Hugging Face names without the "model.layers.N." prefix,
+// in checkpoint order: where each goes and its shape in terms of the config.
+enum class Qwen2Dim { kNone, kHidden, kQWidth, kKvWidth, kFfn };
+struct Qwen2LayerTensor {
+  const char* name;
+  std::vector<float> CpuQwen2LayerWeights::*member;
+  Qwen2Dim rows;
+  Qwen2Dim cols;  // kNone: a vector
+};
+std::span<const Qwen2LayerTensor> Qwen2LayerTensors();
+int64_t Qwen2DimSize(Qwen2Dim dim, const CpuQwen2Config& config);
+// The tensor's shape: {rows} or {rows, cols}.
+std::vector<int64_t> Qwen2Shape(const Qwen2LayerTensor& tensor, const CpuQwen2Config& config);
 
 struct CpuQwen2Weights {
   int vocab_size = 0;

@@ -17,12 +17,6 @@
 
 namespace cosyfast::io {
 
-const char* const kLayerTensorNames[12] = {
-    "self_attn.q_proj.weight", "self_attn.q_proj.bias", "self_attn.k_proj.weight", "self_attn.k_proj.bias",
-    "self_attn.v_proj.weight", "self_attn.v_proj.bias", "self_attn.o_proj.weight", "mlp.gate_proj.weight",
-    "mlp.up_proj.weight",      "mlp.down_proj.weight",  "input_layernorm.weight",  "post_attention_layernorm.weight",
-};
-
 namespace {
 
 constexpr long kMaxConfigBytes = 1 << 20;
@@ -96,22 +90,15 @@ class ConfigReader {
 
 CpuQwen2Config ReadModelConfig(const ConfigReader& r, const Json& model, int max_session_len) {
   const std::string where = "\"model\"";
-  CpuQwen2Config c;
-  c.layers = r.Int(model, "num_hidden_layers", where);
-  c.hidden = r.Int(model, "hidden_size", where);
-  c.heads = r.Int(model, "num_attention_heads", where);
-  c.kv_heads = r.Int(model, "num_key_value_heads", where);
-  c.head_dim = r.Int(model, "head_dim", where);
-  c.ffn = r.Int(model, "intermediate_size", where);
-  c.rms_eps = r.Double(model, "rms_norm_eps", where);
-  c.rope_theta = r.Double(model, "rope_theta", where);
-  c.max_session_len = max_session_len;
   try {
-    c.Validate();
-  } catch (const std::exception& e) {
+    return Qwen2ConfigFrom(
+        [&](const char* key, bool integer) {
+          return integer ? static_cast<double>(r.Int(model, key, where)) : r.Double(model, key, where);
+        },
+        max_session_len);
+  } catch (const std::invalid_argument& e) {
     r.Fail(where + ": " + e.what());
   }
-  return c;
 }
 
 // The speech vocabulary of each layout, as cosyfast/checkpoint.py's _LAYOUTS defines it. The
@@ -251,7 +238,6 @@ CpuBundle LoadCpuBundle(const std::string& dir, int max_session_len, Table::Stor
   const SafetensorsFile st(dir + "/" + weights_name);
   const CpuQwen2Config& c = b.engine_config;
   const int64_t h = c.hidden, rows = b.vocab.decoder_rows;
-  const int64_t q = static_cast<int64_t>(c.heads) * c.head_dim, kv = static_cast<int64_t>(c.kv_heads) * c.head_dim;
 
   // Before anything is built per layer: a config claiming a billion layers must not allocate.
   const int64_t file_layers = CountLayers(st);
@@ -268,7 +254,7 @@ CpuBundle LoadCpuBundle(const std::string& dir, int max_session_len, Table::Stor
   std::set<std::string> expected = {"text_embedding", "speech_embedding", "sos", "task_id", "decoder_weight", "norm"};
   if (layout.decoder_bias) expected.insert("decoder_bias");
   for (int i = 0; i < c.layers; ++i) {
-    for (const char* name : kLayerTensorNames) expected.insert("layers." + std::to_string(i) + "." + name);
+    for (const Qwen2LayerTensor& t : Qwen2LayerTensors()) expected.insert("layers." + std::to_string(i) + "." + t.name);
   }
   for (const auto& [name, info] : st.tensors()) {
     if (!expected.count(name)) {
@@ -302,17 +288,12 @@ CpuBundle LoadCpuBundle(const std::string& dir, int max_session_len, Table::Stor
   w.embed_tokens = std::move(speech);
   w.lm_head = ReadWeights(st, "decoder_weight", {rows, h});
   w.norm = ReadWeights(st, "norm", {h});
-  const std::vector<int64_t> layer_shapes[12] = {
-      {q, h}, {q}, {kv, h}, {kv}, {kv, h}, {kv}, {h, q}, {c.ffn, h}, {c.ffn, h}, {h, c.ffn}, {h}, {h},
-  };
   for (int i = 0; i < c.layers; ++i) {
     const std::string prefix = "layers." + std::to_string(i) + ".";
     CpuQwen2LayerWeights layer;
-    std::vector<float>* dest[12] = {&layer.q_proj,    &layer.q_bias,  &layer.k_proj,   &layer.k_bias,
-                                    &layer.v_proj,    &layer.v_bias,  &layer.o_proj,   &layer.gate_proj,
-                                    &layer.up_proj,   &layer.down_proj, &layer.input_layernorm,
-                                    &layer.post_attention_layernorm};
-    for (int t = 0; t < 12; ++t) *dest[t] = ReadWeights(st, prefix + kLayerTensorNames[t], layer_shapes[t]);
+    for (const Qwen2LayerTensor& t : Qwen2LayerTensors()) {
+      layer.*t.member = ReadWeights(st, prefix + t.name, Qwen2Shape(t, c));
+    }
     w.layers.push_back(std::move(layer));
   }
   try {

@@ -29,8 +29,6 @@ namespace cosyfast::io {
 inline constexpr const char* kBundleFormat = "cosyfast-cpu-bundle";
 inline constexpr int kBundleFormatVersion = 1;
 
-// The Hugging Face names of one Qwen2 layer's tensors, as stored under "layers.<i>.".
-extern const char* const kLayerTensorNames[12];
 
 struct CpuBundle {
   std::string kind;  // "cosyvoice2" or "cosyvoice3"

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _core
+
 __all__ = [
     "CheckpointError",
     "CheckpointWarning",
@@ -60,14 +62,9 @@ MAX_WEIGHT = 1e6
 _F32_MAX = float(np.finfo(np.float32).max)
 
 # Per-layer keys (relative to `llm.model.model.layers.{i}.`), in Hugging Face module order.
-LAYER_KEYS: tuple[str, ...] = (
-    "self_attn.q_proj.weight", "self_attn.q_proj.bias",
-    "self_attn.k_proj.weight", "self_attn.k_proj.bias",
-    "self_attn.v_proj.weight", "self_attn.v_proj.bias",
-    "self_attn.o_proj.weight",
-    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
-    "input_layernorm.weight", "post_attention_layernorm.weight",
-)
+# A decoder layer's tensors (Hugging Face names without "model.layers.N.", checkpoint order): the
+# C++ core's one description of the model (engines/cpu_qwen2.h), which its readers use too.
+LAYER_KEYS: tuple[str, ...] = tuple(_core.QWEN2_LAYER_TENSORS)
 _LAYER_RE = re.compile(r"^llm\.model\.model\.layers\.(\d+)\.")
 # Keys that may appear and are deliberately not loaded (the tied lm_head; old HF RoPE buffers).
 _IGNORED_RE = re.compile(
@@ -147,23 +144,16 @@ def expected_shapes(kind: str, config: Mapping[str, Any],
     writes and the checks made here cannot drift apart.
     """
     lay = _layout(kind)
-    h, ffn = config["hidden_size"], config["intermediate_size"]
-    n_layers = config["num_hidden_layers"]
+    h, n_layers = config["hidden_size"], config["num_hidden_layers"]
     hd = config.get("head_dim") or h // config["num_attention_heads"]
-    q, kv = config["num_attention_heads"] * hd, config["num_key_value_heads"] * hd
+    # Only the sizes matter for shapes; the C++ spec reads a whole normalised config.
+    spec_config = {**config, "head_dim": hd, "rms_norm_eps": config.get("rms_norm_eps") or 1e-6,
+                   "rope_theta": config.get("rope_theta") or 1e6}
+    per_layer = {name: tuple(shape) for name, shape in _core.qwen2_layer_shapes(spec_config).items()}
     shapes: dict[str, tuple[int, ...]] = {}
     if lay.has_llm_embedding:
         shapes["llm_embedding.weight"] = (2, h)
     shapes[QWEN + "embed_tokens.weight"] = (text_vocab, h)
-    per_layer = {
-        "self_attn.q_proj.weight": (q, h), "self_attn.q_proj.bias": (q,),
-        "self_attn.k_proj.weight": (kv, h), "self_attn.k_proj.bias": (kv,),
-        "self_attn.v_proj.weight": (kv, h), "self_attn.v_proj.bias": (kv,),
-        "self_attn.o_proj.weight": (h, q),
-        "mlp.gate_proj.weight": (ffn, h), "mlp.up_proj.weight": (ffn, h),
-        "mlp.down_proj.weight": (h, ffn),
-        "input_layernorm.weight": (h,), "post_attention_layernorm.weight": (h,),
-    }
     for i in range(n_layers):
         for name in LAYER_KEYS:
             shapes[f"{QWEN}layers.{i}.{name}"] = per_layer[name]
