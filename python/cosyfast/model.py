@@ -291,7 +291,8 @@ class Model:
         to its fill token, or the tail) as one request fed every row so far."""
         if not isinstance(mix_ratio, (tuple, list)) or len(mix_ratio) != 2:
             raise TypeError(f"mix_ratio must be a pair (text_group, speech_group) of integers >= 1, got {mix_ratio!r}")
-        text_group, speech_group = (_int(f"mix_ratio[{i}] ({name})", v, 1)
+        # Types and widths here; the range (>= 1) is BistreamOptions::Validate's, which names them.
+        text_group, speech_group = (_int(f"mix_ratio[{i}] ({name})", v)
                                     for i, (v, name) in enumerate(zip(mix_ratio, ("text_group", "speech_group"))))
         self._live()
         gen = self._pool.pick()
