@@ -51,13 +51,12 @@ class PromptRequest final : public RequestHandle, public RequestObserver {
   void OnEnd(const RequestEnd& end) override {
     FinishReason reason = FinishReason::kError;
     switch (end.kind) {
-      case RequestEnd::Kind::kStop: reason = FinishReason::kStopToken, counters_->stopped++; break;
-      case RequestEnd::Kind::kLength: reason = FinishReason::kMaxLen, counters_->length++; break;
-      case RequestEnd::Kind::kCancelled: reason = FinishReason::kCancelled, counters_->cancelled++; break;
-      case RequestEnd::Kind::kError: counters_->failed++; break;
+      case RequestEnd::Kind::kStop: reason = FinishReason::kStopToken; break;
+      case RequestEnd::Kind::kLength: reason = FinishReason::kMaxLen; break;
+      case RequestEnd::Kind::kCancelled: reason = FinishReason::kCancelled; break;
+      case RequestEnd::Kind::kError: break;
     }
-    counters_->finished++;
-    counters_->live--;  // before the sink hears of it: a woken caller sees the session gone
+    counters_->Ended(reason);
     sink_->OnFinish(reason, end.error);
   }
 
@@ -175,14 +174,7 @@ class BistreamRequestTm final : public RequestHandle,
     if (delivered_) return;
     delivered_ = true;
     Park(false);
-    switch (session_->finish_reason()) {
-      case FinishReason::kStopToken: counters_->stopped++; break;
-      case FinishReason::kMaxLen: counters_->length++; break;
-      case FinishReason::kCancelled: counters_->cancelled++; break;
-      default: counters_->failed++; break;
-    }
-    counters_->finished++;
-    counters_->live--;
+    counters_->Ended(session_->finish_reason());
     session_->DeliverFinish();
   }
 
@@ -332,6 +324,17 @@ Generator::Bistream Generator::StartBistream(const BistreamRequest& request, std
   counters_->live++;
   driver->Begin();
   return {driver, driver};
+}
+
+void Generator::Counters::Ended(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStopToken: stopped++; break;
+    case FinishReason::kMaxLen: length++; break;
+    case FinishReason::kCancelled: cancelled++; break;
+    default: failed++; break;
+  }
+  finished++;
+  live--;
 }
 
 size_t Generator::live_sessions() const { return static_cast<size_t>(counters_->live.load()); }

@@ -55,6 +55,9 @@ class Generator {
   // Counters the requests bump from TurboMind's signal thread.
   struct Counters {
     std::atomic<int64_t> live{0}, parked{0}, tokens{0}, finished{0}, stopped{0}, length{0}, cancelled{0}, failed{0};
+    // A session has ended: counted by reason and no longer live (call before its sink hears of
+    // it, so that a woken caller sees it gone).
+    void Ended(FinishReason reason);
   };
 
  private:
