@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Makes the offline pack benchmarks/gpu_run.sh needs on a GPU machine that reaches no registry, from
 # a machine that reaches PyPI, into .gpupack/ (ignored by git; ~25 MB, ~60 MB with --with-0.14):
-#   whl/                         the pure-Python packages lmdeploy's converter imports (and pybind11,
-#                                ninja), for the GPU machine's Python ($GPU_PYTHON, default 3.12)
+#   whl/                         the pure-Python packages lmdeploy's converter and `cosyfast serve`
+#                                import (and pybind11, ninja), for the GPU machine's Python ($GPU_PYTHON, default 3.12)
 #   lmdeploy_py.zip              lmdeploy 0.16.0's Python package, without its CUDA-12 binaries
 #   lmdeploy-0.16.0-src.tar.gz   lmdeploy 0.16.0's source with the sources its CMake fetches (the
 #                                layout cmake/turbomind.cmake reads), copied from
@@ -33,7 +33,13 @@ if [ ! -f "$DL/lmdeploy_py.zip" ]; then
     uvicorn==0.54.0 typing-inspection==0.4.5 annotated-types==0.8.0
   rm -rf "$DL/dl"
 fi
-cp -r "$DL/whl" "$OUT/"
+# What `cosyfast serve` and the bench's serve path import besides fastapi/starlette/uvicorn (above).
+if [ ! -d "$DL/serve" ]; then
+  mkdir -p "$DL/serve.tmp"
+  $GET -d "$DL/serve.tmp" "websockets~=17.4" "prometheus-client~=0.26.0" "httpx~=0.28.1" httpcore h11 anyio certifi idna click
+  mv "$DL/serve.tmp" "$DL/serve"
+fi
+rm -rf "$OUT/whl" && cp -r "$DL/whl" "$OUT/" && cp "$DL"/serve/*.whl "$OUT/whl/"
 # lmdeploy's own static xgrammar library (13 MB) is not needed: cosyfast builds TurboMind itself.
 python3 - "$OUT/lmdeploy_py.zip" "$DL/lmdeploy_py.zip" <<'PY'
 import sys, zipfile
