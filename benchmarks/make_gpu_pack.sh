@@ -25,9 +25,10 @@ if [ ! -f "$DL/lmdeploy_py.zip" ]; then
   $GET -d "$DL/dl" lmdeploy==0.16.0
   python3 -m zipfile -e "$DL"/dl/lmdeploy-0.16.0-*.whl "$DL/dl/x"
   (cd "$DL/dl/x" && python3 -m zipfile -c ../../lmdeploy_py.zip lmdeploy)
-  # What lmdeploy's converter imports, at the versions verified on the GPU machine.
+  # What lmdeploy's converter imports, at the versions verified on the GPU machine (fastapi as the
+  # serve extra pins it: 0.165 imports opentelemetry, which is not on the GPU image).
   $GET -d "$DL/whl" pybind11 ninja pybase64==1.5.1 pydantic==2.14.3 pydantic-core==2.50.4 \
-    fastapi==0.165.0 starlette==1.10.0 openai==3.54.0 jiter==0.19.0 distro==1.9.0 sniffio==1.3.1 fire==0.7.1 \
+    fastapi==0.163.2 starlette==1.10.0 openai==3.54.0 jiter==0.19.0 distro==1.9.0 sniffio==1.3.1 fire==0.7.1 \
     termcolor==3.3.0 shortuuid==1.0.13 partial_json_parser==0.2.1.1.post7 openai_harmony==0.0.8 pyzmq==27.3.0 \
     xgrammar==0.2.8 mmengine-lite==0.10.7 addict==2.4.0 yapf==0.43.0 platformdirs==4.14.7 tomli==2.5.0 \
     uvicorn==0.54.0 typing-inspection==0.4.5 annotated-types==0.8.0
