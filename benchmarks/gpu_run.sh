@@ -18,7 +18,9 @@ PACK=${COSYFAST_DEVICE_PACK:-$PWD/.gpupack}
 export PYTHONUNBUFFERED=1 COSYFAST_CACHE=${COSYFAST_CACHE:-/tmp/cosyfast-cache}
 SOURCE_ARG=()
 if [ -d "$PACK" ]; then
-  SITE=/tmp/site016  # lmdeploy 0.16.0's Python (its converter loads the weights)
+  # lmdeploy 0.16.0's Python (its converter, the reference loader) and the serve packages, keyed by
+  # the pack's wheels: a machine still warm from an earlier call with another pack re-installs.
+  SITE=/tmp/site016-$(ls "$PACK"/whl | md5sum | cut -c1-8)
   if [ ! -d "$SITE/lmdeploy" ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$PACK"/whl/*.whl >/dev/null &&
       python3 -m zipfile -e "$PACK/lmdeploy_py.zip" "$SITE" || { echo "unpacking $PACK failed"; exit 1; }
@@ -40,10 +42,12 @@ if [[ $STAGES == *build* ]]; then
   rm -f "$OUT/build.log"  # kept only when the build fails (the files that come back are few)
 fi
 cd /tmp  # import the installed package, not the source tree
-python3 -c "import cosyfast.turbomind as t; t.check_turbomind(); print('turbomind engine: built from lmdeploy', t.LMDEPLOY_VERSION)" || exit 1
+python3 -c "import cosyfast.turbomind as t; t.check_turbomind(needs_lmdeploy=True); print('turbomind engine: built from lmdeploy', t.LMDEPLOY_VERSION)" || exit 1
 if [[ $STAGES == *tests* ]]; then
-  python3 -m pytest -q -p no:cacheprovider -x "$OLDPWD/tests/test_turbomind_gpu.py" ${COSYFAST_TESTS_K:+-k "$COSYFAST_TESTS_K"} 2>&1 \
+  python3 -m pytest -q -p no:cacheprovider "$OLDPWD/tests/test_turbomind_gpu.py" "$OLDPWD/tests/test_turbomind_loader_gpu.py" \
+    ${COSYFAST_TESTS_K:+-k "$COSYFAST_TESTS_K"} 2>&1 \
     | grep -v "^\[TM\]" | tee "$OUT/gpu_tests.log" | tail -40
+  tests_rc=${PIPESTATUS[0]}
 fi
 if [[ $STAGES == *bench* ]]; then
   python3 -m cosyfast.bench --out "$OUT/bench" --plot "$@" 2>&1 | grep -v "^\[TM\]" | tee "$OUT/bench.log" | tail -40
@@ -65,3 +69,4 @@ if [[ $STAGES == *compare* ]]; then
     cp "$PACK"/tm014/{_turbomind.so.xz,lmdeploy_py.zip,setup.sh} $P14/ && bash $P14/setup.sh >/dev/null &&
     (source /tmp/tm_env.sh && python3 "$OLDPWD/benchmarks/lmdeploy_own_loop.py" 2>&1 | grep '^{' | tee -a "$OUT/own_loops.jsonl")
 fi
+exit "${tests_rc:-0}"  # a failed GPU test fails the run (the later stages still ran)

@@ -138,8 +138,9 @@ target_include_directories(cosyfast_tm_bindings PRIVATE ${_tm_includes})
 target_compile_definitions(cosyfast_tm_bindings PRIVATE ${_tm_definitions} PYBIND11_COMPILER_TYPE="_cosyfast")
 target_link_libraries(cosyfast_tm_bindings PRIVATE pybind11::module turbomind xgrammar)
 
+# What code that drives TurboMind needs: its headers, definitions and libraries (the binding's
+# objects above go into cosyfast._core only).
 add_library(cosyfast_turbomind INTERFACE)
-target_sources(cosyfast_turbomind INTERFACE $<TARGET_OBJECTS:cosyfast_tm_bindings>)
 target_include_directories(cosyfast_turbomind INTERFACE ${_tm_includes})
 target_compile_definitions(cosyfast_turbomind INTERFACE ${_tm_definitions} COSYFAST_WITH_TURBOMIND=1
                            COSYFAST_LMDEPLOY_VERSION="${COSYFAST_LMDEPLOY_VERSION}")

@@ -50,6 +50,24 @@ def test_bench_cpu_rows_and_files(tiny_cv2_dir: Path, tmp_path: Path) -> None:
     assert not list(out.glob("*.tmp*")), "no half-written files left behind"
 
 
+def test_bench_host_path_rows(tiny_cv2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`host`: the same workload through cosyfast-load in a child process, on a bundle exported into
+    the cache, each row compared with the in-process row of its concurrency."""
+    monkeypatch.setenv("COSYFAST_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "bench"
+    assert main(["--checkpoint", str(tiny_cv2_dir), "--engine", "cpu", "--paths", "cosyfast,host", "--concurrency", "1,3",
+                 "--new-tokens", "6", "--prompt-rows", "8", "--repeats", "2", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["path"], r["concurrency"]) for r in rows] == [("cosyfast", 1), ("cosyfast", 3), ("host", 1), ("host", 3)]
+    for r in rows[2:]:
+        assert r["tokens"] == 6 * r["concurrency"] and r["engine"] == "cpu"
+        assert r["extra"]["finished"] == {"max_len": r["concurrency"]} and r["extra"]["live_sessions_after"] == 0
+        assert isinstance(r["extra"]["overhead_us_per_token"], float)
+        assert r["tok_per_s"] > 0 and r["first_token_ms_p50"] > 0 and r["host_rss_mb"] > 0
+    assert len(list((tmp_path / "cache" / "bundles").glob("cosyvoice2-*/config.json"))) == 1
+    assert (out / "results.md").read_text().count("| host |") == 2
+
+
 def test_bench_rejects_unknown_path(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["--paths", "cosyfast,warp-drive", "--out", str(tmp_path)])

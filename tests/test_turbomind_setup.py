@@ -47,13 +47,27 @@ def as_if_built(monkeypatch):
 def test_other_lmdeploy_versions_are_refused(monkeypatch, as_if_built, version):
     monkeypatch.setitem(sys.modules, "lmdeploy", types.SimpleNamespace(__version__=version))
     with pytest.raises(ImportError, match=f"built from lmdeploy {turbomind.LMDEPLOY_VERSION}.*found lmdeploy {version}"):
-        turbomind.check_turbomind()
+        turbomind.check_turbomind(needs_lmdeploy=True)
 
 
 def test_the_pinned_lmdeploy_is_accepted(monkeypatch, as_if_built):
     fake = types.SimpleNamespace(__version__=turbomind.LMDEPLOY_VERSION)
     monkeypatch.setitem(sys.modules, "lmdeploy", fake)
-    assert turbomind.check_turbomind() is fake
+    assert turbomind.check_turbomind(needs_lmdeploy=True) is fake
+
+
+def test_the_cpp_loader_needs_no_lmdeploy(monkeypatch, as_if_built):
+    monkeypatch.setitem(sys.modules, "lmdeploy", None)  # importing it would fail
+    assert turbomind.check_turbomind() is None
+
+
+@pytest.mark.parametrize(("options", "match"), [
+    (dict(loader="python"), "loader must be one of"),
+    (dict(loader="cpp", async_=0), "TurbomindEngineConfig fields, read only with loader='lmdeploy'"),
+])
+def test_loader_options_are_checked_first(options, match):
+    with pytest.raises(ValueError, match=match):
+        turbomind.make_turbomind_engine(None, **options)
 
 
 def test_another_turbomind_module_imported_first_is_refused(monkeypatch):
@@ -64,7 +78,7 @@ def test_another_turbomind_module_imported_first_is_refused(monkeypatch):
 
 @pytest.mark.parametrize("share", [0.0, 1.0, 2.5])
 def test_the_cache_share_must_be_a_fraction(monkeypatch, share):
-    monkeypatch.setattr(turbomind, "check_turbomind", lambda: None)
+    monkeypatch.setattr(turbomind, "check_turbomind", lambda **_: None)
     with pytest.raises(ValueError, match="cache_max_entry_count must be in \\(0, 1\\)"):
         turbomind.make_turbomind_engine(None, cache_max_entry_count=share)
 
@@ -114,6 +128,6 @@ def test_a_budget_too_small_for_the_sessions_is_refused_with_the_numbers(tiny_we
 
 
 def test_a_budget_and_a_cache_share_together_are_refused(monkeypatch):
-    monkeypatch.setattr(turbomind, "check_turbomind", lambda: None)
+    monkeypatch.setattr(turbomind, "check_turbomind", lambda **_: None)
     with pytest.raises(ValueError, match="not both"):
         turbomind.make_turbomind_engine(None, gpu_memory=4, cache_max_entry_count=0.5)

@@ -1,14 +1,12 @@
-// cosyfast-host: runs one request on an exported CPU bundle without Python and prints the speech
+// cosyfast-host: runs one request on an exported bundle without Python and prints the speech
 // tokens. A small host of the C++ API (include/cosyfast/cosyfast.hpp), and the program the tests
-// compare with the Python package.
+// compare with the Python package. It runs on either engine of the C API: "cpu" (default), or
+// "turbomind" where cosyfast was built with the GPU engine (--engine, --device, --gpu-memory).
 //
 // stdout: the tokens, space-separated, on one line. stderr: "finish_reason=<r> tokens=<n>".
 // Exit status: 0 done, 1 an error (the message says what), 2 bad usage.
-#include <cerrno>
 #include <cstdint>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <exception>
 #include <functional>
 #include <limits>
@@ -16,14 +14,22 @@
 #include <vector>
 
 #include "cosyfast/cosyfast.hpp"
+#include "host_flags.h"
 
 namespace {
 
-const char kUsage[] =
+using cosyfast::tools::ModelFlags;
+using cosyfast::tools::ParseDouble;
+using cosyfast::tools::ParseField;
+using cosyfast::tools::ParseIds;
+using cosyfast::tools::ParseInt;
+using cosyfast::tools::UsageError;
+
+const std::string kUsage = std::string(
     "usage: cosyfast-host BUNDLE_DIR --text IDS [options]\n"
     "\n"
-    "Generates CosyVoice2/3 speech tokens for one request on the CPU engine. IDS are\n"
-    "comma-separated token ids (\"\" for none).\n"
+    "Generates CosyVoice2/3 speech tokens for one request, on the CPU engine or (--engine turbomind,\n"
+    "a GPU build) on the GPU. IDS are comma-separated token ids (\"\" for none).\n"
     "\n"
     "  --text IDS                   text ids to speak (without the prompt text)\n"
     "  --prompt-text IDS            the voice prompt's transcript ids\n"
@@ -38,51 +44,12 @@ const char kUsage[] =
     "  --min-token-text-ratio X     min_len = text length * X (default 2)\n"
     "  --max-token-text-ratio X     max_len = text length * X (default 20)\n"
     "  --min-len N                  fixed min_len\n"
-    "  --max-len N                  fixed max_len\n"
-    "  --max-session-len N          engine session limit (default 4096)\n"
-    "  --table-dtype float32|bfloat16  prompt table storage (default float32)\n"
-    "  --replicas N                 engine copies; requests go to the least loaded (default 1)\n"
+    "  --max-len N                  fixed max_len\n") +
+    ModelFlags::kUsage +
     "  --stop-after N               stop the request from the token callback after N tokens\n"
     "  --stream                     pull tokens from a streaming request instead of generate()\n"
     "  --info                       print the model's facts to stderr\n"
     "  -h, --help                   this text\n";
-
-struct UsageError {
-  std::string message;
-};
-
-int64_t ParseInt(const std::string& s, const std::string& flag, int64_t lo, int64_t hi) {
-  if (s.empty()) throw UsageError{flag + " needs an integer"};
-  errno = 0;
-  char* end = nullptr;
-  const long long v = std::strtoll(s.c_str(), &end, 10);
-  if (errno || *end != '\0' || v < lo || v > hi) {
-    throw UsageError{flag + ": '" + s + "' is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]"};
-  }
-  return v;
-}
-
-double ParseDouble(const std::string& s, const std::string& flag) {
-  errno = 0;
-  char* end = nullptr;
-  const double v = std::strtod(s.c_str(), &end);
-  if (s.empty() || errno || *end != '\0') throw UsageError{flag + ": '" + s + "' is not a number"};
-  return v;
-}
-
-std::vector<int32_t> ParseIds(const std::string& s, const std::string& flag) {
-  std::vector<int32_t> ids;
-  if (s.empty()) return ids;
-  size_t start = 0;
-  while (true) {
-    const size_t comma = s.find(',', start);
-    const std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    ids.push_back(static_cast<int32_t>(ParseInt(item, flag, std::numeric_limits<int32_t>::min(),
-                                                std::numeric_limits<int32_t>::max())));
-    if (comma == std::string::npos) return ids;
-    start = comma + 1;
-  }
-}
 
 void PrintTokens(const std::vector<int32_t>& tokens) {
   std::string line;
@@ -99,7 +66,7 @@ int Run(int argc, char** argv) {
   int64_t stop_after = -1;
   cosyfast::api::Input input;
   cosyfast::api::Options options = cosyfast::api::DefaultOptions();
-  cosyfast::api::ModelConfig config = cosyfast::api::DefaultModelConfig();
+  ModelFlags model_flags;
 
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -107,10 +74,11 @@ int Run(int argc, char** argv) {
       if (i + 1 >= argc) throw UsageError{arg + " needs a value"};
       return argv[++i];
     };
-    constexpr int64_t kIntMax = std::numeric_limits<int32_t>::max();
     if (arg == "-h" || arg == "--help") {
-      std::fputs(kUsage, stdout);
+      std::fputs(kUsage.c_str(), stdout);
       return 0;
+    } else if (model_flags.Parse(arg, value)) {
+      continue;
     } else if (arg == "--text") {
       input.text_ids = ParseIds(value(), arg);
       have_text = true;
@@ -123,11 +91,11 @@ int Run(int argc, char** argv) {
     } else if (arg == "--top-p") {
       options.top_p = ParseDouble(value(), arg);
     } else if (arg == "--top-k") {
-      options.top_k = static_cast<int32_t>(ParseInt(value(), arg, -kIntMax, kIntMax));
+      options.top_k = ParseField(value(), arg);
     } else if (arg == "--no-ras") {
       options.ras = 0;
     } else if (arg == "--win-size") {
-      options.win_size = static_cast<int32_t>(ParseInt(value(), arg, -kIntMax, kIntMax));
+      options.win_size = ParseField(value(), arg);
     } else if (arg == "--tau-r") {
       options.tau_r = ParseDouble(value(), arg);
     } else if (arg == "--include-repeated") {
@@ -137,17 +105,9 @@ int Run(int argc, char** argv) {
     } else if (arg == "--max-token-text-ratio") {
       options.max_token_text_ratio = ParseDouble(value(), arg);
     } else if (arg == "--min-len") {
-      options.min_len = static_cast<int32_t>(ParseInt(value(), arg, -kIntMax, kIntMax));
+      options.min_len = ParseField(value(), arg);
     } else if (arg == "--max-len") {
-      options.max_len = static_cast<int32_t>(ParseInt(value(), arg, -kIntMax, kIntMax));
-    } else if (arg == "--max-session-len") {
-      config.max_session_len = static_cast<int32_t>(ParseInt(value(), arg, -kIntMax, kIntMax));
-    } else if (arg == "--table-dtype") {
-      const std::string dtype = value();
-      if (dtype != "float32" && dtype != "bfloat16") throw UsageError{"--table-dtype must be float32 or bfloat16"};
-      config.table_bfloat16 = dtype == "bfloat16";
-    } else if (arg == "--replicas") {
-      config.replicas = static_cast<int32_t>(ParseInt(value(), arg, -kIntMax, kIntMax));
+      options.max_len = ParseField(value(), arg);
     } else if (arg == "--stop-after") {
       stop_after = ParseInt(value(), arg, 1, std::numeric_limits<int64_t>::max());
     } else if (arg == "--stream") {
@@ -165,8 +125,7 @@ int Run(int argc, char** argv) {
   if (bundle.empty()) throw UsageError{"no bundle directory given"};
   if (!have_text) throw UsageError{"--text is required"};
 
-  config.bundle_dir = bundle.c_str();
-  cosyfast::api::Model model(config);
+  cosyfast::api::Model model(model_flags.Config(bundle));
   if (info) {
     std::fprintf(stderr, "cosyfast %s: %s, hidden %d, vocab %d, max_session_len %d\n", cosyfast_version(),
                  model.kind().c_str(), model.hidden_size(), model.vocab_size(), model.max_session_len());
@@ -201,7 +160,7 @@ int main(int argc, char** argv) {
   try {
     return Run(argc, argv);
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "cosyfast-host: %s\n\n%s", e.message.c_str(), kUsage);
+    std::fprintf(stderr, "cosyfast-host: %s\n\n%s", e.message.c_str(), kUsage.c_str());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "cosyfast-host: error: %s\n", e.what());

@@ -10,6 +10,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -17,6 +18,7 @@
 
 #include "engines/cpu_qwen2.h"
 #include "engines/engine.h"
+#include "engines/turbomind_layout.h"
 #include "bindings/bindings.h"
 
 namespace py = pybind11;
@@ -60,8 +62,9 @@ std::vector<float> CopyTensor(py::handle obj, const std::string& name,
 
 bool Has(const py::dict& d, const char* key) { return d.contains(key) && !d[key].is_none(); }
 
-// cosyfast's normalised config (cosyfast/checkpoint.py writes it; LlmWeights.config), as the one
-// reader in cpu_qwen2.h reads it.
+}  // namespace
+
+// bindings.h: shared with the GPU memory plan's binding.
 CpuQwen2Config ConfigFromDict(const py::dict& d, int max_session_len) {
   return Qwen2ConfigFrom(
       [&](const char* key, bool integer) -> double {
@@ -75,6 +78,8 @@ CpuQwen2Config ConfigFromDict(const py::dict& d, int max_session_len) {
       },
       max_session_len);
 }
+
+namespace {
 
 bool IsLayerTensorName(const std::string& key) {
   for (const Qwen2LayerTensor& t : Qwen2LayerTensors()) {
@@ -111,27 +116,15 @@ CpuQwen2LayerWeights LayerFromDict(py::handle obj, int index, const CpuQwen2Conf
 std::shared_ptr<CpuQwen2Engine> MakeCpuEngine(const py::dict& config, const FloatArray& embed,
                                               const FloatArray& lm_head, const py::list& layers,
                                               const FloatArray& norm, int max_session_len) {
-  const CpuQwen2Config c = ConfigFromDict(config, max_session_len);
-  CpuQwen2Weights w;
-  if (embed.ndim() != 2 || embed.shape(1) != c.hidden) {
-    throw std::invalid_argument("embed_tokens has shape " + ShapeString(ShapeOf(embed)) +
-                                ", expected [vocab, " + std::to_string(c.hidden) + "]");
-  }
-  const py::ssize_t vocab = embed.shape(0);
-  w.vocab_size = static_cast<int>(vocab);
-  w.embed_tokens = CopyTensor(embed, "embed_tokens", {vocab, c.hidden});
-  w.lm_head = CopyTensor(lm_head, "lm_head", {vocab, c.hidden});
-  if (static_cast<int>(layers.size()) != c.layers) {
-    throw std::invalid_argument("layers has " + std::to_string(layers.size()) +
-                                " entries but config['num_hidden_layers'] is " +
-                                std::to_string(c.layers));
-  }
-  for (size_t i = 0; i < layers.size(); ++i) {
-    w.layers.push_back(LayerFromDict(layers[i], static_cast<int>(i), c));
-  }
-  w.norm = CopyTensor(norm, "norm", {c.hidden});
+  Qwen2Model model = Qwen2FromPython(config, embed, lm_head, layers, norm, max_session_len);
   py::gil_scoped_release no_gil;
-  return std::make_shared<CpuQwen2Engine>(c, std::move(w));
+  return std::make_shared<CpuQwen2Engine>(model.config, std::move(model.weights));
+}
+
+py::array_t<uint16_t> Bf16Array(const std::vector<uint16_t>& v, std::vector<py::ssize_t> shape) {
+  py::array_t<uint16_t> a(shape);
+  std::copy(v.begin(), v.end(), a.mutable_data());
+  return a;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -181,6 +174,66 @@ py::array_t<float> EngineForward(Engine& engine, const py::sequence& inputs) {
 }
 
 }  // namespace
+
+Qwen2Model Qwen2FromPython(const py::dict& config, const py::handle& embed_obj, const py::handle& lm_head_obj,
+                           const py::list& layers, const py::handle& norm_obj, int max_session_len) {
+  const CpuQwen2Config c = ConfigFromDict(config, max_session_len);
+  const FloatArray embed = AsFloatArray(embed_obj, "embed_tokens");
+  CpuQwen2Weights w;
+  if (embed.ndim() != 2 || embed.shape(1) != c.hidden) {
+    throw std::invalid_argument("embed_tokens has shape " + ShapeString(ShapeOf(embed)) +
+                                ", expected [vocab, " + std::to_string(c.hidden) + "]");
+  }
+  const py::ssize_t vocab = embed.shape(0);
+  w.vocab_size = static_cast<int>(vocab);
+  w.embed_tokens = CopyTensor(embed, "embed_tokens", {vocab, c.hidden});
+  w.lm_head = CopyTensor(lm_head_obj, "lm_head", {vocab, c.hidden});
+  if (static_cast<int>(layers.size()) != c.layers) {
+    throw std::invalid_argument("layers has " + std::to_string(layers.size()) +
+                                " entries but config['num_hidden_layers'] is " +
+                                std::to_string(c.layers));
+  }
+  for (size_t i = 0; i < layers.size(); ++i) {
+    w.layers.push_back(LayerFromDict(layers[i], static_cast<int>(i), c));
+  }
+  w.norm = CopyTensor(norm_obj, "norm", {c.hidden});
+  return Qwen2Model{c, std::move(w)};
+}
+
+void BindTurboMindLayout(py::module_& testing) {
+  testing.def(
+      "turbomind_layer_layout",
+      [](const py::dict& config, const py::dict& layer, bool blocks64) {
+        const CpuQwen2Config c = ConfigFromDict(config, kDefaultMaxSessionLen);
+        const TurboMindLayerTensors t =
+            TurboMindLayer(c, LayerFromDict(layer, 0, c), blocks64 ? GateUpLayout::kBlocks64 : GateUpLayout::kConcatenated);
+        const py::ssize_t h = c.hidden, q = c.heads * c.head_dim, kv = c.kv_heads * c.head_dim, f = c.ffn;
+        py::dict out;
+        out["w_qkv"] = Bf16Array(t.w_qkv, {h, q + 2 * kv});
+        out["qkv_bias"] = Bf16Array(t.qkv_bias, {q + 2 * kv});
+        out["wo"] = Bf16Array(t.wo, {q, h});
+        out["w1w3"] = Bf16Array(t.w1w3, {h, 2 * f});
+        out["w2"] = Bf16Array(t.w2, {f, h});
+        out["attention_norm"] = Bf16Array(t.attention_norm, {h});
+        out["ffn_norm"] = Bf16Array(t.ffn_norm, {h});
+        return out;
+      },
+      py::arg("config"), py::arg("layer"), py::arg("blocks64"),
+      "One decoder layer in TurboMind's layout (bf16 bits as uint16), as the C++ loader uploads it.");
+  testing.def(
+      "turbomind_vocab_layout",
+      [](const FloatArray& embed, const FloatArray& lm_head) {
+        if (embed.ndim() != 2 || lm_head.ndim() != 2) throw std::invalid_argument("embed and lm_head must be 2-d");
+        const int vocab = static_cast<int>(embed.shape(0)), hidden = static_cast<int>(embed.shape(1));
+        const int padded = TurboMindPaddedVocab(vocab);
+        const std::vector<float> e(embed.data(), embed.data() + embed.size());
+        const std::vector<float> o(lm_head.data(), lm_head.data() + lm_head.size());
+        return py::make_tuple(Bf16Array(TurboMindEmbedding(e, vocab, hidden, padded), {padded, hidden}),
+                              Bf16Array(TurboMindOutput(o, vocab, hidden, padded), {hidden, padded}));
+      },
+      py::arg("embed_tokens"), py::arg("lm_head"),
+      "(tok_embeddings [padded, hidden], output [hidden, padded]) in TurboMind's layout (bf16 bits).");
+}
 
 void BindCpuEngine(py::module_& m) {
   py::list names;

@@ -11,8 +11,13 @@
 #include <string>
 #include <vector>
 
+#include <cuda_runtime.h>
+
+#include <functional>
+
 #include "decode/token_queue.h"
 #include "engines/turbomind/tm_generator.h"
+#include "engines/turbomind/tm_loader.h"
 #include "bindings/bind_pool.h"
 #include "bindings/bindings.h"
 
@@ -23,22 +28,60 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
+// Python owns TurboMinds through shared_ptrs whose last reference may go while Python holds
+// the GIL; TurboMind's destructor joins its threads, one of which may be waiting for the GIL.
+std::shared_ptr<turbomind::TurboMind> OwnedByPython(turbomind::TurboMind* model) {
+  return std::shared_ptr<turbomind::TurboMind>(model, [](turbomind::TurboMind* m) {
+    if (PyGILState_Check()) {
+      py::gil_scoped_release release;
+      delete m;
+    } else {
+      delete m;
+    }
+  });
+}
+
 // lmdeploy's binding makes TurboMind with a context factory that takes the GIL on the signal
 // thread for every batch of signals (its callbacks are Python functions). cosyfast's callbacks
 // are C++, so its TurboMind takes none: the token path never waits for Python.
 std::shared_ptr<turbomind::TurboMind> CreateTurboMind(std::string model_dir, turbomind::EngineConfig config) {
-  auto no_context = [] { return std::shared_ptr<void>(); };
-  auto release_gil_to_delete = [](turbomind::TurboMind* model) {
-    if (PyGILState_Check()) {
-      py::gil_scoped_release release;  // its destructor joins threads
-      delete model;
-    } else {
-      delete model;
-    }
-  };
   py::gil_scoped_release release;
-  return std::shared_ptr<turbomind::TurboMind>(new turbomind::TurboMind(std::move(model_dir), std::move(config), no_context),
-                                               release_gil_to_delete);
+  return OwnedByPython(new turbomind::TurboMind(std::move(model_dir), std::move(config), tm::NoFfiContext()));
+}
+
+tm::LoadOptions MakeLoadOptions(int device, int max_batch, int max_session_len, double cache_max_entry_count) {
+  tm::LoadOptions o;
+  o.device = device;
+  o.max_batch = max_batch;
+  o.max_session_len = max_session_len;
+  o.cache_max_entry_count = cache_max_entry_count;
+  return o;
+}
+
+// Test hook: every param of a TurboMind's weight tree (GPU 0 of its devices) by full path, with
+// its shape, dtype and an FNV-1a hash of its bytes, so two loads can be compared tensor by tensor.
+py::dict WeightDigest(turbomind::TurboMind& model) {
+  py::dict out;
+  std::vector<uint8_t> host;
+  std::function<void(turbomind::core::Module&)> visit = [&](turbomind::core::Module& m) {
+    m.for_each_param([&](const char* name, turbomind::core::Tensor& t) {
+      if (!t) return;
+      host.resize(t.byte_size());
+      if (cudaMemcpy(host.data(), t.raw_data(), host.size(), cudaMemcpyDefault) != cudaSuccess) {
+        throw std::runtime_error("reading " + m.full_path() + "." + name + " from the GPU failed");
+      }
+      uint64_t h = 1469598103934665603ull;
+      for (uint8_t b : host) h = (h ^ b) * 1099511628211ull;
+      std::vector<int64_t> shape(t.shape().begin(), t.shape().end());
+      out[py::str(m.full_path() + "." + name)] =
+          py::make_tuple(py::tuple(py::cast(shape)), static_cast<int>(t.dtype()), h);
+    });
+    m.for_each_child([&](const char*, turbomind::core::Module* child) {
+      if (child) visit(*child);
+    });
+  };
+  visit(*model.root(0));
+  return out;
 }
 
 }  // namespace
@@ -47,6 +90,28 @@ void BindTurboMind(py::module_& m) {
   m.attr("LMDEPLOY_VERSION") = COSYFAST_LMDEPLOY_VERSION;
   m.def("_create_turbomind", &CreateTurboMind, py::arg("model_dir"), py::arg("engine_config"),
         "turbomind.TurboMind whose signal thread takes no GIL (stands in for _turbomind.TurboMind.create).");
+  m.def(
+      "_load_turbomind",
+      [](const py::dict& config, const py::handle& embed_tokens, const py::handle& lm_head, const py::list& layers,
+         const py::handle& norm, int device, int max_batch, int max_session_len, double cache_max_entry_count) {
+        const tm::LoadOptions options = MakeLoadOptions(device, max_batch, max_session_len, cache_max_entry_count);
+        const Qwen2Model model = Qwen2FromPython(config, embed_tokens, lm_head, layers, norm, max_session_len);
+        py::gil_scoped_release release;
+        return OwnedByPython(tm::LoadTurboMind(model.config, model.weights, options).release());
+      },
+      py::arg("config"), py::arg("embed_tokens"), py::arg("lm_head"), py::arg("layers"), py::arg("norm"), py::kw_only(),
+      py::arg("device"), py::arg("max_batch"), py::arg("max_session_len"), py::arg("cache_max_entry_count"),
+      "A TurboMind with the weights loaded from C++ (no lmdeploy converter), its engine created: the "
+      "arguments as CpuQwen2Engine's (the vocabulary tables unpadded).");
+  m.def(
+      "_turbomind_engine_config",
+      [](int device, int max_batch, int max_session_len, double cache_max_entry_count) {
+        return tm::MakeEngineConfig(MakeLoadOptions(device, max_batch, max_session_len, cache_max_entry_count));
+      },
+      py::kw_only(), py::arg("device"), py::arg("max_batch"), py::arg("max_session_len"),
+      py::arg("cache_max_entry_count"), "The turbomind.EngineConfig the C++ loader uses (tests compare it).");
+  m.def("_turbomind_weight_digest", &WeightDigest, py::arg("model"),
+        "Test hook: {param path: (shape, dtype, FNV-1a hash of its bytes)} of a TurboMind's weight tree.");
 
   py::class_<tm::Engine, std::shared_ptr<tm::Engine>>(m, "TurboMindEngine",
                                                       "TurboMind (from lmdeploy's source, cosyfast's patch) driven from C++.")

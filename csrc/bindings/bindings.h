@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "core/tables.h"
+#include "engines/cpu_qwen2.h"
 #include "decode/session.h"
 #include "decode/token_queue.h"
 
@@ -19,6 +20,23 @@ void BindGenerator(pybind11::module_& m);
 void BindGeneratorPool(pybind11::module_& m);
 void BindTurboMind(pybind11::module_& m);  // only with COSYFAST_WITH_TURBOMIND
 void BindBuildInfo(pybind11::module_& m);
+void BindGpuMemory(pybind11::module_& m);  // the TurboMind memory plan (core/gpu_memory.h)
+
+// cosyfast's normalised Qwen2 config (cosyfast/checkpoint.py writes it; LlmWeights.config), as the
+// one reader in cpu_qwen2.h reads it (bind_cpu_engine.cc).
+CpuQwen2Config ConfigFromDict(const pybind11::dict& config, int max_session_len);
+void BindTurboMindLayout(pybind11::module_& testing);  // cosyfast._core.testing: the weight layouts
+
+// A Qwen2 model handed over from Python (cosyfast's normalised config, the vocabulary tables and
+// one dict of Hugging Face layer tensors per layer), every shape checked: what the CPU engine and
+// the TurboMind loader both take.
+struct Qwen2Model {
+  CpuQwen2Config config;
+  CpuQwen2Weights weights;
+};
+Qwen2Model Qwen2FromPython(const pybind11::dict& config, const pybind11::handle& embed_tokens,
+                           const pybind11::handle& lm_head, const pybind11::list& layers,
+                           const pybind11::handle& norm, int max_session_len);
 
 // A Python Stream over a request in flight (bind_generator.cc): tokens from `queue`, cancel and
 // lengths from `request`, text pieces to `text` (bistream only).

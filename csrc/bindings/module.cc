@@ -8,6 +8,7 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "cosyfast C++ core: prompt assembly, RAS sampling, the round scheduler and engines";
   cosyfast::python::BindOptions(m);
   cosyfast::python::BindCpuEngine(m);
+  cosyfast::python::BindGpuMemory(m);
   cosyfast::python::BindGenerator(m);
   cosyfast::python::BindGeneratorPool(m);
 #ifdef COSYFAST_WITH_TURBOMIND
@@ -16,4 +17,5 @@ PYBIND11_MODULE(_core, m) {
   cosyfast::python::BindBuildInfo(m);
   auto testing = m.def_submodule("testing", "Test-only entry points (the sampler alone); no public API uses them.");
   cosyfast::python::BindTesting(testing);
+  cosyfast::python::BindTurboMindLayout(testing);
 }

@@ -1,4 +1,5 @@
-// The C API (include/cosyfast/c_api.h) over the core's Generator, TokenQueue and CPU engine.
+// The C API (include/cosyfast/c_api.h) over the core's generators (the CPU engine's round
+// scheduler, or TurboMind's when built with it) and TokenQueue.
 // Every exported function catches everything it can throw and turns it into the calling thread's
 // last error, so no exception crosses the C boundary.
 #include "cosyfast/c_api.h"
@@ -19,24 +20,88 @@
 #include "engines/cpu_qwen2.h"
 #include "decode/pool.h"
 #include "io/bundle.h"
+#ifdef COSYFAST_WITH_TURBOMIND
+#include "engines/turbomind/tm_bundle.h"
+#endif
 
 #ifndef COSYFAST_VERSION
 #define COSYFAST_VERSION "unknown"
 #endif
 
+// A model's replicas behind one interface, whichever engine runs them: a pool of CPU round
+// schedulers or of TurboMind generators (decode/pool.h picks the replica).
+class ModelBackend {
+ public:
+  virtual ~ModelBackend() = default;
+  // `keep_alive` receives what must outlive the request (its replica and engine).
+  virtual std::shared_ptr<cosyfast::RequestHandle> Start(const cosyfast::GenerationRequest& request,
+                                                         std::shared_ptr<cosyfast::TokenSink> sink,
+                                                         std::shared_ptr<void>& keep_alive) = 0;
+  virtual size_t live_sessions() const = 0;
+  virtual int hidden_size() const = 0;
+  virtual int vocab_size() const = 0;
+  virtual int max_session_len() const = 0;
+};
+
+namespace {
+
+class CpuBackend final : public ModelBackend {
+ public:
+  explicit CpuBackend(std::vector<std::shared_ptr<cosyfast::Generator>> replicas) : pool_(std::move(replicas)) {}
+  std::shared_ptr<cosyfast::RequestHandle> Start(const cosyfast::GenerationRequest& request,
+                                                 std::shared_ptr<cosyfast::TokenSink> sink,
+                                                 std::shared_ptr<void>& keep_alive) override {
+    const auto& generator = pool_.Pick();
+    keep_alive = generator;
+    return generator->Start(request, std::move(sink));
+  }
+  size_t live_sessions() const override { return pool_.live_sessions(); }
+  int hidden_size() const override { return first().hidden_size(); }
+  int vocab_size() const override { return first().vocab_size(); }
+  int max_session_len() const override { return first().max_session_len(); }
+
+ private:
+  const cosyfast::Engine& first() const { return pool_.replicas().front()->engine(); }
+  cosyfast::Pool<cosyfast::Generator> pool_;
+};
+
+#ifdef COSYFAST_WITH_TURBOMIND
+class TurboMindBackend final : public ModelBackend {
+ public:
+  explicit TurboMindBackend(std::vector<std::shared_ptr<cosyfast::tm::Generator>> replicas)
+      : pool_(std::move(replicas)) {}
+  std::shared_ptr<cosyfast::RequestHandle> Start(const cosyfast::GenerationRequest& request,
+                                                 std::shared_ptr<cosyfast::TokenSink> sink,
+                                                 std::shared_ptr<void>& keep_alive) override {
+    const auto& generator = pool_.Pick();
+    keep_alive = generator;
+    return generator->Start(request, std::move(sink));
+  }
+  size_t live_sessions() const override { return pool_.live_sessions(); }
+  int hidden_size() const override { return first().hidden_size; }
+  int vocab_size() const override { return first().vocab_size; }
+  int max_session_len() const override { return first().max_session_len; }
+
+ private:
+  const cosyfast::tm::EngineOptions& first() const { return pool_.replicas().front()->engine().options(); }
+  cosyfast::Pool<cosyfast::tm::Generator> pool_;
+};
+#endif
+
+}  // namespace
+
 struct CosyfastModel {
-  std::unique_ptr<cosyfast::Pool<cosyfast::Generator>> pool;  // the replicas and the one pick
+  std::unique_ptr<ModelBackend> backend;
   std::string kind;
-  const cosyfast::Generator& first() const { return *pool->replicas().front(); }
 };
 
 struct CosyfastRequest {
-  std::shared_ptr<cosyfast::Generator> generator;  // keeps the engine alive while the request is
-  std::shared_ptr<cosyfast::Session> session;
+  std::shared_ptr<void> keep_alive;  // the replica (and so the engine) the request runs on
+  std::shared_ptr<cosyfast::RequestHandle> session;
   std::shared_ptr<cosyfast::TokenQueue> queue;
   const uint64_t fork_count = cosyfast::ForkCount();
-  // A request dropped while running is cancelled; the scheduler frees it at its next round (in a
-  // forked child there is no scheduler, and its locks may have been held at the fork).
+  // A request dropped while running is cancelled; the engine frees it at its next step (in a
+  // forked child there is no engine thread, and its locks may have been held at the fork).
   ~CosyfastRequest() {
     if (session && fork_count == cosyfast::ForkCount()) session->RequestCancel();
   }
@@ -109,9 +174,8 @@ CosyfastRequest* StartRequest(CosyfastModel* model, const CosyfastInput* input, 
       Ids(input->prompt_speech_tokens, input->num_prompt_speech_tokens, "prompt_speech_tokens");
   request.options = ToCore(*options);
   auto handle = std::make_unique<CosyfastRequest>();
-  handle->generator = model->pool->Pick();
   handle->queue = std::make_shared<cosyfast::TokenQueue>();
-  handle->session = handle->generator->Start(request, handle->queue);
+  handle->session = model->backend->Start(request, handle->queue, handle->keep_alive);
   return handle.release();
 }
 
@@ -130,6 +194,9 @@ CosyfastModelConfig cosyfast_model_config_default(void) {
   c.max_session_len = cosyfast::kDefaultMaxSessionLen;
   c.table_bfloat16 = 0;
   c.replicas = 1;
+  c.engine = "cpu";
+  c.device = 0;
+  c.gpu_memory = 0;
   return c;
 }
 
@@ -164,18 +231,43 @@ CosyfastModel* cosyfast_model_create(const CosyfastModelConfig* config) {
                                                 : cosyfast::Table::Storage::kFloat32;
     RequireArg(config->replicas >= 1 && config->replicas <= 64,
                ("replicas must be in [1, 64], got " + std::to_string(config->replicas)).c_str());
+    const std::string engine = config->engine ? config->engine : "cpu";
+    RequireArg(engine == "cpu" || engine == "turbomind",
+               ("engine must be \"cpu\" or \"turbomind\", got \"" + engine + "\"").c_str());
     auto model = std::make_unique<CosyfastModel>();
+    if (engine == "turbomind") {
+#ifdef COSYFAST_WITH_TURBOMIND
+      cosyfast::tm::BundleLoadOptions o;
+      o.dir = config->bundle_dir;
+      o.first_device = config->device;
+      o.replicas = config->replicas;
+      o.max_batch = config->max_batch;
+      o.max_session_len = config->max_session_len;
+      o.gpu_memory = config->gpu_memory;
+      o.table_storage = storage;
+      cosyfast::tm::TurboMindBundle bundle = cosyfast::tm::LoadTurboMindBundle(o);
+      model->kind = bundle.kind;
+      model->backend = std::make_unique<TurboMindBackend>(std::move(bundle.replicas));
+      return model.release();
+#else
+      throw std::invalid_argument(
+          "this cosyfast was built without the turbomind engine: build it with -DCOSYFAST_TURBOMIND=ON "
+          "(README, 'The TurboMind engine'), or use engine \"cpu\"");
+#endif
+    }
+    RequireArg(config->device == 0 && config->gpu_memory == 0,
+               "device and gpu_memory apply to the turbomind engine only");
     std::vector<std::shared_ptr<cosyfast::Generator>> replicas;
     for (int32_t i = 0; i < config->replicas; ++i) {
       cosyfast::io::CpuBundle bundle =
           cosyfast::io::LoadCpuBundle(config->bundle_dir, config->max_session_len, storage);
-      auto engine = std::make_shared<cosyfast::CpuQwen2Engine>(bundle.engine_config, std::move(bundle.engine_weights));
+      auto cpu = std::make_shared<cosyfast::CpuQwen2Engine>(bundle.engine_config, std::move(bundle.engine_weights));
       auto tables = std::make_shared<const cosyfast::PromptTables>(std::move(bundle.tables));
       model->kind = bundle.kind;
       replicas.push_back(std::make_shared<cosyfast::Generator>(std::move(tables), std::move(bundle.vocab),
-                                                               std::move(bundle.decoder_bias), std::move(engine), sched));
+                                                               std::move(bundle.decoder_bias), std::move(cpu), sched));
     }
-    model->pool = std::make_unique<cosyfast::Pool<cosyfast::Generator>>(std::move(replicas));
+    model->backend = std::make_unique<CpuBackend>(std::move(replicas));
     return model.release();
   });
 }
@@ -197,28 +289,28 @@ const char* cosyfast_model_kind(const CosyfastModel* model) {
 int32_t cosyfast_model_hidden_size(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return model->first().engine().hidden_size();
+    return model->backend->hidden_size();
   });
 }
 
 int32_t cosyfast_model_vocab_size(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return model->first().engine().vocab_size();
+    return model->backend->vocab_size();
   });
 }
 
 int32_t cosyfast_model_max_session_len(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return model->first().engine().max_session_len();
+    return model->backend->max_session_len();
   });
 }
 
 int32_t cosyfast_model_live_sessions(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return static_cast<int32_t>(model->pool->live_sessions());
+    return static_cast<int32_t>(model->backend->live_sessions());
   });
 }
 

@@ -1,10 +1,14 @@
 /* cosyfast C API: run a CosyVoice2/3 LLM stage (text + voice prompt -> speech tokens) from a C or
  * C++ host without Python.
  *
- * A model is loaded from a CPU bundle directory (written once by `cosyfast export-bundle` or
- * cosyfast.bundle.export_cpu_bundle) and runs on cosyfast's float32 CPU engine with CosyVoice's
- * exact repetition-aware sampling; the same C++ code as the Python package's engine="cpu", so the
- * same request and seed give the same tokens.
+ * A model is loaded from a bundle directory (written once by `cosyfast export-bundle` or
+ * cosyfast.bundle.export_cpu_bundle) and runs on one of two engines, with CosyVoice's exact
+ * repetition-aware sampling:
+ *  - "cpu" (default): cosyfast's float32 CPU engine, the same C++ code as the Python package's
+ *    engine="cpu", so the same request and seed give the same tokens;
+ *  - "turbomind": the GPU engine (a cosyfast built with COSYFAST_TURBOMIND=ON), TurboMind with
+ *    cosyfast's sampling in its loop; the weights go from the bundle into TurboMind in C++, so the
+ *    same request and seed give the same tokens as the Python package's engine="turbomind".
  *
  * Conventions
  *  - Handles are opaque. Every *_create / *_start / cosyfast_generate is paired with a *_destroy.
@@ -14,9 +18,12 @@
  *    clears it.
  *  - Struct arguments: start from cosyfast_model_config_default() /
  *    cosyfast_request_options_default() and change the fields you need.
- *  - Threads: a model may be used from many threads at once; its requests step together on
- *    one internal scheduler thread. A request handle belongs to one thread at a time, except
- *    cosyfast_request_cancel, which any thread may call. Callbacks run on the calling thread.
+ *  - Threads: a model may be used from many threads at once; its requests step together (on the
+ *    CPU engine's scheduler thread, or in TurboMind's own loop). A request handle belongs to one
+ *    thread at a time, except cosyfast_request_cancel, which any thread may call. Callbacks run
+ *    on the calling thread.
+ *  - GPU errors (no such device, a budget too small, a failed CUDA call while loading) come back
+ *    as sentences like any other; everything TurboMind would abort on is checked before it runs.
  *  - Lifetime: a model's engine is freed when the model and every request started on it are
  *    destroyed, in any order.
  *  - The CPU engine uses OpenMP. Run the process with OMP_WAIT_POLICY=PASSIVE (read when the
@@ -37,7 +44,7 @@
 extern "C" {
 #endif
 
-#define COSYFAST_C_API_VERSION 1
+#define COSYFAST_C_API_VERSION 2
 
 typedef struct CosyfastModel CosyfastModel;
 typedef struct CosyfastRequest CosyfastRequest;
@@ -47,7 +54,14 @@ typedef struct CosyfastModelConfig {
   int32_t max_batch;        /* most sessions stepped together in one round (default 256) */
   int32_t max_session_len;  /* longest prompt + generated sequence (default 4096) */
   int32_t table_bfloat16;   /* 1: keep the prompt tables in bfloat16 (half the memory); default 0 */
-  int32_t replicas;         /* engine copies; each request goes to the least loaded (default 1) */
+  int32_t replicas;         /* engine copies; each request goes to the least loaded (default 1);
+                               turbomind: replica i runs on GPU device + i */
+  /* Added in C API version 2. */
+  const char* engine;       /* "cpu" (default, also for NULL) or "turbomind" */
+  int32_t device;           /* turbomind: the CUDA device of the first replica (default 0) */
+  double gpu_memory;        /* turbomind: what one engine may allocate on its GPU, in GB (> 1) or as
+                               a fraction (<= 1) of the GPU's memory; 0 (default): the weights, the
+                               KV cache of max_batch sessions of max_session_len, and a workspace */
 } CosyfastModelConfig;
 
 /* The options of one request; the defaults are CosyVoice's. */
@@ -101,8 +115,8 @@ COSYFAST_API const char* cosyfast_last_error(void);
 COSYFAST_API CosyfastModelConfig cosyfast_model_config_default(void);
 COSYFAST_API CosyfastRequestOptions cosyfast_request_options_default(void);
 
-/* Loads a bundle and starts the model's scheduler. NULL on failure (a missing or corrupt bundle,
- * a bad config value). */
+/* Loads a bundle and starts the model's engine. NULL on failure (a missing or corrupt bundle,
+ * a bad config value, an engine this build lacks, no such GPU, a memory budget too small). */
 COSYFAST_API CosyfastModel* cosyfast_model_create(const CosyfastModelConfig* config);
 /* Cancels the model's running requests. NULL is ignored. */
 COSYFAST_API void cosyfast_model_destroy(CosyfastModel* model);

@@ -55,6 +55,13 @@ class _Testing:
     @staticmethod
     def sample_many(method: str, scores: npt.ArrayLike, decoded: Sequence[int], options: SamplingOptions, seed: int,
                     n: int) -> npt.NDArray[np.int32]: ...
+    # TurboMind's weight layouts as the C++ loader uploads them (bf16 bits), in every build.
+    @staticmethod
+    def turbomind_layer_layout(config: dict[str, Any], layer: dict[str, npt.ArrayLike],
+                               blocks64: bool) -> dict[str, npt.NDArray[np.uint16]]: ...
+    @staticmethod
+    def turbomind_vocab_layout(embed_tokens: npt.ArrayLike, lm_head: npt.ArrayLike
+                               ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint16]]: ...
 
 testing: _Testing
 
@@ -83,10 +90,24 @@ class CpuQwen2Engine(Engine):
     def __init__(self, config: dict[str, Any], embed_tokens: npt.ArrayLike, lm_head: npt.ArrayLike,
                  layers: list[dict[str, npt.ArrayLike]], norm: npt.ArrayLike, max_session_len: int = ...) -> None: ...
 
+# The TurboMind engine's GPU memory plan (core/gpu_memory.h), in every build: the one implementation,
+# shared with the C API. A plan is a dict of budget_bytes, weights_bytes, kv_bytes, workspace_bytes.
+GPU_WORKSPACE_BYTES: int
+CACHE_BLOCK_TOKENS: int
+def plan_gpu_memory(config: dict[str, Any], padded_vocab: int, max_batch: int, max_session_len: int,
+                    total_bytes: int, gpu_memory: float | None = None) -> dict[str, int]: ...
+def cache_max_entry_count(plan: dict[str, int], free_bytes: int) -> float: ...
+
 # Only in a build with COSYFAST_TURBOMIND=ON (README, "The TurboMind engine").
 LMDEPLOY_VERSION: str
 
 def _create_turbomind(model_dir: str, engine_config: Any) -> Any: ...
+def _load_turbomind(config: dict[str, Any], embed_tokens: npt.ArrayLike, lm_head: npt.ArrayLike,
+                    layers: list[dict[str, Any]], norm: npt.ArrayLike, *, device: int, max_batch: int,
+                    max_session_len: int, cache_max_entry_count: float) -> Any: ...
+def _turbomind_engine_config(*, device: int, max_batch: int, max_session_len: int,
+                             cache_max_entry_count: float) -> Any: ...
+def _turbomind_weight_digest(model: Any) -> dict[str, tuple[tuple[int, ...], int, int]]: ...
 
 class TurboMindEngine:
     """TurboMind (lmdeploy's source, cosyfast's patch) driven from C++."""

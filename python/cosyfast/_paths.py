@@ -1,4 +1,5 @@
-"""Small filesystem helpers shared by the Python side: the cache root and atomic writes.
+"""Small filesystem helpers shared by the Python side: the cache root, atomic writes, and where
+the installed package keeps what a C/C++ build needs (docs/cpp.md).
 
 Everything cosyfast builds once and reuses (synthetic models, exported engine directories) lives
 under one cache root so that a user can find and delete it in one place.
@@ -10,7 +11,7 @@ import secrets
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["cache_root", "atomic_write"]
+__all__ = ["cache_root", "atomic_write", "include_dir", "library_dir", "cmake_dir", "pkgconfig_dir"]
 
 
 def cache_root() -> Path:
@@ -36,3 +37,35 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def _installed(relative: str) -> Path:
+    """The directory holding `relative` inside the installed package (cmake/package.cmake puts it
+    there); in an editable install the package's directories are searched in order."""
+    from . import __path__ as package_dirs
+
+    for d in package_dirs:
+        if (Path(d) / relative).is_file():
+            return (Path(d) / relative).parent
+    raise FileNotFoundError(f"{relative} was not found in the cosyfast package ({', '.join(package_dirs)}); "
+                            "reinstall cosyfast (pip install .) to build it")
+
+
+def include_dir() -> Path:
+    """The directory to add to the include path: it holds cosyfast/c_api.h and cosyfast/cosyfast.hpp."""
+    return _installed("include/cosyfast/c_api.h").parent
+
+
+def library_dir() -> Path:
+    """The directory of libcosyfast.so."""
+    return _installed("lib/libcosyfast.so")
+
+
+def cmake_dir() -> Path:
+    """The directory of cosyfastConfig.cmake: `-Dcosyfast_DIR=` for `find_package(cosyfast)`."""
+    return _installed("lib/cmake/cosyfast/cosyfastConfig.cmake")
+
+
+def pkgconfig_dir() -> Path:
+    """The directory of cosyfast.pc: add it to `PKG_CONFIG_PATH`."""
+    return _installed("lib/pkgconfig/cosyfast.pc")

@@ -1,9 +1,9 @@
 """Export a CosyVoice2/3 LLM as a CPU bundle: the files a C++ host needs to run it without Python.
 
-Why: the C API (`include/cosyfast/c_api.h`) and the `cosyfast-host` program load a model with no
-torch and no pickle reader. So the checkpoint is read once here (with its full validation) and
-written in a plain, documented, dependency-free form, which the C++ side reads with a small JSON
-parser and a few lines of file I/O.
+Why: the C API (`include/cosyfast/c_api.h`) and the `cosyfast-host` and `cosyfast-load` programs
+load a model with no torch and no pickle reader. So the checkpoint is read once here (with its
+full validation) and written in a plain, documented, dependency-free form, which the C++ side
+reads with a small JSON parser and a few lines of file I/O.
 
 Format (version 1): a directory holding two files.
 
@@ -50,9 +50,10 @@ from typing import Any
 
 import numpy as np
 
+from ._paths import _installed
 from .checkpoint import LAYER_KEYS, LlmWeights, load_checkpoint
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "export_cpu_bundle", "host_program",
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "export_cpu_bundle", "host_program", "load_program",
            "write_safetensors"]
 
 BUNDLE_FORMAT = "cosyfast-cpu-bundle"
@@ -60,6 +61,7 @@ BUNDLE_FORMAT_VERSION = 1
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "weights.safetensors"
 HOST_PROGRAM = "cosyfast-host"
+LOAD_PROGRAM = "cosyfast-load"
 _MODEL_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "num_key_value_heads",
                "head_dim", "intermediate_size", "rms_norm_eps", "rope_theta")
 
@@ -123,22 +125,21 @@ def write_safetensors(path: str | os.PathLike[str], tensors: Iterator[tuple[str,
 
 
 def host_program() -> Path:
-    """The installed `cosyfast-host` executable (`$COSYFAST_HOST` overrides the search).
+    """The installed `cosyfast-host` executable (`$COSYFAST_HOST` overrides the search): one request
+    on a bundle, its tokens on stdout."""
+    return _installed_program(HOST_PROGRAM, "COSYFAST_HOST")
 
-    It is installed next to the package, at `cosyfast/bin/cosyfast-host`; in an editable install
-    that directory is one of the package's `__path__` entries.
-    """
-    env = os.environ.get("COSYFAST_HOST")
-    if env:
-        return Path(env)
-    from . import __path__ as package_dirs
 
-    for d in package_dirs:
-        candidate = Path(d) / "bin" / HOST_PROGRAM
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{HOST_PROGRAM} was not found in bin/ beside the cosyfast package "
-                            f"({', '.join(package_dirs)}); reinstall cosyfast (pip install .) to build it")
+def load_program() -> Path:
+    """The installed `cosyfast-load` executable (`$COSYFAST_LOAD` overrides the search): many
+    concurrent streaming requests on a bundle, a JSON summary on stdout (the bench's `host` path)."""
+    return _installed_program(LOAD_PROGRAM, "COSYFAST_LOAD")
+
+
+def _installed_program(name: str, env_var: str) -> Path:
+    """`$env_var` if set, else the program `name` installed in the package, at `cosyfast/bin/<name>`."""
+    env = os.environ.get(env_var)
+    return Path(env) if env else _installed(f"bin/{name}") / name
 
 
 # --- internals -------------------------------------------------------------------------------

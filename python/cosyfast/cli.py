@@ -71,8 +71,13 @@ def run_export_bundle(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from ._paths import cmake_dir, pkgconfig_dir
     from .info import main as info_main
 
+    # Just the path, for a build script: cmake -Dcosyfast_DIR="$(cosyfast info --cmake-dir)"
+    if args.cmake_dir or args.pkg_config_dir:
+        print(cmake_dir() if args.cmake_dir else pkgconfig_dir())
+        return 0
     return info_main(as_json=args.json)
 
 
@@ -108,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("--overwrite", action="store_true", help="replace an existing out_dir")
     export.set_defaults(func=run_export_bundle)
     info = sub.add_parser("info", help="print the version, build, engines, CUDA and GPUs (for bug reports)")
-    info.add_argument("--json", action="store_true", help="machine-readable output")
+    shown = info.add_mutually_exclusive_group()
+    shown.add_argument("--json", action="store_true", help="machine-readable output")
+    shown.add_argument("--cmake-dir", action="store_true",
+                       help="print only the directory of cosyfastConfig.cmake (for find_package(cosyfast))")
+    shown.add_argument("--pkg-config-dir", action="store_true",
+                       help="print only the directory of cosyfast.pc (for PKG_CONFIG_PATH)")
     info.set_defaults(func=run_info)
     sub.add_parser("bench", help="benchmark paths over a concurrency sweep (see `cosyfast bench --help`)",
                    add_help=False)

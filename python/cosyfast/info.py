@@ -117,7 +117,7 @@ def _engines(build: dict[str, Any], core: Any, cuda: dict[str, Any]) -> dict[str
     if core is None or not (build.get("with_turbomind") or hasattr(core, "TurboMindEngine")):
         reasons.append("not compiled in (build with -C cmake.define.COSYFAST_TURBOMIND=ON)")
     else:
-        try:  # the check engine="auto" makes: lmdeploy's converter, its version, the bound modules
+        try:  # the check engine="auto" makes: the engine compiled in, its bound modules
             from . import turbomind
 
             turbomind.check_turbomind()

@@ -396,8 +396,10 @@ def load(path: str | os.PathLike[str] | LlmWeights, engine: str = "auto", **opti
     "bfloat16" prompt tables), replicas (engines; default 1 per GPU on turbomind, 1 on cpu),
     devices (GPU ids the turbomind replicas are spread over), gpu_memory (turbomind: GB or a
     fraction per GPU; default what max_batch sessions of max_session_len need), and on cpu lanes
-    (scheduler threads) and sample_threads (helpers sharing a large round's sampling); any other
-    keyword goes to the turbomind engine config (async_, cache_max_entry_count, ...).
+    (scheduler threads) and sample_threads (helpers sharing a large round's sampling); on turbomind
+    cache_max_entry_count (TurboMind's share of free memory instead of a budget) and loader ("cpp",
+    the default: weights uploaded from C++; "lmdeploy": through lmdeploy's converter, after which any
+    other keyword goes to its TurbomindEngineConfig: async_, ...).
     """
     weights = path if isinstance(path, LlmWeights) else load_checkpoint(Path(path))
     return Model(weights, engine, **options)

@@ -9,10 +9,12 @@ import sys
 from pathlib import Path
 
 from .._paths import atomic_write
-from .metrics import gpu_memory_used_mb, markdown_table, summarize
+from .metrics import gpu_memory_used_mb, markdown_table, overhead, summarize
 from .workload import Workload
 
-PATHS = ("cosyfast", "turbomind-native", "hf", "serve")  # serve: the same workload over HTTP
+# serve: the same workload over HTTP; host: through the C++ harness cosyfast-load, in a child process
+PATHS = ("cosyfast", "turbomind-native", "hf", "serve", "host")
+OPT_IN_PATHS = ("serve", "host")  # serve needs the serve extra; host measures the C API, not the package
 
 
 def _device_name() -> str:
@@ -77,8 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--kind", default="cosyvoice2", choices=["cosyvoice2", "cosyvoice3"])
     p.add_argument("--size", default="full", choices=["tiny", "full"])
     p.add_argument("--engine", default="auto", choices=["auto", "cpu", "turbomind"])
-    p.add_argument("--paths", default=",".join(x for x in PATHS if x != "serve"),  # serve needs the serve extra
-                   help="comma list of " + ", ".join(PATHS))
+    p.add_argument("--paths", default=",".join(x for x in PATHS if x not in OPT_IN_PATHS),
+                   help="comma list of " + ", ".join(PATHS) + " (default: all but " + ", ".join(OPT_IN_PATHS) + ")")
     p.add_argument("--concurrency", default="1,4,16,64,128,256")
     p.add_argument("--prompt-rows", type=int, default=150)
     p.add_argument("--new-tokens", type=int, default=500)
@@ -170,14 +172,24 @@ def main(argv: list[str] | None = None) -> int:
         wall, arr = run_hf(weights, hf_work, req, dev)
         record(summarize("hf", 1, wall, arr, gpu_memory_used_mb()))
 
-    if "serve" in paths:
-        from .serve_path import overhead, serve_results
+    inprocess = {r["concurrency"]: r for r in rows if r["path"] == args.label}
 
-        inprocess = {r["concurrency"]: r for r in rows if r["path"] == args.label}
+    def record_against_inprocess(res) -> None:
+        if res.concurrency in inprocess:  # the in-process row of this call, same workload
+            res.extra.update(overhead(res.row(), inprocess[res.concurrency]))
+        record(res)
+
+    if "serve" in paths:
+        from .serve_path import serve_results
+
         for res in serve_results(model, work, weights.kind, sweep, lambda fn: median_run(fn, args.repeats)):
-            if res.concurrency in inprocess:  # the in-process row of this call, same workload
-                res.extra.update(overhead(res.row(), inprocess[res.concurrency]))
-            record(res)
+            record_against_inprocess(res)
+    if "host" in paths:
+        from .host_path import host_results, model_flags
+
+        flags = model_flags(model.engine, max(args.max_batch, max(sweep)), model.replicas, devices, args.gpu_memory)
+        for res in host_results(weights, work, sweep, flags, lambda fn: median_run(fn, args.repeats)):
+            record_against_inprocess(res)
 
     out = Path(args.out)
     meta = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import resource
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -49,6 +50,15 @@ def summarize(path: str, concurrency: int, wall_s: float, arrivals: list[list[fl
         rtf=round(wall_s / audio_s, 5) if audio_s else float("nan"),
         peak_gpu_mem_mb=peak_gpu_mem_mb, host_rss_mb=round(rss_mb, 1), extra=dict(extra),
     )
+
+
+def overhead(row: dict[str, Any], inprocess_row: dict[str, Any]) -> dict[str, float]:
+    """What a path adds per token over the in-process row of the same call and workload (HTTP for
+    `serve`, a separate C++ host process for `host`): wall time per token (1 / throughput) and the
+    p50 gap."""
+    per_token = row["wall_s"] / row["tokens"] - inprocess_row["wall_s"] / inprocess_row["tokens"]
+    return {"overhead_us_per_token": round(per_token * 1e6, 2),
+            "overhead_ms_per_token_p50": round(row["ms_per_token_p50"] - inprocess_row["ms_per_token_p50"], 3)}
 
 
 def gpu_memory_used_mb() -> float | None:

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from .metrics import RunResult, summarize
 from .workload import Request, Workload
@@ -44,9 +44,3 @@ def serve_results(model: "Model", work: Workload, kind: str, sweep: list[int],
             results.append(summarize("serve", c, wall, arrivals, None))
     return results
 
-
-def overhead(serve_row: dict[str, Any], inprocess_row: dict[str, Any]) -> dict[str, float]:
-    """What HTTP adds per token: wall time per token (1 / throughput) and the p50 gap."""
-    per_token = serve_row["wall_s"] / serve_row["tokens"] - inprocess_row["wall_s"] / inprocess_row["tokens"]
-    return {"overhead_us_per_token": round(per_token * 1e6, 2),
-            "overhead_ms_per_token_p50": round(serve_row["ms_per_token_p50"] - inprocess_row["ms_per_token_p50"], 3)}
