@@ -37,7 +37,8 @@ fi
 # What `cosyfast serve` and the bench's serve path import besides fastapi/starlette/uvicorn (above).
 if [ ! -d "$DL/serve" ]; then
   mkdir -p "$DL/serve.tmp"
-  $GET -d "$DL/serve.tmp" "websockets~=17.4" "prometheus-client~=0.26.0" "httpx~=0.28.1" httpcore h11 anyio certifi idna click
+  $GET -d "$DL/serve.tmp" "websockets~=17.4" "prometheus-client~=0.26.0" "httpx~=0.28.1" httpcore h11 anyio certifi idna click \
+    "opentelemetry-api>=1.44.0" importlib-metadata zipp  # fastapi 0.163 imports opentelemetry's API
   mv "$DL/serve.tmp" "$DL/serve"
 fi
 rm -rf "$OUT/whl" && cp -r "$DL/whl" "$OUT/" && cp "$DL"/serve/*.whl "$OUT/whl/"

@@ -199,10 +199,24 @@ Engine::~Engine() {
     }
   }
   for (auto& r : live) r->Cancel();
+  live.clear();
   // TurboMind answers each cancel from its own threads; give it a bounded time.
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
   while (live_requests() > 0 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  // A request ends (for its observer) before TurboMind lets go of its callback, which holds the
+  // Request and so the core. Were the core's last reference dropped there, TurboMind would be
+  // destroyed on its own thread, joining itself (a crash at exit in C hosts, which hold no other
+  // reference). So wait until every request is gone, then destroy TurboMind here; should one
+  // never go, keep TurboMind alive rather than free it under a running thread.
+  while (core_.use_count() > 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  }
+  if (core_.use_count() == 1) {
+    core_->model.reset();
+  } else {
+    new std::shared_ptr<EngineCore>(core_);  // deliberately leaked: see above
   }
 }
 

@@ -106,7 +106,8 @@ class Engine {
  public:
   // `model`: a TurboMind whose weights are loaded and whose engine is created (index 0).
   Engine(std::shared_ptr<turbomind::TurboMind> model, EngineOptions options);
-  // Cancels what is still live and waits (bounded) for TurboMind to end it.
+  // Cancels what is still live, waits (bounded) for TurboMind to end it and to let go of every
+  // request, then releases the model on this thread (never on one of TurboMind's own).
   ~Engine();
   Engine(const Engine&) = delete;
   Engine& operator=(const Engine&) = delete;
