@@ -153,7 +153,10 @@ def test_disconnect_ends_the_session(serve, long_model: cosyfast.Model) -> None:
     url, service = srv.url, srv.service
     with httpx.Client(base_url=url, timeout=30) as c:
         with c.stream("POST", "/v1/speech_tokens", json=body(**LONG)) as r:
-            first = json.loads(next(r.iter_lines()))
+            # Hold the iterator: a dropped one is closed at once, and closing it closes the
+            # connection (a disconnect before the check below).
+            lines = r.iter_lines()
+            first = json.loads(next(lines))
             assert first["tokens"] and model.live_sessions == 1
         # leaving the block closed the connection mid-stream
         wait_for(lambda: model.live_sessions == 0 and service.admitted == 0, "the engine session ends")
