@@ -156,14 +156,4 @@ int Run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) {
-  try {
-    return Run(argc, argv);
-  } catch (const UsageError& e) {
-    std::fprintf(stderr, "cosyfast-host: %s\n\n%s", e.message.c_str(), kUsage.c_str());
-    return 2;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "cosyfast-host: error: %s\n", e.what());
-    return 1;
-  }
-}
+int main(int argc, char** argv) { return cosyfast::tools::RunProgram("cosyfast-host", kUsage, Run, argc, argv); }

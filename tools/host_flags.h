@@ -6,7 +6,9 @@
 
 #include <cerrno>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <limits>
 #include <string>
@@ -114,5 +116,19 @@ class ModelFlags {
   std::string engine_ = "cpu";
   api::ModelConfig config_ = api::DefaultModelConfig();
 };
+
+// The programs' main: runs `run`, and turns a usage error into the message, the usage and exit 2,
+// any other error into "error: <sentence>" and exit 1.
+inline int RunProgram(const char* program, const std::string& usage, int (*run)(int, char**), int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const UsageError& e) {
+    std::fprintf(stderr, "%s: %s\n\n%s", program, e.message.c_str(), usage.c_str());
+    return 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+    return 1;
+  }
+}
 
 }  // namespace cosyfast::tools

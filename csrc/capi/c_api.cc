@@ -45,48 +45,41 @@ class ModelBackend {
 
 namespace {
 
-class CpuBackend final : public ModelBackend {
- public:
-  explicit CpuBackend(std::vector<std::shared_ptr<cosyfast::Generator>> replicas) : pool_(std::move(replicas)) {}
-  std::shared_ptr<cosyfast::RequestHandle> Start(const cosyfast::GenerationRequest& request,
-                                                 std::shared_ptr<cosyfast::TokenSink> sink,
-                                                 std::shared_ptr<void>& keep_alive) override {
-    const auto& generator = pool_.Pick();
-    keep_alive = generator;
-    return generator->Start(request, std::move(sink));
-  }
-  size_t live_sessions() const override { return pool_.live_sessions(); }
-  int hidden_size() const override { return first().hidden_size(); }
-  int vocab_size() const override { return first().vocab_size(); }
-  int max_session_len() const override { return first().max_session_len(); }
-
- private:
-  const cosyfast::Engine& first() const { return pool_.replicas().front()->engine(); }
-  cosyfast::Pool<cosyfast::Generator> pool_;
+struct ModelShape {
+  int hidden_size, vocab_size, max_session_len;
 };
-
+ModelShape ShapeOf(const cosyfast::Generator& g) {
+  const cosyfast::Engine& e = g.engine();
+  return {e.hidden_size(), e.vocab_size(), e.max_session_len()};
+}
 #ifdef COSYFAST_WITH_TURBOMIND
-class TurboMindBackend final : public ModelBackend {
+ModelShape ShapeOf(const cosyfast::tm::Generator& g) {
+  const cosyfast::tm::EngineOptions& o = g.engine().options();
+  return {o.hidden_size, o.vocab_size, o.max_session_len};
+}
+#endif
+
+// Replicas of one generator type (cosyfast::Generator or tm::Generator) behind the interface.
+template <class Replica>
+class PoolBackend final : public ModelBackend {
  public:
-  explicit TurboMindBackend(std::vector<std::shared_ptr<cosyfast::tm::Generator>> replicas)
-      : pool_(std::move(replicas)) {}
+  explicit PoolBackend(std::vector<std::shared_ptr<Replica>> replicas) : pool_(std::move(replicas)) {}
   std::shared_ptr<cosyfast::RequestHandle> Start(const cosyfast::GenerationRequest& request,
                                                  std::shared_ptr<cosyfast::TokenSink> sink,
                                                  std::shared_ptr<void>& keep_alive) override {
-    const auto& generator = pool_.Pick();
-    keep_alive = generator;
-    return generator->Start(request, std::move(sink));
+    const auto& replica = pool_.Pick();
+    keep_alive = replica;
+    return replica->Start(request, std::move(sink));
   }
   size_t live_sessions() const override { return pool_.live_sessions(); }
-  int hidden_size() const override { return first().hidden_size; }
-  int vocab_size() const override { return first().vocab_size; }
-  int max_session_len() const override { return first().max_session_len; }
+  int hidden_size() const override { return shape().hidden_size; }
+  int vocab_size() const override { return shape().vocab_size; }
+  int max_session_len() const override { return shape().max_session_len; }
 
  private:
-  const cosyfast::tm::EngineOptions& first() const { return pool_.replicas().front()->engine().options(); }
-  cosyfast::Pool<cosyfast::tm::Generator> pool_;
+  ModelShape shape() const { return ShapeOf(*pool_.replicas().front()); }
+  cosyfast::Pool<Replica> pool_;
 };
-#endif
 
 }  // namespace
 
@@ -247,7 +240,7 @@ CosyfastModel* cosyfast_model_create(const CosyfastModelConfig* config) {
       o.table_storage = storage;
       cosyfast::tm::TurboMindBundle bundle = cosyfast::tm::LoadTurboMindBundle(o);
       model->kind = bundle.kind;
-      model->backend = std::make_unique<TurboMindBackend>(std::move(bundle.replicas));
+      model->backend = std::make_unique<PoolBackend<cosyfast::tm::Generator>>(std::move(bundle.replicas));
       return model.release();
 #else
       throw std::invalid_argument(
@@ -267,7 +260,7 @@ CosyfastModel* cosyfast_model_create(const CosyfastModelConfig* config) {
       replicas.push_back(std::make_shared<cosyfast::Generator>(std::move(tables), std::move(bundle.vocab),
                                                                std::move(bundle.decoder_bias), std::move(cpu), sched));
     }
-    model->backend = std::make_unique<CpuBackend>(std::move(replicas));
+    model->backend = std::make_unique<PoolBackend<cosyfast::Generator>>(std::move(replicas));
     return model.release();
   });
 }
