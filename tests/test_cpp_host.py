@@ -82,12 +82,6 @@ def host_tokens(bundle: Path, kind: str, options: dict, *extra: str) -> tuple[li
 
 
 @pytest.fixture(scope="module")
-def bundles(tiny_dirs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundles")
-    return {kind: export_cpu_bundle(load_checkpoint(d), root / kind) for kind, d in tiny_dirs.items()}
-
-
-@pytest.fixture(scope="module")
 def models(tiny_dirs):
     loaded = {kind: cosyfast.load(d, engine="cpu") for kind, d in tiny_dirs.items()}
     yield loaded

@@ -16,19 +16,12 @@ import pytest
 
 import cosyfast
 from cosyfast import _core
-from cosyfast.bundle import export_cpu_bundle, host_program, load_program
-from cosyfast.checkpoint import load_checkpoint
+from cosyfast.bundle import host_program, load_program
 
 EOP = 151646  # <|endofprompt|>, required in CosyVoice3 texts
 KINDS = ("cosyvoice2", "cosyvoice3")
 # Small prompts keep a run of dozens of requests to about a second on 2 cores.
 SMALL = ("--text-len", "8", "--prompt-text-len", "4", "--prompt-speech-len", "10")
-
-
-@pytest.fixture(scope="module")
-def bundles(tiny_dirs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("bundles")
-    return {kind: export_cpu_bundle(load_checkpoint(d), root / kind) for kind, d in tiny_dirs.items()}
 
 
 def run_load(*args: object) -> subprocess.CompletedProcess:

@@ -21,8 +21,6 @@ import pytest
 
 import cosyfast
 from cosyfast import _paths
-from cosyfast.bundle import export_cpu_bundle
-from cosyfast.checkpoint import load_checkpoint
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "minimal"
 EOP = 151646  # <|endofprompt|>, required in CosyVoice3 texts
@@ -86,12 +84,6 @@ def pkg_config_flags(pc_dir: Path) -> tuple[list[str], list[str]] | None:
     out = [subprocess.run([exe, flag, "cosyfast"], capture_output=True, text=True, timeout=30, env=env, check=True).stdout
            for flag in ("--cflags", "--libs")]
     return shlex.split(out[0]), shlex.split(out[1])
-
-
-@pytest.fixture(scope="module")
-def bundles(tiny_dirs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("package-bundles")
-    return {kind: export_cpu_bundle(load_checkpoint(d), root / kind) for kind, d in tiny_dirs.items()}
 
 
 @pytest.fixture(scope="module")

@@ -65,12 +65,6 @@ def models(tiny_dirs):
         yield {kind: stack.enter_context(cosyfast.load(path, engine="cpu")) for kind, path in tiny_dirs.items()}
 
 
-@pytest.fixture(scope="module")
-def bundles(tiny_dirs, tmp_path_factory):
-    root = tmp_path_factory.mktemp("rel-bundles")
-    return {kind: export_cpu_bundle(load_checkpoint(d), root / kind) for kind, d in tiny_dirs.items()}
-
-
 def _state(model_dir: Path) -> dict:
     return torch.load(model_dir / "llm.pt", weights_only=True)
 
