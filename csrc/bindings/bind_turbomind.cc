@@ -6,14 +6,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cuda_runtime.h>
+
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
 #include <vector>
-
-#include <cuda_runtime.h>
-
-#include <functional>
 
 #include "decode/token_queue.h"
 #include "engines/turbomind/tm_generator.h"
@@ -28,25 +27,12 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 
-// Python owns TurboMinds through shared_ptrs whose last reference may go while Python holds
-// the GIL; TurboMind's destructor joins its threads, one of which may be waiting for the GIL.
-std::shared_ptr<turbomind::TurboMind> OwnedByPython(turbomind::TurboMind* model) {
-  return std::shared_ptr<turbomind::TurboMind>(model, [](turbomind::TurboMind* m) {
-    if (PyGILState_Check()) {
-      py::gil_scoped_release release;
-      delete m;
-    } else {
-      delete m;
-    }
-  });
-}
-
 // lmdeploy's binding makes TurboMind with a context factory that takes the GIL on the signal
 // thread for every batch of signals (its callbacks are Python functions). cosyfast's callbacks
 // are C++, so its TurboMind takes none: the token path never waits for Python.
 std::shared_ptr<turbomind::TurboMind> CreateTurboMind(std::string model_dir, turbomind::EngineConfig config) {
   py::gil_scoped_release release;
-  return OwnedByPython(new turbomind::TurboMind(std::move(model_dir), std::move(config), tm::NoFfiContext()));
+  return OwnedReleasingGil(new turbomind::TurboMind(std::move(model_dir), std::move(config), tm::NoFfiContext()));
 }
 
 tm::LoadOptions MakeLoadOptions(int device, int max_batch, int max_session_len, double cache_max_entry_count) {
@@ -97,7 +83,7 @@ void BindTurboMind(py::module_& m) {
         const tm::LoadOptions options = MakeLoadOptions(device, max_batch, max_session_len, cache_max_entry_count);
         const Qwen2Model model = Qwen2FromPython(config, embed_tokens, lm_head, layers, norm, max_session_len);
         py::gil_scoped_release release;
-        return OwnedByPython(tm::LoadTurboMind(model.config, model.weights, options).release());
+        return OwnedReleasingGil(tm::LoadTurboMind(model.config, model.weights, options).release());
       },
       py::arg("config"), py::arg("embed_tokens"), py::arg("lm_head"), py::arg("layers"), py::arg("norm"), py::kw_only(),
       py::arg("device"), py::arg("max_batch"), py::arg("max_session_len"), py::arg("cache_max_entry_count"),
@@ -128,7 +114,7 @@ void BindTurboMind(py::module_& m) {
           [](tm::Engine& e, std::vector<int32_t> ids, const FloatArray& rows, std::vector<std::pair<int, int>> row_ranges) {
             tm::RequestSpec spec;
             spec.ids = std::move(ids);
-            spec.rows = tm::ToBFloat16(std::vector<float>(rows.data(), rows.data() + rows.size()));
+            spec.rows = ToBFloat16({rows.data(), static_cast<size_t>(rows.size())});
             spec.row_ranges = std::move(row_ranges);
             std::vector<float> out;
             {

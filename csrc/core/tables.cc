@@ -14,6 +14,12 @@ uint16_t FloatToBFloat16(float f) {
   return static_cast<uint16_t>(bits >> 16);
 }
 
+std::vector<uint16_t> ToBFloat16(std::span<const float> values) {
+  std::vector<uint16_t> out(values.size());
+  std::transform(values.begin(), values.end(), out.begin(), FloatToBFloat16);
+  return out;
+}
+
 float BFloat16ToFloat(uint16_t b) {
   uint32_t bits = static_cast<uint32_t>(b) << 16;
   float f;
@@ -28,8 +34,7 @@ Table::Table(const float* data, int64_t rows, int64_t dim, Storage storage)
   if (storage == Storage::kFloat32) {
     f32_.assign(data, data + n);
   } else {
-    bf16_.resize(n);
-    for (int64_t i = 0; i < n; ++i) bf16_[i] = FloatToBFloat16(data[i]);
+    bf16_ = ToBFloat16({data, static_cast<size_t>(n)});
   }
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -32,6 +33,8 @@ class Table {
 
 uint16_t FloatToBFloat16(float f);  // round to nearest even, NaN kept
 float BFloat16ToFloat(uint16_t b);
+// The bf16 bits of `values`, each rounded as FloatToBFloat16.
+std::vector<uint16_t> ToBFloat16(std::span<const float> values);
 
 // Which token ids mean what, for CosyVoice2 or CosyVoice3 (as upstream CosyVoice's
 // cosyvoice/llm/llm.py numbers them: Qwen2LM, CosyVoice3LM; docs/architecture.md).

@@ -3,7 +3,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "core/tables.h"  // FloatToBFloat16
+#include "core/tables.h"  // FloatToBFloat16, ToBFloat16
 
 namespace cosyfast {
 namespace {
@@ -26,12 +26,6 @@ void TransposeInto(std::vector<uint16_t>& dst, int width, int col0, const std::v
     const float* row = w.data() + static_cast<size_t>(source(c)) * in;
     for (int i = 0; i < in; ++i) dst[static_cast<size_t>(i) * width + col0 + c] = FloatToBFloat16(row[i]);
   }
-}
-
-std::vector<uint16_t> Bf16(const std::vector<float>& v) {
-  std::vector<uint16_t> out(v.size());
-  for (size_t i = 0; i < v.size(); ++i) out[i] = FloatToBFloat16(v[i]);
-  return out;
 }
 
 int Identity(int c) { return c; }
@@ -80,8 +74,8 @@ TurboMindLayerTensors TurboMindLayer(const CpuQwen2Config& c, const CpuQwen2Laye
   }
   t.w2.resize(static_cast<size_t>(f) * h);
   TransposeInto(t.w2, h, 0, w.down_proj, h, f, Identity);
-  t.attention_norm = Bf16(w.input_layernorm);
-  t.ffn_norm = Bf16(w.post_attention_layernorm);
+  t.attention_norm = ToBFloat16(w.input_layernorm);
+  t.ffn_norm = ToBFloat16(w.post_attention_layernorm);
   return t;
 }
 
@@ -90,8 +84,8 @@ std::vector<uint16_t> TurboMindEmbedding(const std::vector<float>& rows, int voc
     throw std::invalid_argument("the embedding does not have " + std::to_string(vocab) + " x " + std::to_string(hidden) +
                                 " values or the padded vocabulary is smaller");
   }
-  std::vector<uint16_t> out(static_cast<size_t>(padded_vocab) * hidden, 0);
-  for (size_t i = 0; i < rows.size(); ++i) out[i] = FloatToBFloat16(rows[i]);
+  std::vector<uint16_t> out = ToBFloat16(rows);
+  out.resize(static_cast<size_t>(padded_vocab) * hidden, 0);
   return out;
 }
 

@@ -200,12 +200,6 @@ int MinRepeats(const SamplingOptions& s) {
 
 }  // namespace
 
-std::vector<uint16_t> ToBFloat16(const std::vector<float>& rows) {
-  std::vector<uint16_t> out(rows.size());
-  std::transform(rows.begin(), rows.end(), out.begin(), FloatToBFloat16);
-  return out;
-}
-
 Generator::Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab vocab, std::vector<float> decoder_bias,
                      std::shared_ptr<Engine> engine)
     : tables_(std::move(tables)), vocab_(std::move(vocab)), engine_(std::move(engine)),

@@ -73,7 +73,4 @@ class Generator {
   turbomind::CosyVoiceConfig SamplingConfig(const SamplingOptions& s) const;
 };
 
-// The bf16 bits of float rows, for TurboMind's input embeddings.
-std::vector<uint16_t> ToBFloat16(const std::vector<float>& rows);
-
 }  // namespace cosyfast::tm

@@ -9,7 +9,7 @@
 #include <utility>
 #include <vector>
 
-#include "core/tables.h"  // FloatToBFloat16
+#include "core/tables.h"  // ToBFloat16
 #include "engines/turbomind_layout.h"
 #include "src/turbomind/core/context.h"
 #include "src/turbomind/core/data_format.h"
@@ -253,11 +253,7 @@ std::unique_ptr<ft::TurboMind> LoadTurboMind(const CpuQwen2Config& config, const
     text_config.tp_size = 1;
     text_config.tp_rank = 0;
     auto text_model = Create(text_config);
-    Attach(*text_model, "norm", NormModule(config, [&] {
-             std::vector<uint16_t> norm(weights.norm.size());
-             std::transform(weights.norm.begin(), weights.norm.end(), norm.begin(), FloatToBFloat16);
-             return norm;
-           }()));
+    Attach(*text_model, "norm", NormModule(config, ToBFloat16(weights.norm)));
     Attach(*text_model, "output",
            LinearModule(config.hidden, padded_vocab,
                         TurboMindOutput(weights.lm_head, weights.vocab_size, config.hidden, padded_vocab), nullptr));
