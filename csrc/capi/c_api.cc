@@ -28,6 +28,11 @@
 #define COSYFAST_VERSION "unknown"
 #endif
 
+// What every replica of a model shares.
+struct ModelShape {
+  int hidden_size, vocab_size, max_session_len;
+};
+
 // A model's replicas behind one interface, whichever engine runs them: a pool of CPU round
 // schedulers or of TurboMind generators (decode/pool.h picks the replica).
 class ModelBackend {
@@ -38,16 +43,11 @@ class ModelBackend {
                                                          std::shared_ptr<cosyfast::TokenSink> sink,
                                                          std::shared_ptr<void>& keep_alive) = 0;
   virtual size_t live_sessions() const = 0;
-  virtual int hidden_size() const = 0;
-  virtual int vocab_size() const = 0;
-  virtual int max_session_len() const = 0;
+  virtual ModelShape shape() const = 0;
 };
 
 namespace {
 
-struct ModelShape {
-  int hidden_size, vocab_size, max_session_len;
-};
 ModelShape ShapeOf(const cosyfast::Generator& g) {
   const cosyfast::Engine& e = g.engine();
   return {e.hidden_size(), e.vocab_size(), e.max_session_len()};
@@ -72,12 +72,9 @@ class PoolBackend final : public ModelBackend {
     return replica->Start(request, std::move(sink));
   }
   size_t live_sessions() const override { return pool_.live_sessions(); }
-  int hidden_size() const override { return shape().hidden_size; }
-  int vocab_size() const override { return shape().vocab_size; }
-  int max_session_len() const override { return shape().max_session_len; }
+  ModelShape shape() const override { return ShapeOf(*pool_.replicas().front()); }
 
  private:
-  ModelShape shape() const { return ShapeOf(*pool_.replicas().front()); }
   cosyfast::Pool<Replica> pool_;
 };
 
@@ -282,21 +279,21 @@ const char* cosyfast_model_kind(const CosyfastModel* model) {
 int32_t cosyfast_model_hidden_size(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return model->backend->hidden_size();
+    return model->backend->shape().hidden_size;
   });
 }
 
 int32_t cosyfast_model_vocab_size(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return model->backend->vocab_size();
+    return model->backend->shape().vocab_size;
   });
 }
 
 int32_t cosyfast_model_max_session_len(const CosyfastModel* model) {
   return Guard<int32_t>(-1, [&] {
     RequireArg(model != nullptr, "the model is NULL");
-    return model->backend->max_session_len();
+    return model->backend->shape().max_session_len;
   });
 }
 
