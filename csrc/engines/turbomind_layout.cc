@@ -37,13 +37,19 @@ int TurboMindPaddedVocab(int rows) {
   return (rows + kTurboMindVocabMultiple - 1) / kTurboMindVocabMultiple * kTurboMindVocabMultiple;
 }
 
-TurboMindLayerTensors TurboMindLayer(const CpuQwen2Config& c, const CpuQwen2LayerWeights& w, GateUpLayout layout) {
-  const int h = c.hidden, q = c.heads * c.head_dim, kv = c.kv_heads * c.head_dim, f = c.ffn, hd = c.head_dim;
-  if (hd % 2 != 0) throw std::invalid_argument("head_dim must be even for rotary embeddings, got " + std::to_string(hd));
-  if (layout == GateUpLayout::kBlocks64 && f % kGateUpBlock != 0) {
-    throw std::invalid_argument("intermediate_size " + std::to_string(f) + " is not a multiple of " +
+void CheckTurboMindLayout(const CpuQwen2Config& c, GateUpLayout layout) {
+  if (c.head_dim % 2 != 0) {
+    throw std::invalid_argument("head_dim must be even for rotary embeddings, got " + std::to_string(c.head_dim));
+  }
+  if (layout == GateUpLayout::kBlocks64 && c.ffn % kGateUpBlock != 0) {
+    throw std::invalid_argument("intermediate_size " + std::to_string(c.ffn) + " is not a multiple of " +
                                 std::to_string(kGateUpBlock) + ", which TurboMind's fused SiLU on Hopper needs");
   }
+}
+
+TurboMindLayerTensors TurboMindLayer(const CpuQwen2Config& c, const CpuQwen2LayerWeights& w, GateUpLayout layout) {
+  CheckTurboMindLayout(c, layout);
+  const int h = c.hidden, q = c.heads * c.head_dim, kv = c.kv_heads * c.head_dim, f = c.ffn, hd = c.head_dim;
   TurboMindLayerTensors t;
   const int qkv = q + 2 * kv;
   const auto rotary = [hd](int col) { return RotarySource(col, hd); };

@@ -36,7 +36,11 @@ struct TurboMindLayerTensors {
   std::vector<uint16_t> ffn_norm;        // [hidden]
 };
 
-// Throws std::invalid_argument when `layout` cannot hold the config (kBlocks64 needs ffn % 64 == 0).
+// Throws std::invalid_argument when the config cannot be laid out so (an odd head_dim; kBlocks64
+// needs ffn % 64 == 0): the loader asks before it creates TurboMind.
+void CheckTurboMindLayout(const CpuQwen2Config& config, GateUpLayout layout);
+
+// Checks as CheckTurboMindLayout.
 TurboMindLayerTensors TurboMindLayer(const CpuQwen2Config& config, const CpuQwen2LayerWeights& layer,
                                      GateUpLayout layout);
 

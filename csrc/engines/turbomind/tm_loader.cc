@@ -125,11 +125,10 @@ std::unique_ptr<core::Module> LinearModule(int input_dim, int output_dim, const 
   return linear;
 }
 
-std::unique_ptr<core::Module> DecoderLayer(const CpuQwen2Config& c, const CpuQwen2LayerWeights& w, bool hopper,
-                                           int max_session_len) {
+std::unique_ptr<core::Module> DecoderLayer(const CpuQwen2Config& c, const CpuQwen2LayerWeights& w,
+                                           GateUpLayout gate_up, int max_session_len) {
   // Laid out per layer, so the host holds one layer's bf16 copy at a time.
-  const TurboMindLayerTensors t =
-      TurboMindLayer(c, w, hopper ? GateUpLayout::kBlocks64 : GateUpLayout::kConcatenated);
+  const TurboMindLayerTensors t = TurboMindLayer(c, w, gate_up);
   const int q = c.heads * c.head_dim, kv = c.kv_heads * c.head_dim;
   auto layer = Create(core::DecoderLayerConfig{});
 
@@ -138,7 +137,7 @@ std::unique_ptr<core::Module> DecoderLayer(const CpuQwen2Config& c, const CpuQwe
   Attach(*attention, "wo", LinearModule(q, c.hidden, t.wo, nullptr));
   Attach(*layer, "attention", std::move(attention));
 
-  auto ffn = Create(Ffn(c, hopper));
+  auto ffn = Create(Ffn(c, gate_up == GateUpLayout::kBlocks64));
   Attach(*ffn, "w1w3", LinearModule(c.hidden, 2 * c.ffn, t.w1w3, nullptr));
   Attach(*ffn, "w2", LinearModule(c.ffn, c.hidden, t.w2, nullptr));
   Attach(*layer, "feed_forward", std::move(ffn));
@@ -235,11 +234,10 @@ std::unique_ptr<ft::TurboMind> LoadTurboMind(const CpuQwen2Config& config, const
   const int padded_vocab = TurboMindPaddedVocab(weights.vocab_size);
 
   ft::CudaDeviceGuard device(options.device);  // LinearWeight reads the SM of the current device
-  const bool hopper = ft::getSMVersion() == 90;  // the Python converter's test: capability (9, 0)
-  if (hopper && config.ffn % kGateUpBlock != 0) {
-    throw std::invalid_argument("intermediate_size " + std::to_string(config.ffn) + " is not a multiple of " +
-                                std::to_string(kGateUpBlock) + ", which TurboMind's fused SiLU on Hopper needs");
-  }
+  // Hopper's bf16 GEMM fuses SiLU and reads gate/up in blocks; the Python converter's test is the
+  // capability (9, 0).
+  const GateUpLayout gate_up = ft::getSMVersion() == 90 ? GateUpLayout::kBlocks64 : GateUpLayout::kConcatenated;
+  CheckTurboMindLayout(config, gate_up);
   auto model = std::make_unique<ft::TurboMind>("", engine_config, NoFfiContext());
   model->CreateContext(0);
   core::Module* root = model->CreateRoot(0);
@@ -259,7 +257,7 @@ std::unique_ptr<ft::TurboMind> LoadTurboMind(const CpuQwen2Config& config, const
                         TurboMindOutput(weights.lm_head, weights.vocab_size, config.hidden, padded_vocab), nullptr));
     core::Module* layers = Attach(*text_model, "layers", Create(core::ModuleListConfig{}));
     for (int i = 0; i < config.layers; ++i) {
-      Attach(*layers, std::to_string(i), DecoderLayer(config, weights.layers[i], hopper, options.max_session_len));
+      Attach(*layers, std::to_string(i), DecoderLayer(config, weights.layers[i], gate_up, options.max_session_len));
     }
     Upload(*text_model, "tok_embeddings",
            TurboMindEmbedding(weights.embed_tokens, weights.vocab_size, config.hidden, padded_vocab),
