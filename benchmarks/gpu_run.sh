@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the GPU machine does, in one go: build cosyfast with the TurboMind engine (lmdeploy's
 # source + cosyfast's patch), run the GPU tests, then the benchmark.
-#   bash benchmarks/gpu_run.sh [build,tests,bench,memory,compare] [bench-args...]   (from the repo root)
+#   bash benchmarks/gpu_run.sh [build,tests,bench,memory,fastdecode,compare] [bench-args...]   (from the repo root)
 # Needs, besides CUDA, PyTorch, pybind11, scikit-build-core and ninja, lmdeploy 0.16.0's Python package
 # (its weight converter) and lmdeploy's source. Either
 #   - the offline pack in $COSYFAST_DEVICE_PACK (default .gpupack, kept out of git), made on a
@@ -60,6 +60,21 @@ if [[ $STAGES == *memory* ]]; then
   mem --concurrency 256 --label no-budget-half-free --engine-option cache_max_entry_count=0.5 --out /tmp/m2
   mem --concurrency 32 --max-batch 32 --gpu-memory 4 --label budget-4gb --out /tmp/m3
   cat /tmp/m1/results.jsonl /tmp/m2/results.jsonl /tmp/m3/results.jsonl > "$OUT/memory.jsonl"
+fi
+if [[ $STAGES == *fastdecode* ]]; then
+  # Issue 22's comparison, one engine build: cosyfast (fast_decode on, the default) against
+  # cosyfast with fast_decode off and TurboMind as shipped (fast_decode off, its own sampler);
+  # then the per-step kernel breakdown of the three and the greedy-divergence study.
+  FD_SWEEP=${FD_SWEEP:-1,16,64,128,256}
+  fd() { python3 -m cosyfast.bench --concurrency "$FD_SWEEP" --new-tokens 500 --repeats 3 "$@" 2>&1 | grep -E "^  [a-z]|^bench"; }
+  fd --paths cosyfast --out /tmp/fd-on
+  fd --paths cosyfast,turbomind-native --label cosyfast-shipped --engine-option fast_decode=0 --out /tmp/fd-off
+  cat /tmp/fd-on/results.jsonl /tmp/fd-off/results.jsonl > "$OUT/fast_decode_bench.jsonl"
+  python3 "$OLDPWD/benchmarks/step_profile.py" --concurrency "${FD_PROFILE:-1,64}" --out /tmp/fd-prof 2>&1 | grep '^{' |
+    python3 -c "import json,sys; [print(json.dumps({k: r[k] for k in ('path','concurrency','wall_ms_per_step','gpu_busy_ms_per_step','launch_gap_share','gpu_ops_per_step','families_ms_per_step','decode_gemm')})) for r in map(json.loads, sys.stdin)]"
+  cp /tmp/fd-prof/step_profile.jsonl "$OUT/"
+  [ -n "${FD_DIVERGENCE-1}" ] && python3 "$OLDPWD/benchmarks/greedy_divergence.py" --out /tmp/fd-div 2>&1 | grep '"summary"' &&
+    cp /tmp/fd-div/greedy_divergence.jsonl "$OUT/"
 fi
 if [[ $STAGES == *compare* ]]; then
   # lmdeploy's own loops, 0.16.0 (this build, CosyVoice sampling off) and 0.14.0 (its CUDA-12

@@ -82,9 +82,13 @@ set(_tm_ours
     "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyvoice_sampling.cc"
     "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyvoice_sampling_kernel.h"
     "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyvoice_sampling_kernel.cu")
+# The decode GEMM hook lives beside LlamaLinear, which calls it.
+set(_tm_ours_linear
+    "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyfast_decode_gemm.h"
+    "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyfast_decode_gemm.cu")
 set(_tm_patch "${PROJECT_SOURCE_DIR}/third_party/lmdeploy-${COSYFAST_LMDEPLOY_VERSION}-cosyfast.patch")
 set(_tm_stamp_text "${_tm_pristine}")
-foreach(_f ${_tm_patch} ${_tm_ours})
+foreach(_f ${_tm_patch} ${_tm_ours} ${_tm_ours_linear})
   file(SHA256 "${_f}" _h)
   string(APPEND _tm_stamp_text " ${_h}")
 endforeach()
@@ -110,6 +114,7 @@ if(NOT _tm_done STREQUAL _tm_stamp)
     message(FATAL_ERROR "cosyfast: ${_tm_patch} does not apply to ${_tm_pristine}:\n${_out}")
   endif()
   file(COPY ${_tm_ours} DESTINATION "${_tm_src}/src/turbomind/generation")
+  file(COPY ${_tm_ours_linear} DESTINATION "${_tm_src}/src/turbomind/models/llama")
   file(WRITE "${_tm_src}/.cosyfast-stamp" "${_tm_stamp}")
 endif()
 

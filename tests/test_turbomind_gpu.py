@@ -28,6 +28,7 @@ except ImportError as e:  # pragma: no cover - depends on the machine
     pytest.skip(f"the turbomind engine is unavailable: {e}", allow_module_level=True)
 
 import cosyfast
+from cosyfast.bench.hf_reference import HfCosyVoice
 from cosyfast.checkpoint import LlmWeights, load_checkpoint
 from cosyfast.synthetic import ensure_default_model
 from reference import ras_distribution
@@ -39,69 +40,6 @@ REPORT = Path(os.environ.get("OUT", ".")) / "gpu_tests.jsonl"
 def report(**row: object) -> None:
     with open(REPORT, "a") as f:
         f.write(json.dumps(row) + "\n")
-
-
-class HfCosyVoice:
-    """CosyVoice's Qwen2LM/CosyVoice3LM loop on transformers, float32 on the GPU, built straight
-    from llm.pt's state dict (not through cosyfast's checkpoint reader)."""
-
-    def __init__(self, model_dir: Path):
-        from transformers import Qwen2Config, Qwen2Model
-
-        sd = torch.load(model_dir / "llm.pt", map_location="cpu", weights_only=True)
-        cfg = json.loads((model_dir / "CosyVoice-BlankEN" / "config.json").read_text())
-        qcfg = Qwen2Config(**{k: cfg[k] for k in ("hidden_size", "num_hidden_layers", "num_attention_heads",
-                                                  "num_key_value_heads", "intermediate_size", "rms_norm_eps",
-                                                  "rope_theta", "vocab_size")})
-        qcfg._attn_implementation = "eager"
-        self.qwen = Qwen2Model(qcfg)
-        prefix = "llm.model.model."
-        self.qwen.load_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
-        self.qwen = self.qwen.float().cuda().eval()
-        self.speech = sd["speech_embedding.weight"].float().cuda()
-        self.dec_w = sd["llm_decoder.weight"].float().cuda()
-        self.dec_b = sd["llm_decoder.bias"].float().cuda() if "llm_decoder.bias" in sd else None
-        self.cv3 = "llm_embedding.weight" not in sd
-        if self.cv3:
-            self.sos, self.task = self.speech[6561], self.speech[6563]
-            self.stop = list(range(6561, 6761))
-        else:
-            emb = sd["llm_embedding.weight"].float().cuda()
-            self.sos, self.task = emb[0], emb[1]
-            self.stop = [6561, 6562, 6563]
-
-    def prompt(self, text, prompt_text, prompt_speech) -> torch.Tensor:
-        ids = torch.tensor(list(prompt_text) + list(text), device="cuda")
-        with torch.no_grad():
-            return torch.cat([self.sos[None], self.qwen.embed_tokens(ids), self.task[None],
-                              self.speech[torch.tensor(prompt_speech, device="cuda", dtype=torch.long)]], 0)
-
-    def logits(self, h: torch.Tensor) -> torch.Tensor:
-        out = torch.nn.functional.linear(h, self.dec_w)
-        return out if self.dec_b is None else out + self.dec_b  # with bias: what cosyfast samples from
-
-    @torch.inference_mode()
-    def teacher_forced(self, rows: torch.Tensor, tokens: list[int]) -> list[torch.Tensor]:
-        out = self.qwen(inputs_embeds=rows[None], use_cache=True)
-        res = [self.logits(out.last_hidden_state[0, -1])]
-        for t in tokens:
-            out = self.qwen(inputs_embeds=self.speech[t].view(1, 1, -1), past_key_values=out.past_key_values,
-                            use_cache=True)
-            res.append(self.logits(out.last_hidden_state[0, -1]))
-        return res
-
-    @torch.inference_mode()
-    def greedy(self, rows: torch.Tensor, n: int) -> list[int]:
-        """min_len = max_len = n: every stop id masked, argmax each step."""
-        out = self.qwen(inputs_embeds=rows[None], use_cache=True)
-        toks: list[int] = []
-        for _ in range(n):
-            logp = self.logits(out.last_hidden_state[0, -1]).log_softmax(-1)
-            logp[self.stop] = -float("inf")
-            toks.append(int(logp.argmax()))
-            out = self.qwen(inputs_embeds=self.speech[toks[-1]].view(1, 1, -1), past_key_values=out.past_key_values,
-                            use_cache=True)
-        return toks
 
 
 def request(kind: str, seed: int = 0, text_len: int = 30):
@@ -170,6 +108,47 @@ def test_logits_and_greedy_match_hf(setup):
         assert near_tie(same_prefix, ours[same_prefix], ref[same_prefix]), (
             f"greedy streams differ at token {same_prefix} where the reference is not ambiguous: "
             f"{ours[:same_prefix + 2]} vs {ref[:same_prefix + 2]}")
+
+
+def test_fast_decode_switch_changes_the_gemms_not_the_model(setup):
+    """fast_decode (default on) runs decode-sized GEMMs through cuBLASLt; off, TurboMind's own
+    kernels run them (the counters show which ran). Both give the float32 reference's logits to
+    bf16 accuracy, and each other's to within that."""
+    from cosyfast import _core
+
+    kind, _, weights, hf, model = setup
+    text, ptext, pspeech = request(kind, seed=3)
+    rows = hf.prompt(text, ptext, pspeech)
+    ref = hf.greedy(rows, 16)
+    want = [w.cpu().numpy() for w in hf.teacher_forced(rows, ref[:15])]
+    p = rows.shape[0]
+    bias = weights.decoder_bias if weights.decoder_bias is not None else 0.0
+    n_rows = weights.vocab["decoder_rows"]
+    shipped = cosyfast.load(weights, engine="turbomind", max_batch=8, cache_max_entry_count=0.05, fast_decode=False)
+    try:
+        results = {}
+        for name, m in (("fast", model), ("shipped", shipped)):
+            before = _core._turbomind_decode_gemm_counts()
+            # a decode step (M = 1) and a prefill of p + 15 rows (> 128, still <= 256: taken too)
+            m.generate(text, ptext, pspeech, top_k=1, ras=False, max_len=4, min_len=4, seed=1)
+            logits = m._engines[0].input_logits([0] * p + ref[:15], rows.cpu().numpy().astype(np.float32),
+                                                [(0, p)])
+            after = _core._turbomind_decode_gemm_counts()
+            got = [logits[p - 1 + k, :n_rows] + bias for k in range(16)]
+            rel = float(np.median([np.linalg.norm(g - w) / np.linalg.norm(w) for g, w in zip(got, want)]))
+            results[name] = (after[0] - before[0], after[1] - before[1], rel, got)
+    finally:
+        shipped.close()
+    fast_taken, _, fast_rel, fast_got = results["fast"]
+    shipped_taken, shipped_left, shipped_rel, shipped_got = results["shipped"]
+    between = float(np.median([np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(fast_got, shipped_got)]))
+    report(test="fast_decode_switch", kind=kind, fast_taken=fast_taken, shipped_taken=shipped_taken,
+           shipped_left=shipped_left, fast_rel_err=fast_rel, shipped_rel_err=shipped_rel, fast_vs_shipped=between)
+    layers = len(weights.layers)
+    assert fast_taken >= 4 * layers, f"fast_decode ran only {fast_taken} GEMMs through the decode hook"
+    assert shipped_taken == 0 and shipped_left == 0, "an engine loaded with fast_decode=False used the hook"
+    assert fast_rel < 5e-2 and shipped_rel < 5e-2, (fast_rel, shipped_rel)
+    assert between < 5e-2, f"fast and shipped GEMMs differ by {between:.4f} (median relative)"
 
 
 LIVE = [5, 17, 300, 6000]          # the tokens the bias leaves drawable

@@ -19,6 +19,7 @@
 #include "engines/turbomind/tm_loader.h"
 #include "bindings/bind_pool.h"
 #include "bindings/bindings.h"
+#include "src/turbomind/models/llama/cosyfast_decode_gemm.h"
 
 namespace py = pybind11;
 
@@ -35,8 +36,10 @@ std::shared_ptr<turbomind::TurboMind> CreateTurboMind(std::string model_dir, tur
   return OwnedReleasingGil(new turbomind::TurboMind(std::move(model_dir), std::move(config), tm::NoFfiContext()));
 }
 
-tm::LoadOptions MakeLoadOptions(int device, int max_batch, int max_session_len, double cache_max_entry_count) {
+tm::LoadOptions MakeLoadOptions(int device, int max_batch, int max_session_len, double cache_max_entry_count,
+                                bool fast_decode = true) {
   tm::LoadOptions o;
+  o.fast_decode = fast_decode;
   o.device = device;
   o.max_batch = max_batch;
   o.max_session_len = max_session_len;
@@ -79,14 +82,17 @@ void BindTurboMind(py::module_& m) {
   m.def(
       "_load_turbomind",
       [](const py::dict& config, const py::handle& embed_tokens, const py::handle& lm_head, const py::list& layers,
-         const py::handle& norm, int device, int max_batch, int max_session_len, double cache_max_entry_count) {
-        const tm::LoadOptions options = MakeLoadOptions(device, max_batch, max_session_len, cache_max_entry_count);
+         const py::handle& norm, int device, int max_batch, int max_session_len, double cache_max_entry_count,
+         bool fast_decode) {
+        const tm::LoadOptions options =
+            MakeLoadOptions(device, max_batch, max_session_len, cache_max_entry_count, fast_decode);
         const Qwen2Model model = Qwen2FromPython(config, embed_tokens, lm_head, layers, norm, max_session_len);
         py::gil_scoped_release release;
         return OwnedReleasingGil(tm::LoadTurboMind(model.config, model.weights, options).release());
       },
       py::arg("config"), py::arg("embed_tokens"), py::arg("lm_head"), py::arg("layers"), py::arg("norm"), py::kw_only(),
       py::arg("device"), py::arg("max_batch"), py::arg("max_session_len"), py::arg("cache_max_entry_count"),
+      py::arg("fast_decode") = true,
       "A TurboMind with the weights loaded from C++ (no lmdeploy converter), its engine created: the "
       "arguments as CpuQwen2Engine's (the vocabulary tables unpadded).");
   m.def(
@@ -96,6 +102,21 @@ void BindTurboMind(py::module_& m) {
       },
       py::kw_only(), py::arg("device"), py::arg("max_batch"), py::arg("max_session_len"),
       py::arg("cache_max_entry_count"), "The turbomind.EngineConfig the C++ loader uses (tests compare it).");
+  // loader="lmdeploy": lmdeploy's Python creates the context, so the switch is held around its load.
+  py::class_<turbomind::cosyfast::FastDecodeScope>(m, "_FastDecodeScope",
+                                                   "Engines created while it lives take the decode GEMM hook or not.")
+      .def(py::init([](bool on) {
+             py::gil_scoped_release release;  // another thread's load may hold the scope
+             return std::make_unique<turbomind::cosyfast::FastDecodeScope>(on);
+           }),
+           py::arg("on"));
+  m.def(
+      "_turbomind_decode_gemm_counts",
+      [] {
+        const auto c = turbomind::cosyfast::GetDecodeGemmCounts();
+        return py::make_tuple(c.taken, c.left);
+      },
+      "(GEMMs the decode hook ran, GEMMs it left to TurboMind) in this process, engines with fast_decode on.");
   m.def("_turbomind_weight_digest", &WeightDigest, py::arg("model"),
         "Test hook: {param path: (shape, dtype, FNV-1a hash of its bytes)} of a TurboMind's weight tree.");
 

@@ -163,6 +163,7 @@ def make_turbomind_engine(
     export_cache: Path | None = None,
     device: int = 0,
     loader: str = "cpp",
+    fast_decode: bool = True,
     **engine_config: Any,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Loads the checkpoint into a TurboMind on `device` and wraps it for the C++ core.
@@ -173,7 +174,10 @@ def make_turbomind_engine(
     budget (see plan_gpu_memory); or, instead, cache_max_entry_count: the share of free GPU memory
     TurboMind's KV cache takes (0 < x < 1). Returns the core engine, the TurboMind object
     (lmdeploy's wrapper with loader="lmdeploy") and the memory report (budget, its split, what
-    the load took)."""
+    the load took). fast_decode: decode-sized GEMMs (<= 256 rows) run through cuBLASLt (cosyfast's
+    hook in the patch); False keeps TurboMind's own GEMM kernels, as lmdeploy ships them."""
+    if not isinstance(fast_decode, (bool, int)) or fast_decode not in (0, 1):
+        raise ValueError(f"fast_decode must be True or False, got {fast_decode!r}")
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
     if loader == "cpp" and engine_config:
@@ -196,14 +200,19 @@ def make_turbomind_engine(
     if loader == "cpp":
         tm = _core._load_turbomind(weights.config, weights.speech_embedding, weights.decoder_weight, weights.layers,
                                    weights.norm, device=device, max_batch=max_batch, max_session_len=max_session_len,
-                                   cache_max_entry_count=cache_max_entry_count)
+                                   cache_max_entry_count=cache_max_entry_count, fast_decode=bool(fast_decode))
         model = tm
     else:
-        tm = _load_with_lmdeploy(weights, export_cache, device=device, max_batch=max_batch,
-                                 max_session_len=max_session_len, cache_max_entry_count=cache_max_entry_count,
-                                 **engine_config)
+        scope = _core._FastDecodeScope(bool(fast_decode))  # lmdeploy's Python creates the context
+        try:
+            tm = _load_with_lmdeploy(weights, export_cache, device=device, max_batch=max_batch,
+                                     max_session_len=max_session_len, cache_max_entry_count=cache_max_entry_count,
+                                     **engine_config)
+        finally:
+            del scope
         model = tm.model_comm
     engine = _core.TurboMindEngine(model=model, hidden_size=int(weights.config["hidden_size"]),
                                    vocab_size=weights.padded_vocab(), max_session_len=max_session_len)
+    report["fast_decode"] = bool(fast_decode)
     report["loaded_mb"] = round((free - _device_memory(device)[0]) / (1 << 20), 1)  # weights + cache + workspace
     return engine, tm, report

@@ -17,6 +17,7 @@
 #include "src/turbomind/models/decoder_layer_weight.h"
 #include "src/turbomind/models/ffn_weight.h"
 #include "src/turbomind/models/linear_weight.h"
+#include "src/turbomind/models/llama/cosyfast_decode_gemm.h"
 #include "src/turbomind/models/model_weight.h"
 #include "src/turbomind/models/norm_weight.h"
 #include "src/turbomind/utils/cuda_utils.h"
@@ -238,6 +239,8 @@ std::unique_ptr<ft::TurboMind> LoadTurboMind(const CpuQwen2Config& config, const
   // capability (9, 0).
   const GateUpLayout gate_up = ft::getSMVersion() == 90 ? GateUpLayout::kBlocks64 : GateUpLayout::kConcatenated;
   CheckTurboMindLayout(config, gate_up);
+  // The context's LlamaLinear reads the switch when it is made (CreateContext).
+  ft::cosyfast::FastDecodeScope fast_decode(options.fast_decode);
   auto model = std::make_unique<ft::TurboMind>("", engine_config, NoFfiContext());
   model->CreateContext(0);
   core::Module* root = model->CreateRoot(0);

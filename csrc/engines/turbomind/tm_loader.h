@@ -21,6 +21,9 @@ struct LoadOptions {
   // The share of the GPU memory free once the weights are in that TurboMind's KV cache takes,
   // in (0, 1) (PlanGpuMemory + CacheMaxEntryCount compute it from a budget).
   double cache_max_entry_count = 0;
+  // Decode-sized GEMMs (M <= 256) through cuBLASLt instead of TurboMind's own kernels (the
+  // cosyfast_decode_gemm hook of the patch); false gives TurboMind's GEMMs as lmdeploy ships them.
+  bool fast_decode = true;
   // Throws std::invalid_argument naming the first bad field.
   void Validate() const;
 };

@@ -1,0 +1,153 @@
+"""Where a decode step goes, on the GPU engine: per step, the GPU busy time by kernel family, the
+number of GPU operations and the launch-gap share (wall time the GPU sat idle), for any path and
+batch size.
+
+    python benchmarks/step_profile.py [--paths cosyfast,cosyfast-shipped,turbomind-native]
+                                      [--concurrency 1,64] [--steps 300] [--out DIR]
+
+Paths (one engine each, loaded in turn, the same workload):
+  cosyfast           the default engine (fast_decode on: decode GEMMs through cuBLASLt), RAS sampler
+  cosyfast-shipped   fast_decode off: TurboMind's own GEMMs, RAS sampler
+  turbomind-native   fast_decode off and TurboMind's own top-k/top-p sampler: TurboMind as shipped
+
+torch.profiler with CUDA activities records every kernel of the process (CUPTI is process-wide), so
+TurboMind's kernels are in the trace. What is timed: `concurrency` sessions that each generate
+`steps` tokens after their prefill, under the profiler; the wall time per step includes the
+profiler's own overhead (about +1 ms per step at batch 1), the GPU times do not. Prefill kernels
+are in the totals too (one per session, amortised over the steps). Prints one JSON line per (path,
+concurrency) and writes them to DIR/step_profile.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import time
+from pathlib import Path
+
+# Kernel families by name (first match wins). cuBLAS's Hopper kernels are called nvjet_* / sm90_xmma*.
+FAMILIES = [
+    ("gemm", re.compile(r"gemm|Gemm|GEMM|nvjet|xmma|cutlass|cublas", re.I)),
+    ("attention", re.compile(r"attention|Attention|decoding|Decoding|reduce_kernel|ProcessKV|flash", re.I)),
+    ("norm", re.compile(r"Norm|norm")),
+    ("activation", re.compile(r"Silu|silu|Activation|activation")),
+    ("sampling", re.compile(r"CosyVoice|cosyvoice|[Ss]ampl|TopK|topk|TopP|topp|softmax|curand", re.I)),
+    ("rope/bias", re.compile(r"[Rr]otary|rope|Rope|[Bb]ias")),
+    ("tma-desc", re.compile(r"tma|TMA|tensormap|TensorMap")),
+    ("memset", re.compile(r"[Mm]emset")),
+    ("memcpy", re.compile(r"[Mm]emcpy")),
+    ("embedding", re.compile(r"[Ee]mbedding|[Gg]ather")),
+]
+
+
+def family(name: str) -> str:
+    for fam, pattern in FAMILIES:
+        if pattern.search(name):
+            return fam
+    return "other"
+
+
+def busy_union_us(intervals: list[tuple[float, float]]) -> float:
+    """Time the GPU ran anything (overlapping kernels counted once)."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(intervals):
+        if stop <= end:
+            continue
+        total += stop - max(start, end)
+        end = stop
+    return total
+
+
+def profile_path(path: str, concurrency: int, steps: int, weights, prompt_rows: int) -> dict:
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    import cosyfast
+    from cosyfast.bench.runs import run_cosyfast, run_turbomind_native
+    from cosyfast.bench.workload import Workload
+
+    model = cosyfast.load(weights, engine="turbomind", max_batch=max(concurrency, 8),
+                          fast_decode=path == "cosyfast")
+    try:
+        run = run_turbomind_native if path == "turbomind-native" else run_cosyfast
+        warm = Workload(prompt_rows=prompt_rows, new_tokens=16)
+        run(model, warm, warm.requests(min(concurrency, 8), weights.kind))  # untimed: first-use setup
+        work = Workload(prompt_rows=prompt_rows, new_tokens=steps)
+        reqs = work.requests(concurrency, weights.kind)
+        counts0 = _gemm_counts()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            t0 = time.perf_counter()
+            run(model, work, reqs)
+            wall_us = (time.perf_counter() - t0) * 1e6
+        counts1 = _gemm_counts()
+        torch.cuda.synchronize()
+    finally:
+        model.close()
+    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    by_family: dict[str, float] = {}
+    by_kernel: dict[str, float] = {}
+    intervals = []
+    for e in events:
+        by_family[family(e.name)] = by_family.get(family(e.name), 0.0) + e.device_time
+        key = e.name[:80]
+        by_kernel[key] = by_kernel.get(key, 0.0) + e.device_time
+        start = e.time_range.start
+        intervals.append((start, start + e.device_time))
+    busy_sum = sum(by_family.values())
+    busy = busy_union_us(intervals)
+    ms = 1e-3 / steps
+    return {
+        "path": path, "concurrency": concurrency, "steps": steps, "prompt_rows": prompt_rows,
+        "wall_ms_per_step": round(wall_us * ms, 3),
+        "gpu_busy_ms_per_step": round(busy * ms, 3),
+        "gpu_kernel_sum_ms_per_step": round(busy_sum * ms, 3),
+        "launch_gap_share": round(1 - busy / wall_us, 3) if wall_us else None,
+        "gpu_ops_per_step": round(len(events) / steps, 1),
+        "families_ms_per_step": {k: round(v * ms, 4) for k, v in sorted(by_family.items(), key=lambda x: -x[1])},
+        "top_kernels_ms_per_step": [(k, round(v * ms, 4)) for k, v in
+                                    sorted(by_kernel.items(), key=lambda x: -x[1])[:12]],
+        "decode_gemm": {"taken": counts1[0] - counts0[0], "left_to_turbomind": counts1[1] - counts0[1]},
+    }
+
+
+def _gemm_counts() -> tuple[int, int]:
+    from cosyfast import _core
+    return tuple(_core._turbomind_decode_gemm_counts())  # type: ignore[return-value]
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--paths", default="cosyfast,cosyfast-shipped,turbomind-native")
+    p.add_argument("--concurrency", default="1,64")
+    p.add_argument("--steps", type=int, default=300, help="tokens per session (after the prefill)")
+    p.add_argument("--prompt-rows", type=int, default=150)
+    p.add_argument("--kind", default="cosyvoice2", choices=["cosyvoice2", "cosyvoice3"])
+    p.add_argument("--checkpoint", default=None, help="default: the full-size synthetic model")
+    p.add_argument("--out", default="step-profile")
+    args = p.parse_args(argv)
+
+    from cosyfast.checkpoint import load_checkpoint
+    from cosyfast.synthetic import ensure_default_model
+
+    paths = [x for x in args.paths.split(",") if x]
+    for x in paths:
+        if x not in ("cosyfast", "cosyfast-shipped", "turbomind-native"):
+            p.error(f"unknown path {x!r}")
+    weights = load_checkpoint(Path(args.checkpoint) if args.checkpoint else
+                              ensure_default_model(kind=args.kind, size="full"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for c in (int(x) for x in args.concurrency.split(",")):
+        for path in paths:
+            row = profile_path(path, c, args.steps, weights, args.prompt_rows)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    tmp = out / "step_profile.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tmp.replace(out / "step_profile.jsonl")
+
+
+if __name__ == "__main__":
+    main()
