@@ -366,6 +366,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--no-sync", action="store_true", help="no CUDA sync in the flow/HiFT timers")
     p.add_argument("--max-batch", type=int, default=None, help="cosyfast's max_batch (default: the largest concurrency)")
     p.add_argument("--timeout", type=float, default=240.0, help="seconds one point may take")
+    p.add_argument("--deadline", type=float, default=520.0, help="seconds after the start past which no new "
+                   "point starts (the skipped ones are listed in run.json), so the outputs are written "
+                   "inside a 600 s call")
     p.add_argument("--quick", action="store_true", help="CV2 and CV3 at 1 and 4 streams, 40 tokens")
     args = p.parse_args(argv)
     if args.quick:
@@ -375,8 +378,44 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def run_config(args: argparse.Namespace, kind: str, config: str, model: Any, timers: Timers,
+               hop: upstream.PerRequestHop | None, requests: list[upstream.Request], concurrencies: list[int],
+               meta: dict[str, Any], emit: Callable[[dict[str, Any]], None], t_start: float) -> None:
+    """Every mode and concurrency of one configuration (patching the model first for "cosyfast")."""
+    cuda = model.device.type == "cuda"
+    if config == "cosyfast":
+        import cosyfast.cosyvoice
+
+        t1 = time.perf_counter()
+        cosyfast.cosyvoice.patch(model, args.engine, max_batch=args.max_batch or max(max(concurrencies), 8))
+        if cuda:
+            torch.cuda.empty_cache()
+        meta.setdefault("patch_s", {})[kind] = round(time.perf_counter() - t1, 1)
+        meta["engine"] = model.llm.model.engine
+    # one untimed request per mode (CUDA kernels, allocator, TurboMind's first batch)
+    for mode in args.modes:
+        run_point(model, timers, hop, requests, 1, mode == "stream", args.timeout)
+    for mode in args.modes:
+        for c in concurrencies:
+            if time.perf_counter() - t_start > args.deadline:
+                meta.setdefault("skipped", []).append(f"{kind} {config} {mode} c={c}")
+                print(f"  skipped (past --deadline {args.deadline:g} s): {kind} {config} {mode} c={c}", flush=True)
+                continue
+            rows = []
+            for rep in range(args.repeats):
+                with MemoryPeak(cuda) as mem:
+                    row = run_point(model, timers, hop, requests, c, mode == "stream", args.timeout)
+                rows.append({"model": kind, "config": config, "mode": mode, "concurrency": c, "repeat": rep,
+                             **row, **mem.row(),
+                             "host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
+                if row["tokens_min"] != args.tokens or row["tokens_max"] != args.tokens:
+                    print(f"  warning: {kind} {config} {mode} c={c}: tokens {row['tokens_min']}..{row['tokens_max']}, "
+                          f"expected {args.tokens}", flush=True)
+            emit(median_row(rows))
+
+
 def run_model(args: argparse.Namespace, kind: str, concurrencies: list[int], meta: dict[str, Any],
-              emit: Callable[[dict[str, Any]], None]) -> None:
+              emit: Callable[[dict[str, Any]], None], t_start: float) -> None:
     t0 = time.perf_counter()
     built = upstream.build(kind, pack=args.pack, size=args.size, fp16=not args.fp32,
                            small_flow=args.small_flow or None)
@@ -387,32 +426,14 @@ def run_model(args: argparse.Namespace, kind: str, concurrencies: list[int], met
     hop = upstream.PerRequestHop(model) if args.hop == "per-request" else None
     requests = [upstream.make_request(kind, args.tokens, seed=1000 + i) for i in range(max(concurrencies))]
     cuda = model.device.type == "cuda"
-    for config in args.configs:
-        if config == "cosyfast":
-            import cosyfast.cosyvoice
-
-            t1 = time.perf_counter()
-            cosyfast.cosyvoice.patch(model, args.engine, max_batch=args.max_batch or max(max(concurrencies), 8))
-            if cuda:
-                torch.cuda.empty_cache()
-            meta.setdefault("patch_s", {})[kind] = round(time.perf_counter() - t1, 1)
-            meta["engine"] = model.llm.model.engine
-        # one untimed request per mode (CUDA kernels, allocator, TurboMind's first batch)
-        for mode in args.modes:
-            run_point(model, timers, hop, requests, 1, mode == "stream", args.timeout)
-        for mode in args.modes:
-            for c in concurrencies:
-                rows = []
-                for rep in range(args.repeats):
-                    with MemoryPeak(cuda) as mem:
-                        row = run_point(model, timers, hop, requests, c, mode == "stream", args.timeout)
-                    rows.append({"model": kind, "config": config, "mode": mode, "concurrency": c, "repeat": rep,
-                                 **row, **mem.row(),
-                                 "host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
-                    if row["tokens_min"] != args.tokens or row["tokens_max"] != args.tokens:
-                        print(f"  warning: {kind} {config} {mode} c={c}: tokens {row['tokens_min']}..{row['tokens_max']}, "
-                              f"expected {args.tokens}", flush=True)
-                emit(median_row(rows))
+    try:
+        for config in args.configs:
+            run_config(args, kind, config, model, timers, hop, requests, concurrencies, meta, emit, t_start)
+    except (RuntimeError, TimeoutError) as e:
+        # A failed or overdue point ends this model (its threads may still run, which would skew
+        # what follows); the rows so far are kept and the failure is recorded in run.json.
+        meta.setdefault("failed", []).append(f"{kind}: {e}")
+        print(f"  {kind} stopped: {e}", flush=True)
     if hasattr(model.llm, "close"):
         model.llm.close()
     del model, built
@@ -447,13 +468,21 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"flow {row['flow_share']:.2f}  hift {row['hift_share']:.2f}  tokens {row['tokens_max']}  "
               f"mem {row['gpu_mem_peak_mb']}", flush=True)
 
+    def write_outputs() -> None:
+        meta["total_s"] = round(time.perf_counter() - t_start, 1)
+        write_atomic(args.out / "run.json", json.dumps(meta, indent=1) + "\n")
+        write_atomic(args.out / "results.md", markdown(rows, meta))
+        if rows:
+            plot(rows, args.out / "results.png")
+
     for name in args.models:
+        if time.perf_counter() - t_start > args.deadline:
+            meta.setdefault("skipped", []).append(name)
+            continue
         kind = MODELS[name]
-        run_model(args, kind, args.concurrency if name == "cv2" else args.cv3_concurrency, meta, emit)
-    meta["total_s"] = round(time.perf_counter() - t_start, 1)
-    write_atomic(args.out / "run.json", json.dumps(meta, indent=1) + "\n")
-    write_atomic(args.out / "results.md", markdown(rows, meta))
-    plot(rows, args.out / "results.png")
+        run_model(args, kind, args.concurrency if name == "cv2" else args.cv3_concurrency, meta, emit, t_start)
+        write_outputs()  # after each model, so a cut-off call still leaves its tables
+    write_outputs()
     print(f"done in {meta['total_s']} s: {args.out}", flush=True)
     return 0
 
