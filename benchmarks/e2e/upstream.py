@@ -195,7 +195,7 @@ def build(kind: str, *, pack: Path | None = None, size: str = "full", small_flow
 
     root = Path(cache or os.environ.get("COSYFAST_CACHE", Path.home() / ".cache" / "cosyfast")) / "e2e"
     model_dir = write_model_dir(root / f"{kind}-{size}-s{seed}-d{decoder_scale:g}", kind=kind, size=size, seed=seed,
-                                decoder_scale=decoder_scale)
+                                decoder_scale=decoder_scale, progress=False)
     torch.manual_seed(seed)
     configs = build_configs(pack, kind, model_dir, small=(size == "tiny") if small_flow is None else small_flow)
     holder = CosyVoice2Model if kind == "cosyvoice2" else CosyVoice3Model
