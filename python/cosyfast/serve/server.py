@@ -11,7 +11,7 @@ from typing import Any
 import uvicorn
 
 from .app import create_app
-from .service import Service
+from .service import DEFAULT_MAX_BODY_BYTES, Service
 
 
 class DrainingServer(uvicorn.Server):
@@ -32,6 +32,10 @@ class DrainingServer(uvicorn.Server):
 
 def make_server(service: Service, host: str = "127.0.0.1", port: int = 8000, **config: Any) -> DrainingServer:
     # The drain above bounds the wait; uvicorn's own timeout is only a backstop for the rest.
+    # WebSocket frames are bounded as bodies are, and so is the queue of frames a connection has
+    # not yet read: a connection holds at most ws_max_queue * max_body_bytes of client data.
+    config.setdefault("ws_max_size", service.max_body_bytes)
+    config.setdefault("ws_max_queue", 4)
     cfg = uvicorn.Config(create_app(service), host=host, port=port, timeout_graceful_shutdown=5,
                          log_level=config.pop("log_level", "info"), **config)
     return DrainingServer(cfg, service)
@@ -78,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="live sessions admitted at once; beyond it requests get 503 with Retry-After")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="seconds live streams may finish in at shutdown before they are cancelled")
+    p.add_argument("--max-body-size", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="BYTES",
+                   help="largest request body or WebSocket message; larger ones get 413 / close 1009")
     p.add_argument("--max-batch", type=int, default=None, help="engine batch (default: max(256, --max-sessions))")
     p.add_argument("--max-session-len", type=int, default=None, help="engine session limit (default: the Model's)")
     p.add_argument("--replicas", type=int, default=None, help="engine instances (default: the Model's)")
@@ -92,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     model = load(args.model, engine=args.engine, max_batch=args.max_batch or max(256, args.max_sessions),
                  replicas=args.replicas, lanes=args.lanes, sample_threads=args.sample_threads, devices=devices,
                  **limit)
-    service = Service(model, max_sessions=args.max_sessions, drain_timeout_s=args.drain_timeout)
+    service = Service(model, max_sessions=args.max_sessions, drain_timeout_s=args.drain_timeout,
+                      max_body_bytes=args.max_body_size)
     print(f"cosyfast serve: {model.kind} on {model.engine}, at most {args.max_sessions} sessions, "
           f"http://{args.host}:{args.port}", flush=True)
     try:
