@@ -24,12 +24,10 @@ void BindTokenMux(py::module_& m) {
       .def(
           "collect",
           [](TokenMux& mux) {
-            // Taken without the GIL: only the queues' own locks, held for a copy each.
-            std::vector<TokenMux::News> news;
-            {
-              py::gil_scoped_release release;
-              news = mux.Collect();
-            }
+            // Taken with the GIL held: it waits only on the queues' own locks, each held for a
+            // copy by a scheduler thread (which never takes the GIL), and letting the GIL go here
+            // would let another Python thread hold the event loop up for a switch interval.
+            std::vector<TokenMux::News> news = mux.Collect();
             py::list out(news.size());
             for (size_t i = 0; i < news.size(); ++i) {
               out[i] = py::make_tuple(news[i].key, py::cast(news[i].tokens), news[i].need_text, news[i].finished);

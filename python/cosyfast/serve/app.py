@@ -236,7 +236,8 @@ async def _refuse(ws: WebSocket, e: RequestError, code: int) -> None:
 
 
 async def _read_text(ws: WebSocket, session: Session, service: Service) -> None:
-    """Client -> session: each {"text_ids": [...]} is one piece of text, {"end": true} the end.
+    """Client -> session: each {"text_ids": [...]} (or {"text": "..."}) is one piece of text,
+    {"end": true} the end.
     Anything else cancels the session at once and closes the connection with the reason; the
     text a session holds is bounded by the engine's session length."""
     budget = service.model.max_session_len
@@ -253,10 +254,12 @@ async def _read_text(ws: WebSocket, session: Session, service: Service) -> None:
                 raise _Refused(err, 1007 if err.status == 400 else 1008) from None
             if ended:
                 raise _Refused(RequestError(422, "a message after {\"end\": true}: the text has ended"), 1008)
-            if msg.text is not None:
-                raise _Refused(RequestError(422, "text: this server takes token ids only (text_ids)", "text"), 1008)
-            if msg.text_ids is not None:
-                ids = _ids(msg.text_ids, "text_ids")
+            if msg.text is not None or msg.text_ids is not None:
+                try:
+                    ids = service.encode("text", msg.text, msg.text_ids) if msg.text is not None else \
+                        _ids(msg.text_ids, "text_ids")
+                except RequestError as e:
+                    raise _Refused(e, 1008) from None
                 budget -= len(ids)
                 if budget < 0:
                     raise _Refused(RequestError(413, "text_ids: the text passes the session limit of "

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ValidationError
 
 from .. import _core
 from ..model import Model
+from ..text import Tokenizer
 from .schema import OPTION_FIELDS, BistreamStart, SpeechTokensRequest
 
 ID_FIELDS = ("text_ids", "prompt_text_ids", "prompt_speech_tokens")
@@ -226,10 +227,12 @@ class _Dispatcher:
 class Service:
     """A Model behind a bounded admission: at most `max_sessions` sessions at once; beyond it,
     and while draining, requests get 503 with Retry-After (nothing admitted is ever dropped).
-    `max_body_bytes` bounds a request body and a WebSocket message."""
+    `max_body_bytes` bounds a request body and a WebSocket message; `tokenizer` (cosyfast.text)
+    serves the `text` and `prompt_text` fields."""
 
     def __init__(self, model: Model, *, max_sessions: int = 256, retry_after_s: int = 1,
                  drain_timeout_s: float = 30.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 tokenizer: Tokenizer | None = None, no_tokenizer_reason: str = "none was given",
                  registry: CollectorRegistry | None = None) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
@@ -242,6 +245,7 @@ class Service:
         self.retry_after_s = retry_after_s
         self.drain_timeout_s = drain_timeout_s
         self.max_body_bytes = max_body_bytes
+        self.tokenizer, self.no_tokenizer_reason = tokenizer, no_tokenizer_reason
         self.metrics = Metrics(model, registry)
         self.draining = False
         self._sessions: set[Session] = set()
@@ -269,10 +273,11 @@ class Service:
         ids = {f: getattr(body, f) or [] for f in ID_FIELDS if hasattr(body, f)}
         options = {k: getattr(body, k) for k in OPTION_FIELDS if k in body.model_fields_set}
         for f in ("text", "prompt_text"):
-            if getattr(body, f, None) is not None:
-                raise RequestError(422, f"{f}: this server takes token ids only ({f}_ids)", f)
-        if not bistream and body.text_ids is None:
-            raise RequestError(422, "text_ids is required: the text to speak, as token ids", "text_ids")
+            value = getattr(body, f, None)
+            if value is not None:
+                ids[f + "_ids"] = self.encode(f, value, getattr(body, f + "_ids", None))
+        if not bistream and body.text_ids is None and body.text is None:
+            raise RequestError(422, "text_ids (or text) is required: the text to speak", "text_ids")
         loop = asyncio.get_running_loop()
         with self._lock:
             if self.draining or len(self._sessions) >= self.max_sessions:
@@ -300,6 +305,16 @@ class Service:
             dispatcher.add(session)
         self.metrics.admitted.inc()
         return session
+
+    def encode(self, field: str, text: str, ids: list[int] | None = None) -> list[int]:
+        """A text field's ids by the model's tokenizer (422 naming `field` without one, or when
+        the ids are given as well)."""
+        if ids is not None:
+            raise RequestError(422, f"{field}: give {field} or {field}_ids, not both", field)
+        if self.tokenizer is None:
+            raise RequestError(422, f"{field}: this model has no tokenizer ({self.no_tokenizer_reason}); give "
+                               f"{field}_ids", field)
+        return self.tokenizer.encode(text)
 
     def _dispatcher_for(self, loop: asyncio.AbstractEventLoop) -> _Dispatcher:
         d = self._dispatcher
