@@ -358,10 +358,28 @@ def test_bench_serve_path(tiny_cv2_dir: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "bench"
     assert main(["--checkpoint", str(tiny_cv2_dir), "--engine", "cpu", "--paths", "cosyfast,serve",
-                 "--concurrency", "1,3", "--new-tokens", "6", "--prompt-rows", "8", "--out", str(out)]) == 0
+                 "--concurrency", "1,3", "--new-tokens", "6", "--prompt-rows", "8", "--client-procs", "2",
+                 "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["path"], r["concurrency"]) for r in rows] == [("cosyfast", 1), ("cosyfast", 3), ("serve", 1),
                                                               ("serve", 3)]
     for r in rows[2:]:
         assert r["tokens"] == 6 * r["concurrency"]  # every token came back over HTTP
         assert r["first_token_ms_p50"] > 0 and isinstance(r["extra"]["overhead_us_per_token"], float)
+        assert r["extra"]["client_procs"] == min(2, r["concurrency"])  # the clients' CPU is in the record
+        assert r["extra"]["client_cpu_s"] > 0 and r["extra"]["server_cpu_s"] > 0
+
+
+def test_openapi_shows_the_request_models(serve) -> None:
+    url = serve().url
+    with httpx.Client(base_url=url, timeout=30) as c:
+        spec = c.get("/openapi.json").json()
+        assert c.get("/docs").status_code == 200
+    post = spec["paths"]["/v1/speech_tokens"]["post"]
+    schema = post["requestBody"]["content"]["application/json"]["schema"]
+    props = schema["properties"]
+    assert {"text_ids", "text", "prompt_text_ids", "prompt_text", "prompt_speech_tokens", "stream", "seed", "top_p",
+            "max_len", "min_len"} <= set(props)
+    assert schema["additionalProperties"] is False
+    assert props["top_p"]["default"] == cosyfast.model.request_options.__kwdefaults__["top_p"]
+    assert {"200", "413", "422", "503"} <= set(post["responses"])

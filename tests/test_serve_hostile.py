@@ -125,7 +125,10 @@ def test_text_pending_per_session_is_bounded(tiny_cv2_dir: Path) -> None:
                 assert ws.receive_json() == {"need_text": True}
                 with pytest.raises(WebSocketDisconnect) as closed:
                     for _ in range(10):
-                        ws.send_json({"text_ids": [7] * 100})
+                        try:
+                            ws.send_json({"text_ids": [7] * 100})
+                        except Exception:  # noqa: BLE001 - the server closed already: read why below
+                            break
                     while True:
                         ws.receive_json(timeout=10)
                 assert closed.value.code == 1009 and "session limit" in closed.value.reason

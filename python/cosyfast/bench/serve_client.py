@@ -43,17 +43,22 @@ def _cpu() -> float:
 
 
 async def _run(url: str, bodies: list[dict[str, Any]]) -> dict[str, Any]:
-    limits = httpx.Limits(max_connections=len(bodies), max_keepalive_connections=len(bodies))
-    async with httpx.AsyncClient(base_url=url, timeout=600, limits=limits) as client:
+    # One client (one connection) per request: a shared pool's bookkeeping grows with the number
+    # of requests in flight (httpcore), which would time the client rather than the server.
+    clients = [httpx.AsyncClient(base_url=url, timeout=600, limits=httpx.Limits(max_connections=1))
+               for _ in bodies]
+    try:
         # Untimed: a 1-token request per connection, so that the timed run finds its connections
         # open and the client warm, as a long-running client would.
-        await asyncio.gather(*(_one(client, b | {"min_len": 1, "max_len": 1}) for b in bodies))
+        await asyncio.gather(*(_one(c, b | {"min_len": 1, "max_len": 1}) for c, b in zip(clients, bodies)))
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         cpu0, start = _cpu(), time.perf_counter()
-        arrivals = await asyncio.gather(*(_one(client, b) for b in bodies))
+        arrivals = await asyncio.gather(*(_one(c, b) for c, b in zip(clients, bodies)))
         end = time.perf_counter()
         return {"start": start, "end": end, "arrivals": arrivals, "cpu_s": _cpu() - cpu0}
+    finally:
+        await asyncio.gather(*(c.aclose() for c in clients))
 
 
 if __name__ == "__main__":

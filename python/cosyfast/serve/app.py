@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
@@ -124,76 +125,117 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
         "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
 
 
-def create_app(service: Service) -> FastAPI:
-    """The FastAPI app over one Service; its shutdown drains the service (see Service.drain)."""
+async def speech_tokens(service: Service, request: Request) -> Response:
+    """POST /v1/speech_tokens: the streamed (or whole) answer, or the error."""
+    try:
+        session, body = service.start(await read_body(request, service.max_body_bytes))
+    except RequestError as e:
+        return _error(e)
+    if not body.stream:
+        return await _all_tokens(session, request)
+    return TokenStream(session, SSE in request.headers.get("accept", ""))
+
+
+async def bistream(service: Service, ws: WebSocket) -> None:
+    """WS /v1/speech_tokens/bistream: one bistream session, the client's text read alongside."""
+    await ws.accept()
+    first = await _receive_text(ws, service.max_body_bytes)
+    if first is None:
+        return
+    try:
+        session, _ = service.start(first, bistream=True)
+    except RequestError as e:
+        # 1013: try again later; 1007: not a JSON object; 1008: a message that breaks the protocol
+        await _refuse(ws, e, 1013 if e.status == 503 else 1007 if e.status == 400 else 1008)
+        return
+    reader = asyncio.ensure_future(_read_text(ws, session, service))
+    try:
+        async for batch in session.batches():
+            if ws.application_state != WebSocketState.CONNECTED:
+                continue  # closed by the reader: wait for the cancelled session's end only
+            tokens = [t for t in batch if t != NEED_TEXT]
+            if tokens:
+                await ws.send_text(_DUMP({"tokens": tokens}))
+            if len(tokens) < len(batch):
+                await ws.send_text('{"need_text":true}')
+        if ws.application_state == WebSocketState.CONNECTED:
+            await ws.send_text(_DUMP(session.summary()))
+            await ws.close()
+    except (OSError, RuntimeError, WebSocketDisconnect):
+        pass  # the client left, or the session failed
+    finally:
+        reader.cancel()
+        session.cancel()
+
+
+class App:
+    """The ASGI app: the two token routes straight from the server, everything else (health,
+    metrics, /docs, /openapi.json, the lifespan) through the FastAPI app `api`, which declares
+    the token routes too (their schema; the same handlers). Why: FastAPI's middleware and routing
+    cost more per request than parsing and starting the session, and wrap every write of a stream."""
+
+    def __init__(self, api: FastAPI, service: Service) -> None:
+        self.api, self.service = api, service
+        self.state = api.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind in ("http", "websocket"):
+            path = scope["path"]
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root):]
+            if kind == "http" and path == "/v1/speech_tokens" and scope["method"] == "POST":
+                try:
+                    response = await speech_tokens(self.service, Request(scope, receive))
+                except Exception:  # noqa: BLE001 - what FastAPI's ServerErrorMiddleware would do: log, 500
+                    logging.getLogger("cosyfast.serve").exception("POST /v1/speech_tokens failed")
+                    response = JSONResponse({"error": {"field": None, "message": "internal error"}}, 500)
+                await response(scope, receive, send)
+                return
+            if kind == "websocket" and path == "/v1/speech_tokens/bistream":
+                await bistream(self.service, WebSocket(scope, receive, send))
+                return
+        await self.api(scope, receive, send)
+
+
+def create_app(service: Service) -> App:
+    """The ASGI app over one Service; its shutdown drains the service (see Service.drain)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await service.drain()
 
-    app = FastAPI(title="cosyfast", summary="CosyVoice LLM stage: text + voice prompt -> speech tokens",
+    api = FastAPI(title="cosyfast", summary="CosyVoice LLM stage: text + voice prompt -> speech tokens",
                   lifespan=lifespan)
-    app.state.service = service
+    api.state.service = service
     errors: dict[int | str, dict[str, Any]] = {
         s: {"model": ErrorBody} for s in (400, 413, 422, 503)}
 
-    # The body is read here, not by FastAPI: bounded before parsing, parsed by the same pydantic
-    # model the schema shows (openapi_extra), with the service's own error shape.
-    @app.post("/v1/speech_tokens", openapi_extra=_body_schema(SpeechTokensRequest),
+    # The body is read by the handler, not by FastAPI: bounded before parsing, parsed by the same
+    # pydantic model the schema shows (openapi_extra), with the service's own error shape.
+    @api.post("/v1/speech_tokens", openapi_extra=_body_schema(SpeechTokensRequest),
               responses={200: {"model": Complete, "description": "stream false: one JSON object; else NDJSON "
                                "lines (or SSE events) of TokensChunk, then Summary",
                                "content": {NDJSON: {"schema": TokensChunk.model_json_schema()},
                                            SSE: {"schema": Summary.model_json_schema()}}}, **errors})
-    async def speech_tokens(request: Request) -> Response:
-        try:
-            session, body = service.start(await read_body(request, service.max_body_bytes))
-        except RequestError as e:
-            return _error(e)
-        if not body.stream:
-            return await _all_tokens(session, request)
-        return TokenStream(session, SSE in request.headers.get("accept", ""))
+    async def post_speech_tokens(request: Request) -> Response:
+        return await speech_tokens(service, request)
 
-    @app.websocket("/v1/speech_tokens/bistream")
-    async def bistream(ws: WebSocket) -> None:
-        await ws.accept()
-        first = await _receive_text(ws, service.max_body_bytes)
-        if first is None:
-            return
-        try:
-            session, _ = service.start(first, bistream=True)
-        except RequestError as e:
-            # 1013: try again later; 1007: not a JSON object; 1008: a message that breaks the protocol
-            await _refuse(ws, e, 1013 if e.status == 503 else 1007 if e.status == 400 else 1008)
-            return
-        reader = asyncio.ensure_future(_read_text(ws, session, service))
-        try:
-            async for batch in session.batches():
-                if ws.application_state != WebSocketState.CONNECTED:
-                    continue  # closed by the reader: wait for the cancelled session's end only
-                tokens = [t for t in batch if t != NEED_TEXT]
-                if tokens:
-                    await ws.send_text(_DUMP({"tokens": tokens}))
-                if len(tokens) < len(batch):
-                    await ws.send_text('{"need_text":true}')
-            if ws.application_state == WebSocketState.CONNECTED:
-                await ws.send_text(_DUMP(session.summary()))
-                await ws.close()
-        except (OSError, RuntimeError, WebSocketDisconnect):
-            pass  # the client left, or the session failed
-        finally:
-            reader.cancel()
-            session.cancel()
+    @api.websocket("/v1/speech_tokens/bistream")
+    async def ws_bistream(ws: WebSocket) -> None:
+        await bistream(service, ws)
 
-    @app.get("/health")
+    @api.get("/health")
     async def health() -> JSONResponse:
         return JSONResponse(service.health(), status_code=503 if service.draining else 200)
 
-    @app.get("/metrics")
+    @api.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return App(api, service)
 
 
 class _Refused(Exception):
