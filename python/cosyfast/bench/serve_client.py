@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
+import resource
 import sys
 import time
 from typing import Any
@@ -38,8 +38,8 @@ async def _one(client: httpx.AsyncClient, body: dict[str, Any]) -> list[float]:
 
 
 def _cpu() -> float:
-    t = os.times()
-    return t.user + t.system
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 async def _run(url: str, bodies: list[dict[str, Any]]) -> dict[str, Any]:
