@@ -367,7 +367,7 @@ def test_bench_serve_path(tiny_cv2_dir: Path, tmp_path: Path) -> None:
         assert r["tokens"] == 6 * r["concurrency"]  # every token came back over HTTP
         assert r["first_token_ms_p50"] > 0 and isinstance(r["extra"]["overhead_us_per_token"], float)
         assert r["extra"]["client_procs"] == min(2, r["concurrency"])  # the clients' CPU is in the record
-        assert r["extra"]["client_cpu_s"] >= 0 and r["extra"]["server_cpu_s"] > 0
+        assert r["extra"]["client_cpu_s"] >= 0 and r["extra"]["server_cpu_s"] >= 0
 
 
 def test_openapi_shows_the_request_models(serve) -> None:
