@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.max_sessions} sessions, http://{args.host}:{args.port}", flush=True)
     try:
         make_server(service, args.host, args.port).run()
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down (drained) cleanly
+        pass
     finally:
         model.close()
     return 0
