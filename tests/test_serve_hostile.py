@@ -184,3 +184,42 @@ def test_a_thousand_hostile_clients(server: BackgroundServer, model: cosyfast.Mo
         assert c.get("/health").json()["live_sessions"] == 0
         r = c.post("/v1/speech_tokens", json={"text_ids": [1, 2, 3], "stream": False, "max_len": 5})
         assert r.status_code == 200 and r.json()["num_tokens"] == len(r.json()["tokens"]) > 0
+
+
+def test_silent_clients_are_timed_out(model: cosyfast.Model) -> None:
+    """A body that never arrives gets 408; a bistream that never sends its first message, or never
+    answers its session's request for text, is closed and its session freed."""
+    import socket
+
+    with BackgroundServer(Service(model, idle_timeout_s=0.5)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"POST /v1/speech_tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      b"Content-Length: 100\r\n\r\n{\"text_ids\": [1")
+            answer = s.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 0.5 s" in answer
+        ws_url = url.replace("http", "ws") + "/v1/speech_tokens/bistream"
+        with connect_ws(ws_url) as ws:
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    ws.receive_json(timeout=10)
+            assert closed.value.code == 1008 and "no first message" in closed.value.reason
+        with connect_ws(ws_url) as ws:
+            ws.send_json(FIRST)
+            assert ws.receive_json() == {"need_text": True}
+            t0 = time.monotonic()
+            with pytest.raises(WebSocketDisconnect) as closed:
+                while True:
+                    ws.receive_json(timeout=10)
+            assert closed.value.code == 1008 and "no text for 0.5 s" in closed.value.reason
+            assert time.monotonic() - t0 < 5
+        wait_for(lambda: model.live_sessions == 0, "the silent session is freed")
+        # a client that sent its text and waits for the tokens is not timed out
+        with connect_ws(ws_url) as ws:
+            ws.send_json({**FIRST, "max_len": 40})
+            assert ws.receive_json() == {"need_text": True}
+            ws.send_json({"text_ids": [10, 11, 12], "end": True})
+            msgs = []
+            while "finish_reason" not in (msgs or [{}])[-1]:
+                msgs.append(ws.receive_json(timeout=10))
+            assert msgs[-1]["finish_reason"] in ("stop_token", "max_len")

@@ -42,23 +42,32 @@ _DUMP = json.JSONEncoder(separators=(",", ":")).encode
 
 def _error(e: RequestError) -> JSONResponse:
     headers = dict(e.headers)
-    if e.status == 413:
+    if e.status in (408, 413):
         headers["Connection"] = "close"  # the rest of the body is not read
     return JSONResponse(e.body(), status_code=e.status, headers=headers)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     """The body, refused with 413 as soon as it is known to pass `limit` bytes: from
-    Content-Length before anything is read, else (chunked) while it arrives."""
+    Content-Length before anything is read, else (chunked) while it arrives; 408 when it takes
+    longer than `timeout_s` to arrive."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"the body has {declared} bytes, over the limit of {limit} bytes")
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise RequestError(413, f"the body passes the limit of {limit} bytes")
-        chunks.append(chunk)
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"the body passes the limit of {limit} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the body did not arrive within {timeout_s:g} s") from None
     return b"".join(chunks)
 
 
@@ -128,7 +137,7 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
 async def speech_tokens(service: Service, request: Request) -> Response:
     """POST /v1/speech_tokens: the streamed (or whole) answer, or the error."""
     try:
-        session, body = service.start(await read_body(request, service.max_body_bytes))
+        session, body = service.start(await read_body(request, service.max_body_bytes, service.idle_timeout_s))
     except RequestError as e:
         return _error(e)
     if not body.stream:
@@ -139,7 +148,11 @@ async def speech_tokens(service: Service, request: Request) -> Response:
 async def bistream(service: Service, ws: WebSocket) -> None:
     """WS /v1/speech_tokens/bistream: one bistream session, the client's text read alongside."""
     await ws.accept()
-    first = await _receive_text(ws, service.max_body_bytes)
+    try:
+        first = await asyncio.wait_for(_receive_text(ws, service.max_body_bytes), service.idle_timeout_s)
+    except asyncio.TimeoutError:
+        await _refuse(ws, RequestError(408, f"no first message within {service.idle_timeout_s:g} s"), 1008)
+        return
     if first is None:
         return
     try:
@@ -286,7 +299,13 @@ async def _read_text(ws: WebSocket, session: Session, service: Service) -> None:
     ended = False
     try:
         while True:
-            raw = await _next_text(ws, service.max_body_bytes)
+            try:
+                raw = await asyncio.wait_for(_next_text(ws, service.max_body_bytes), service.idle_timeout_s)
+            except asyncio.TimeoutError:
+                if session.waits_for_text and not ended:  # a silent client would hold its session forever
+                    raise _Refused(RequestError(408, f"no text for {service.idle_timeout_s:g} s while the session "
+                                                "waits for it"), 1008) from None
+                continue
             if raw is None:
                 break
             try:
@@ -306,11 +325,13 @@ async def _read_text(ws: WebSocket, session: Session, service: Service) -> None:
                 if budget < 0:
                     raise _Refused(RequestError(413, "text_ids: the text passes the session limit of "
                                                 f"{service.model.max_session_len} ids", "text_ids"), 1009)
+                session.waits_for_text = False
                 try:
                     session.stream.push_text(ids)
                 except (ValueError, TypeError) as e:
                     raise _Refused(RequestError(422, str(e), "text_ids"), 1008) from None
             if msg.end:
+                session.waits_for_text = False
                 session.stream.end_text()
                 ended = True
     except _Refused as r:

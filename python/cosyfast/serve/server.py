@@ -14,7 +14,7 @@ import uvicorn
 from ..model import DEFAULTS
 from ..text import NoTokenizer, Tokenizer, load_tokenizer
 from .app import create_app
-from .service import DEFAULT_MAX_BODY_BYTES, Service
+from .service import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, Service
 
 
 class DrainingServer(uvicorn.Server):
@@ -102,6 +102,9 @@ def parser() -> argparse.ArgumentParser:
                    help="seconds live streams may finish in at shutdown before they are cancelled")
     p.add_argument("--max-body-size", type=int, default=DEFAULT_MAX_BODY_BYTES, metavar="BYTES",
                    help="largest request body or WebSocket message; larger ones get 413 / close 1009")
+    p.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
+                   help="seconds a client may take to send a body, a bistream's first message, or the text its "
+                        "session waits for; then 408 / close 1008 and the session is freed")
     g = p.add_argument_group("engine (the options of cosyfast.load)")
     g.add_argument("--max-batch", type=int, default=None, help="engine batch (default: max(256, --max-sessions))")
     g.add_argument("--max-session-len", type=int, default=DEFAULTS["max_session_len"],
@@ -135,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
                  sample_threads=args.sample_threads, devices=devices, table_dtype=args.table_dtype, **extra)
     tokenizer, why = tokenizer_for(path, model.kind)
     service = Service(model, max_sessions=args.max_sessions, drain_timeout_s=args.drain_timeout,
-                      max_body_bytes=args.max_body_size, tokenizer=tokenizer, no_tokenizer_reason=why)
+                      max_body_bytes=args.max_body_size, idle_timeout_s=args.idle_timeout, tokenizer=tokenizer,
+                      no_tokenizer_reason=why)
     print(f"cosyfast serve: {model.kind} on {model.engine} ({'demo model' if not args.model else path}), "
           f"text {'by ' + str(tokenizer.source) if tokenizer else 'as ids only: ' + why}, at most "
           f"{args.max_sessions} sessions, http://{args.host}:{args.port}", flush=True)

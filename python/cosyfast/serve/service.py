@@ -35,6 +35,7 @@ from .schema import OPTION_FIELDS, BistreamStart, SpeechTokensRequest
 ID_FIELDS = ("text_ids", "prompt_text_ids", "prompt_speech_tokens")
 NEED_TEXT: int = _core.Stream.NEED_TEXT  # the event a bistream sends when it waits for text
 DEFAULT_MAX_BODY_BYTES = 4 << 20  # 4 MiB: a 4096-id request is ~40 kB of JSON
+DEFAULT_IDLE_TIMEOUT_S = 60.0
 disable_created_metrics()  # no *_created series beside every counter and histogram
 
 
@@ -147,6 +148,7 @@ class Session:
         self.started = self.last = time.perf_counter()
         self.sent = 0
         self.done = False
+        self.waits_for_text = False  # a bistream asked for text and none has come since
         self._items: list[int] = []
         self._waiter: asyncio.Future[None] | None = None
 
@@ -160,6 +162,7 @@ class Session:
             self._items += tokens
         if need_text:
             self._items.append(NEED_TEXT)
+            self.waits_for_text = True
         if finished:
             self.done = True
         w = self._waiter
@@ -227,11 +230,14 @@ class _Dispatcher:
 class Service:
     """A Model behind a bounded admission: at most `max_sessions` sessions at once; beyond it,
     and while draining, requests get 503 with Retry-After (nothing admitted is ever dropped).
-    `max_body_bytes` bounds a request body and a WebSocket message; `tokenizer` (cosyfast.text)
+    `max_body_bytes` bounds a request body and a WebSocket message; `idle_timeout_s` how long a
+    client may take to send a body, a bistream's first message, or the text its session waits
+    for (the session is freed then); `tokenizer` (cosyfast.text)
     serves the `text` and `prompt_text` fields."""
 
     def __init__(self, model: Model, *, max_sessions: int = 256, retry_after_s: int = 1,
                  drain_timeout_s: float = 30.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
                  tokenizer: Tokenizer | None = None, no_tokenizer_reason: str = "none was given",
                  registry: CollectorRegistry | None = None) -> None:
         if max_sessions < 1:
@@ -240,6 +246,9 @@ class Service:
             raise ValueError(f"drain_timeout_s must be >= 0, got {drain_timeout_s}")
         if max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be >= 1024, got {max_body_bytes}")
+        if not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
+        self.idle_timeout_s = idle_timeout_s
         self.model = model
         self.max_sessions = max_sessions
         self.retry_after_s = retry_after_s
