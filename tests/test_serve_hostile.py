@@ -223,3 +223,15 @@ def test_silent_clients_are_timed_out(model: cosyfast.Model) -> None:
             while "finish_reason" not in (msgs or [{}])[-1]:
                 msgs.append(ws.receive_json(timeout=10))
             assert msgs[-1]["finish_reason"] in ("stop_token", "max_len")
+
+
+def test_whole_prompt_errors_name_a_field(tiny_cv3_dir: Path) -> None:
+    """The core's sentences about the prompt as a whole still name the field to fix."""
+    with cosyfast.load(tiny_cv3_dir, engine="cpu", max_session_len=64) as m, \
+            BackgroundServer(Service(m)) as url, httpx.Client(base_url=url, timeout=30) as c:
+        r = c.post("/v1/speech_tokens", json={"text_ids": [1, 2, 3], "prompt_text_ids": [4, 5]})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "prompt_text_ids"
+        assert "<|endofprompt|>" in r.json()["error"]["message"]
+        r = c.post("/v1/speech_tokens", json={"text_ids": [1, 2, 151646], "prompt_speech_tokens": list(range(100))})
+        assert r.status_code == 422 and r.json()["error"]["field"] == "prompt_speech_tokens"
+        assert r.json()["error"]["message"].startswith("the prompt has")

@@ -78,6 +78,16 @@ def _field_of_bad_id(message: str, ids: dict[str, list[int]]) -> str | None:
     return holders[0] if len(holders) == 1 else None
 
 
+def _whole_text_field(message: str, ids: dict[str, list[int]]) -> str | None:
+    """For the core's sentences about the prompt as a whole: CosyVoice3's <|endofprompt|> belongs
+    at the end of the prompt text; a prompt too long for the session is cut where it is longest."""
+    if "needs the text to contain" in message:
+        return "prompt_text_ids" if "prompt_text_ids" in ids else "text_ids"
+    if message.startswith("the prompt has") and ids:
+        return max(ids, key=lambda f: len(ids[f]))
+    return None
+
+
 def parse_body(model: type[BaseModel], raw: bytes | str) -> Any:
     """A request body as `model`: 400 for what is not a JSON object (or nests too deep), 422
     naming the field for a wrong type or an unknown field."""
@@ -306,7 +316,9 @@ class Service:
                 field = _field_of_bad_id(msg, ids)
                 if field is not None and field_of(msg, (field,)) is None:
                     msg = f"{field}: {msg}"  # the core's sentence names the whole text
-                field = field or field_of(msg, tuple(ids) + tuple(options) + ("mix_ratio",))
+                field = field or field_of(msg, tuple(ids) + tuple(options) + ("mix_ratio",)) or _whole_text_field(msg, ids)
+                if field in ("text_ids", "prompt_text_ids") and getattr(body, field.removesuffix("_ids"), None) is not None:
+                    field = field.removesuffix("_ids")  # the client gave it as a string
                 raise RequestError(422, msg, field) from None
             dispatcher = self._dispatcher_for(loop)
             session = Session(self, stream, next(self._keys))
