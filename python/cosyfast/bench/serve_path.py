@@ -6,7 +6,10 @@ import), the requests spread over them so that the clients are not the bottlenec
 clients on other machines would not be. Every process opens and warms its connections first;
 then all start together. Each token is timed when its NDJSON line arrives, from its request's own
 send (first-token latency as a client sees it); the wall time runs from the first send to the
-last token, and each run records the CPU time the client processes and the server process used."""
+last token, and each run records the CPU time the client processes and the server process used:
+client_cpu_s (all clients), client_busiest_cpu_share (the busiest client's CPU time over the wall
+time: near 1 means a client was the bottleneck), server_cpu_s (the bench process: the server's
+event loop and the engine's threads) over server_cpu_window_s."""
 from __future__ import annotations
 
 import json
@@ -77,7 +80,7 @@ def run_serve(url: str, work: Workload, requests: list[Request], procs: int) -> 
     client_cpu = sum(r["cpu_s"] for r in results)
     server_cpu = cpu1 - cpu0
     cpu = {"client_procs": procs, "client_cpu_s": round(client_cpu, 3),
-           "client_cpu_per_proc_max": round(max(r["cpu_s"] for r in results) / max(wall, 1e-9), 3),
+           "client_busiest_cpu_share": round(max(r["cpu_s"] for r in results) / max(wall, 1e-9), 3),
            "server_cpu_s": round(server_cpu, 3), "server_cpu_window_s": round(t1 - t0, 3)}
     return wall, arrivals, cpu
 
