@@ -12,7 +12,7 @@ import pytest
 
 httpx = pytest.importorskip("httpx", reason="the serve tests need the serve extra: pip install '.[serve]'")
 pytest.importorskip("fastapi", reason="the serve tests need the serve extra: pip install '.[serve]'")
-from httpx_ws import connect_ws  # noqa: E402
+from httpx_ws import WebSocketDisconnect, connect_ws  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
 import cosyfast  # noqa: E402
@@ -103,31 +103,16 @@ def test_streamed_tokens_equal_generate(serve, model: cosyfast.Model) -> None:
         assert data[-1] == ("event: done", summary)
 
 
-class _FakeStream:
-    """Tokens that are all ready at once, as when the event loop falls behind the engine."""
-
-    is_bistream = False
-    finish_reason = "max_len"
-
-    def __init__(self, n: int) -> None:
-        self._tokens = iter(range(n))
-
-    def next(self) -> int | None:
-        return next(self._tokens, None)
-
-    def cancel(self) -> None:
-        pass
-
-
 def test_ready_tokens_travel_together(model: cosyfast.Model) -> None:
-    from cosyfast.serve.service import Session
-
+    """Tokens queued before the event loop looks reach the session as one batch (one wake)."""
     async def batches_after_a_pause() -> list[list[int]]:
-        session = Session(Service(model), _FakeStream(500), asyncio.get_running_loop())
-        session.join(10)  # every token is queued before the loop looks
+        service = Service(model)
+        session, _ = service.start(json.dumps(body(min_len=200, max_len=200)))
+        assert session.stream.wait(30)  # every token is queued before the loop looks
         return [b async for b in session.batches()]
 
-    assert asyncio.run(batches_after_a_pause()) == [list(range(500))]
+    batches = asyncio.run(batches_after_a_pause())
+    assert len(batches) == 1 and len(batches[0]) == 200
 
 
 def test_64_concurrent_clients(serve, model: cosyfast.Model) -> None:
@@ -165,19 +150,35 @@ def test_disconnect_ends_the_session(serve, long_model: cosyfast.Model) -> None:
     assert m["cosyfast_tokens_total"] < 19000
 
 
-@pytest.mark.parametrize("bad, status, field", [
-    ({"text_ids": [1], "top_p": 2.0}, 422, "top_p"),
-    ({"text_ids": [1], "top_k": 0}, 422, "top_k"),
-    ({"text_ids": [1], "seed": -3}, 422, "seed"),
-    ({"text_ids": [1], "max_len": 0}, 422, "max_len"),
-    ({"text_ids": [1], "prompt_speech_tokens": [99999]}, 422, "prompt_speech_tokens"),
-    ({"text_ids": "hello"}, 422, "text_ids"),
-    ({"text_ids": [10**9]}, 422, "text_ids"),
-    ({"text_ids": [1], "temperature": 0.7}, 422, "temperature"),
-    ({"text_ids": [1], "stream": "yes"}, 422, "stream"),
-    ({"prompt_text_ids": [1]}, 422, "text_ids"),
+# The core's range checks: the HTTP error says the Python API's own sentence.
+SAME_AS_PYTHON = [
+    ({"text_ids": [1], "top_p": 2.0}, "top_p"),
+    ({"text_ids": [1], "top_k": 0}, "top_k"),
+    ({"text_ids": [1], "max_len": 0}, "max_len"),
+    ({"text_ids": [1], "prompt_speech_tokens": [99999]}, "prompt_speech_tokens"),
+    ({"text_ids": [10**9]}, "text_ids"),
+    ({"text_ids": [1], "prompt_text_ids": [10**6]}, "prompt_text_ids"),
+    ({"text_ids": [1, 10**6], "prompt_text_ids": [3]}, "text_ids"),
+    ({"text_ids": [1], "min_len": 10, "max_len": 5}, "min_len"),
+]
+# Types, unknown fields and shapes: pydantic's check, naming the field.
+REFUSED_BY_SCHEMA = [
+    ({"text_ids": [1], "seed": -3}, "seed"),  # the API's width check (seed is a uint64)
+    ({"text_ids": "hello"}, "text_ids"),
+    ({"text_ids": [[[1]]]}, "text_ids"),
+    ({"text_ids": [1, True]}, "text_ids"),
+    ({"text_ids": [1], "top_k": 2.5}, "top_k"),
+    ({"text_ids": [1], "temperature": 0.7}, "temperature"),
+    ({"text_ids": [1], "stream": "yes"}, "stream"),
+    ({"prompt_text_ids": [1]}, "text_ids"),
+]
+
+
+@pytest.mark.parametrize("bad, status, field", [(b, 422, f) for b, f in SAME_AS_PYTHON + REFUSED_BY_SCHEMA] + [
     ([1, 2, 3], 400, None),
     ("{not json", 400, None),
+    ("", 400, None),
+    ('{"text_ids": ' + "[" * 100_000 + "]" * 100_000 + "}", 400, None),  # no RecursionError, no 500
 ])
 def test_bad_bodies(serve, model: cosyfast.Model, bad: Any, status: int, field: str | None) -> None:
     url = serve().url
@@ -187,11 +188,12 @@ def test_bad_bodies(serve, model: cosyfast.Model, bad: Any, status: int, field: 
         assert r.status_code == status, r.text
         err = r.json()["error"]
         assert err["field"] == field and err["message"]
-        if isinstance(bad, dict) and field not in ("temperature", "stream") and "text_ids" in bad:
-            # the same sentence the Python API raises for the same input
+        if field is not None:
+            assert field in err["message"] or field.replace("_", " ").removesuffix("s") in err["message"]
+        if (bad, field) in SAME_AS_PYTHON:
             with pytest.raises((ValueError, TypeError)) as e:
-                model.generate(**{k: v for k, v in bad.items() if k != "stream"})
-            assert str(e.value) == err["message"]
+                model.generate(**bad)
+            assert err["message"] in (str(e.value), f"{field}: {e.value}")
         assert metrics(c)["cosyfast_requests_rejected_total{cause=invalid}"] == 1
     assert model.live_sessions == 0
 
@@ -227,7 +229,11 @@ def test_metrics_and_health(serve, model: cosyfast.Model) -> None:
     assert m["cosyfast_time_to_first_token_seconds_sum"] > 0
     assert sum(v for k, v in m.items() if k.startswith("cosyfast_sessions_finished_total{")) == 3
     assert m["cosyfast_live_sessions"] == 0 and m["cosyfast_admitted_sessions"] == 0
-    assert m["cosyfast_tokens_per_second"] >= 0
+    assert m["cosyfast_request_tokens_count"] == 3 and m["cosyfast_request_tokens_sum"] == sent
+    assert m["cosyfast_request_duration_seconds_count"] == 3
+    assert "cosyfast_inter_token_latency_seconds_count" in m
+    assert "process_cpu_seconds_total" in m and "cosyfast_tokens_per_second" not in m
+    assert not [k for k in m if k.endswith("_created")]
 
 
 def _bistream_reference(model: cosyfast.Model, first: dict[str, Any], pieces: list[list[int]]) -> list[int]:
@@ -282,8 +288,12 @@ def test_bistream_errors_and_disconnect(serve, model: cosyfast.Model) -> None:
     with connect_ws(ws_url) as ws:
         ws.send_json(BISTREAM_FIRST)
         ws.send_json({"text_ids": [10**9]})
-        msgs = [ws.receive_json() for _ in range(2)]
+        msgs = []
+        with pytest.raises(WebSocketDisconnect) as closed:
+            while True:
+                msgs.append(ws.receive_json())
         assert any(m.get("error", {}).get("field") == "text_ids" for m in msgs), msgs
+        assert closed.value.code == 1008 and closed.value.reason.startswith("text_ids: ")
     with connect_ws(ws_url) as ws:  # a client that leaves while its session waits for text
         ws.send_json(BISTREAM_FIRST)
         assert ws.receive_json() == {"need_text": True}
@@ -348,10 +358,28 @@ def test_bench_serve_path(tiny_cv2_dir: Path, tmp_path: Path) -> None:
 
     out = tmp_path / "bench"
     assert main(["--checkpoint", str(tiny_cv2_dir), "--engine", "cpu", "--paths", "cosyfast,serve",
-                 "--concurrency", "1,3", "--new-tokens", "6", "--prompt-rows", "8", "--out", str(out)]) == 0
+                 "--concurrency", "1,3", "--new-tokens", "6", "--prompt-rows", "8", "--client-procs", "2",
+                 "--out", str(out)]) == 0
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert [(r["path"], r["concurrency"]) for r in rows] == [("cosyfast", 1), ("cosyfast", 3), ("serve", 1),
                                                               ("serve", 3)]
     for r in rows[2:]:
         assert r["tokens"] == 6 * r["concurrency"]  # every token came back over HTTP
         assert r["first_token_ms_p50"] > 0 and isinstance(r["extra"]["overhead_us_per_token"], float)
+        assert r["extra"]["client_procs"] == min(2, r["concurrency"])  # the clients' CPU is in the record
+        assert r["extra"]["client_cpu_s"] >= 0 and r["extra"]["server_cpu_s"] >= 0
+
+
+def test_openapi_shows_the_request_models(serve) -> None:
+    url = serve().url
+    with httpx.Client(base_url=url, timeout=30) as c:
+        spec = c.get("/openapi.json").json()
+        assert c.get("/docs").status_code == 200
+    post = spec["paths"]["/v1/speech_tokens"]["post"]
+    schema = post["requestBody"]["content"]["application/json"]["schema"]
+    props = schema["properties"]
+    assert {"text_ids", "text", "prompt_text_ids", "prompt_text", "prompt_speech_tokens", "stream", "seed", "top_p",
+            "max_len", "min_len"} <= set(props)
+    assert schema["additionalProperties"] is False
+    assert props["top_p"]["default"] == cosyfast.model.request_options.__kwdefaults__["top_p"]
+    assert {"200", "413", "422", "503"} <= set(post["responses"])

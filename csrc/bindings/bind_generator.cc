@@ -84,6 +84,8 @@ class Stream {
   int max_len() const { return session_->max_len(); }
   int prompt_len() const { return session_->prompt_len(); }
   std::vector<double> arrivals() const { return queue_->arrival_seconds(); }
+  std::string error() const { return queue_->error(); }
+  const std::shared_ptr<TokenQueue>& queue() const { return queue_; }
 
  private:
   // Waits let the GIL go in slices this long, so that Ctrl-C (a signal Python handles only on
@@ -160,6 +162,8 @@ py::object NewStream(std::shared_ptr<RequestHandle> request, std::shared_ptr<Tok
 
 SpeechVocab VocabFromDict(const py::dict& d) { return MakeVocab(d); }
 
+std::shared_ptr<TokenQueue> QueueOf(const py::handle& stream) { return stream.cast<Stream&>().queue(); }
+
 void BindGenerator(py::module_& m) {
   m.def("_waiting_readers", [] { return WaitWithoutGil::waiting().load(); },
         "Threads waiting for tokens without the GIL now (the exit handler waits for 0).");
@@ -198,6 +202,7 @@ void BindGenerator(py::module_& m) {
       .def_property_readonly("is_bistream", &Stream::is_bistream)
       .def_property_readonly("finished", &Stream::finished)
       .def_property_readonly("finish_reason", &Stream::reason)
+      .def_property_readonly("error", &Stream::error, "Why the session failed (finish_reason 'error'), else ''.")
       .def_property_readonly("min_len", &Stream::min_len)
       .def_property_readonly("max_len", &Stream::max_len)
       .def_property_readonly("prompt_len", &Stream::prompt_len)

@@ -18,6 +18,7 @@ void BindTesting(pybind11::module_& m);  // the submodule cosyfast._core.testing
 void BindCpuEngine(pybind11::module_& m);
 void BindGenerator(pybind11::module_& m);
 void BindGeneratorPool(pybind11::module_& m);
+void BindTokenMux(pybind11::module_& m);  // decode/token_mux.h: one reader for many streams
 void BindTurboMind(pybind11::module_& m);  // only with COSYFAST_WITH_TURBOMIND
 void BindBuildInfo(pybind11::module_& m);
 void BindGpuMemory(pybind11::module_& m);  // the TurboMind memory plan (core/gpu_memory.h)
@@ -42,6 +43,8 @@ Qwen2Model Qwen2FromPython(const pybind11::dict& config, const pybind11::handle&
 // lengths from `request`, text pieces to `text` (bistream only).
 pybind11::object NewStream(std::shared_ptr<RequestHandle> request, std::shared_ptr<TokenQueue> queue,
                            std::shared_ptr<TextInput> text = nullptr);
+// The token queue behind a Python Stream (TypeError for anything else).
+std::shared_ptr<TokenQueue> QueueOf(const pybind11::handle& stream);
 // The speech vocabulary from the dict cosyfast.checkpoint builds (LlmWeights.vocab).
 SpeechVocab VocabFromDict(const pybind11::dict& d);
 

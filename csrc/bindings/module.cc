@@ -11,6 +11,7 @@ PYBIND11_MODULE(_core, m) {
   cosyfast::python::BindGpuMemory(m);
   cosyfast::python::BindGenerator(m);
   cosyfast::python::BindGeneratorPool(m);
+  cosyfast::python::BindTokenMux(m);
 #ifdef COSYFAST_WITH_TURBOMIND
   cosyfast::python::BindTurboMind(m);
 #endif

@@ -30,6 +30,11 @@ void LengthOptions::Validate() const {
   Require(max_len_override == -1 || max_len_override > 0,
           "max_len must be > 0 (or unset), got " + std::to_string(max_len_override));
   Require(min_len_override >= -1, "min_len must be >= 0 (or unset), got " + std::to_string(min_len_override));
+  // Both given and crossed: no length satisfies both (the session would stop at max_len with
+  // min_len unmet), so the request is refused rather than silently cut short.
+  Require(min_len_override < 0 || max_len_override < 0 || min_len_override <= max_len_override,
+          "min_len must be <= max_len, got min_len=" + std::to_string(min_len_override) +
+              " and max_len=" + std::to_string(max_len_override));
 }
 
 std::string LengthOptions::ToString() const {

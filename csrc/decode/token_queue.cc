@@ -14,36 +14,90 @@ std::atomic<bool>& TokenQueue::RecordingArrivals() {
 
 void TokenQueue::RecordArrivals(bool on) { RecordingArrivals().store(on, std::memory_order_relaxed); }
 
+// Each event below: the change under the lock, then the blocked reader (if any) and the
+// listener (if attached and the queue was empty) hear of it with the lock released.
 bool TokenQueue::OnToken(int32_t token) {
-  if (record_arrivals_) {
-    const double at = std::chrono::duration<double>(std::chrono::steady_clock::now() - created_).count();
+  const double at = record_arrivals_
+                        ? std::chrono::duration<double>(std::chrono::steady_clock::now() - created_).count()
+                        : 0.0;
+  bool was_ready = true;
+  std::weak_ptr<ReadyListener> listener;
+  int64_t key = 0;
+  {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (attached_) {
+      was_ready = ReadyLocked();
+      if (!was_ready) listener = listener_, key = listener_key_;
+    }
     tokens_.push_back(token);
-    arrivals_.push_back(at);
-  } else {
-    std::lock_guard<std::mutex> lock(mutex_);
-    tokens_.push_back(token);
+    if (record_arrivals_) arrivals_.push_back(at);
   }
   ready_.notify_all();
+  Notify(was_ready, listener, key);
   return true;
 }
 
 void TokenQueue::OnFinish(FinishReason reason, const std::string& error) {
+  bool was_ready = true;
+  std::weak_ptr<ReadyListener> listener;
+  int64_t key = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (attached_) {
+      was_ready = ReadyLocked();
+      if (!was_ready) listener = listener_, key = listener_key_;
+    }
     finished_ = true;
     reason_ = reason;
     error_ = error;
   }
   ready_.notify_all();
+  Notify(was_ready, listener, key);
 }
 
 void TokenQueue::OnNeedText() {
+  bool was_ready = true;
+  std::weak_ptr<ReadyListener> listener;
+  int64_t key = 0;
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    if (attached_) {
+      was_ready = ReadyLocked();
+      if (!was_ready) listener = listener_, key = listener_key_;
+    }
     need_text_ = true;
   }
   ready_.notify_all();
+  Notify(was_ready, listener, key);
+}
+
+void TokenQueue::Notify(bool was_ready, const std::weak_ptr<ReadyListener>& listener, int64_t key) {
+  if (was_ready) return;  // the listener was told when the queue last became non-empty
+  if (auto l = listener.lock()) l->OnReady(key);
+}
+
+void TokenQueue::Attach(std::weak_ptr<ReadyListener> listener, int64_t key) {
+  bool ready;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (attached_) throw std::logic_error("this stream is already attached to a token multiplexer");
+    attached_ = true;
+    listener_ = listener;
+    listener_key_ = key;
+    ready = ReadyLocked();
+  }
+  // Events before the attach were not announced: announce them now.
+  Notify(!ready, listener, key);
+}
+
+bool TokenQueue::TakeAll(std::vector<int32_t>* tokens, bool* need_text) {
+  RequireParent();
+  std::lock_guard<std::mutex> lock(mutex_);
+  tokens->insert(tokens->end(), tokens_.begin(), tokens_.end());
+  tokens_.clear();
+  *need_text = need_text_ && !finished_;
+  need_text_ = false;
+  return finished_;
 }
 
 void TokenQueue::ValidateTimeout(double timeout_s) {

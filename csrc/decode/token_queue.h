@@ -7,6 +7,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -16,6 +17,17 @@
 #include "decode/session.h"
 
 namespace cosyfast {
+
+// Hears of queues that have something to take, instead of a reader blocked on each queue: one
+// listener (decode/token_mux.h) serves every session of a server from one thread.
+class ReadyListener {
+ public:
+  virtual ~ReadyListener() = default;
+  // Called on the scheduler thread (quick, never blocking on the scheduler) each time the queue
+  // registered under `key` goes from nothing to take to something: a token, a request for text
+  // or the end. Called with no lock of the queue held.
+  virtual void OnReady(int64_t key) = 0;
+};
 
 class TokenQueue : public TokenSink {
  public:
@@ -45,6 +57,14 @@ class TokenQueue : public TokenSink {
   bool WaitReady(double timeout_s);
   // Blocks until the session has finished (true) or the timeout passes (false).
   bool WaitFinished(double timeout_s);
+  // Routes this queue's readiness to `listener` under `key` (once per nothing->something change,
+  // and at once if something is ready now); the listener then takes everything with TakeAll. A
+  // queue has at most one listener; it is held weakly (a gone listener is not called).
+  void Attach(std::weak_ptr<ReadyListener> listener, int64_t key);
+  // Everything ready without waiting: appends the tokens to *tokens, sets *need_text when the
+  // session waits for text (after those tokens), and returns true once the session has finished
+  // (every token taken).
+  bool TakeAll(std::vector<int32_t>* tokens, bool* need_text);
   // `event` as Next returns it: kNeedText throws std::logic_error.
   static std::optional<int32_t> AsToken(std::optional<int32_t> event);
 
@@ -67,6 +87,8 @@ class TokenQueue : public TokenSink {
   bool ReadyLocked() const { return !tokens_.empty() || need_text_ || finished_; }
   std::optional<int32_t> TakeLocked();
   void RequireParent() const;
+  // Calls the listener (with no lock held) when `was_ready` says the queue was empty before.
+  void Notify(bool was_ready, const std::weak_ptr<ReadyListener>& listener, int64_t key);
 
   static std::atomic<bool>& RecordingArrivals();
 
@@ -82,6 +104,9 @@ class TokenQueue : public TokenSink {
   bool need_text_ = false;
   FinishReason reason_ = FinishReason::kNone;
   std::string error_;
+  std::weak_ptr<ReadyListener> listener_;  // empty unless Attach was called
+  int64_t listener_key_ = 0;
+  bool attached_ = false;
 };
 
 }  // namespace cosyfast

@@ -85,7 +85,7 @@ def _serve(argv: list[str]) -> int:
     try:
         from .serve.server import main as serve_main
     except ImportError as e:
-        print(f"cosyfast serve needs the serve extra (pip install 'cosyfast[serve]'): {e}", file=sys.stderr)
+        print(f"cosyfast serve needs the serve extra (pip install \".[serve]\" in a checkout): {e}", file=sys.stderr)
         return 2
     try:
         return serve_main(argv)

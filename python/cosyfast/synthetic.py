@@ -39,7 +39,7 @@ from tqdm import tqdm
 from ._paths import atomic_write, cache_root
 from .checkpoint import CONFIG_RELPATH, LM_HEAD, QWEN, SPEECH_TOKEN_SIZE, TEXT_VOCAB, expected_shapes
 
-__all__ = ["SIZES", "KINDS", "write_model_dir", "ensure_default_model"]
+__all__ = ["SIZES", "KINDS", "write_model_dir", "ensure_default_model", "write_tokenizer"]
 
 SIZES: dict[str, dict[str, int]] = {
     "tiny": dict(layers=2, hidden=64, heads=4, kv_heads=2, ffn=128),
@@ -60,7 +60,8 @@ def write_model_dir(out_dir: str | os.PathLike[str], kind: str = "cosyvoice2",
                     size: str | Mapping[str, int] = "tiny", seed: int = 0,
                     decoder_scale: float = DEFAULT_DECODER_SCALE,
                     dtype: torch.dtype = torch.float32, progress: bool | None = None) -> Path:
-    """Write `llm.pt`, `CosyVoice-BlankEN/config.json` and `<kind>.yaml` into `out_dir`.
+    """Write `llm.pt`, `CosyVoice-BlankEN/config.json` and `<kind>.yaml` into `out_dir`, and the
+    demo tokenizer into `CosyVoice-BlankEN/` where the `tokenizers` package is installed.
 
     Deterministic: the same (kind, size, seed, decoder_scale, dtype) gives identical tensors.
     Each file is written to a temporary name and renamed, so none is ever half-written.
@@ -97,6 +98,8 @@ def write_model_dir(out_dir: str | os.PathLike[str], kind: str = "cosyvoice2",
     atomic_write(out / "llm.pt", save)
     _write_text(out / CONFIG_RELPATH, json.dumps(cfg, indent=2) + "\n")
     _write_text(out / f"{kind}.yaml", _yaml_text(kind, dims, seed))
+    if _has_tokenizers():
+        write_tokenizer(out / Path(CONFIG_RELPATH).parent)
     return out
 
 
@@ -115,6 +118,9 @@ def ensure_default_model(cache_dir: str | os.PathLike[str] | None = None,
     root = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()
     target = root / "synthetic" / f"{kind}-{size}-seed0"
     if _is_model_dir(target, kind):
+        tok_dir = target / Path(CONFIG_RELPATH).parent
+        if _has_tokenizers() and not (tok_dir / "vocab.json").is_file():
+            write_tokenizer(tok_dir)  # a model built before `tokenizers` was installed
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp"))
@@ -130,6 +136,86 @@ def ensure_default_model(cache_dir: str | os.PathLike[str] | None = None,
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+# The demo tokenizer: a small byte-level BPE trained on a fixed corpus, laid out as Qwen2's
+# (vocab.json + merges.txt + tokenizer_config.json) so that the same loader reads it. Its BPE
+# vocabulary is padded to Qwen2's 151643 entries with tokens no text produces, so that the added
+# tokens land on Qwen2's ids (<|endoftext|> 151643, <|im_start|> 151644, <|im_end|> 151645, and
+# upstream's <|endofprompt|> 151646, which CosyVoice3 requires).
+QWEN2_BPE_SIZE = 151643
+DEMO_BPE_MERGES = 2000
+_DEMO_WORDS = (
+    "the a an of to and in is it you that he was for on are with as his they be at one have this from or had by "
+    "hot word but what some we can out other were all there when up use your how said each she which do their "
+    "time if will way about many then them write would like so these her long make thing see him two has look "
+    "more day could go come did number sound no most people my over know water than call first who may down side "
+    "been now find any new work part take get place made live where after back little only round man year came "
+    "show every good me give our under name very through just form sentence great think say help low line differ "
+    "turn cause much mean before move right boy old too same tell does set three want air well also play small end "
+    "put home read hand port large spell add even land here must big high such follow act why ask men change went "
+    "light kind off need house picture try us again animal point mother world near build self earth father voice "
+    "speech token model stream hello thank please today tomorrow morning music story happy quiet river mountain")
+
+
+def write_tokenizer(out_dir: str | os.PathLike[str]) -> Path:
+    """Write the demo tokenizer (deterministic) into `out_dir`; needs the `tokenizers` package."""
+    import random
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from .text import QWEN2_SPLIT
+
+    rng = random.Random(0)
+    words = _DEMO_WORDS.split()
+    corpus = []
+    for _ in range(3000):
+        n = rng.randint(3, 14)
+        sentence = " ".join(rng.choice(words) for _ in range(n))
+        corpus.append(sentence.capitalize() + rng.choice([".", "!", "?", ",", ";"]) + f" {rng.randint(0, 999)}")
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(_regex(QWEN2_SPLIT), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + DEMO_BPE_MERGES, initial_alphabet=alphabet,
+                                  show_progress=False, special_tokens=[])
+    tok.train_from_iterator(corpus, trainer=trainer)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        tok.model.save(tmp)
+        vocab: dict[str, int] = json.loads(Path(tmp, "vocab.json").read_text(encoding="utf-8"))
+        merges = Path(tmp, "merges.txt").read_text(encoding="utf-8")
+    for i in range(len(vocab), QWEN2_BPE_SIZE):
+        vocab[f"<|cosyfast_demo_unused_{i}|>"] = i
+    added = {str(QWEN2_BPE_SIZE + i): {"content": t, "lstrip": False, "normalized": False, "rstrip": False,
+                                       "single_word": False, "special": True}
+             for i, t in enumerate(("<|endoftext|>", "<|im_start|>", "<|im_end|>"))}
+    config = {"tokenizer_class": "Qwen2Tokenizer", "added_tokens_decoder": added, "bos_token": None,
+              "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": None,
+              "model_max_length": 32768, "clean_up_tokenization_spaces": False, "errors": "replace",
+              "split_special_tokens": False}
+    _write_text(out / "merges.txt", merges)
+    _write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    _write_text(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))  # last: it marks the tokenizer done
+    return out
+
+
+def _regex(pattern: str) -> Any:
+    from tokenizers import Regex
+
+    return Regex(pattern)
+
+
+def _has_tokenizers() -> bool:
+    try:
+        import tokenizers  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 # --- internals -------------------------------------------------------------------------------

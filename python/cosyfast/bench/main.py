@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", default="cosyfast", help="path name for the cosyfast rows (e.g. cosyfast-r2)")
     p.add_argument("--engine-option", action="append", default=[], metavar="KEY=VALUE",
                    help="turbomind engine option, e.g. async_=0 (repeatable)")
+    p.add_argument("--client-procs", type=int, default=None,
+                   help="serve path: client processes the requests are spread over (default: min(concurrency, 8, "
+                        "cores / 2)); their CPU time is recorded")
     p.add_argument("--out", default="bench-out", help="directory for results.jsonl, results.md, results.png")
     p.add_argument("--plot", action="store_true")
     args = p.parse_args(argv)
@@ -138,7 +141,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{res.ms_per_token_p50:7.2f} ms/tok p50  first {res.first_token_ms_p50:8.1f} ms  rtf {res.rtf:.4f}"
               + (f"  iterations/round {res.extra['iterations_per_round']}" if "iterations_per_round" in res.extra else "")
               + (f"  +{res.extra['overhead_us_per_token']} us/token over in-process" if "overhead_us_per_token" in res.extra
-                 else ""),
+                 else "")
+              + (f"  clients: {res.extra['client_procs']} procs, {res.extra['client_cpu_s']} cpu-s" if "client_cpu_s"
+                 in res.extra else ""),
               flush=True)
 
     def median_run(fn, repeats: int):
@@ -182,7 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     if "serve" in paths:
         from .serve_path import serve_results
 
-        for res in serve_results(model, work, weights.kind, sweep, lambda fn: median_run(fn, args.repeats)):
+        for res in serve_results(model, work, weights.kind, sweep, lambda fn: median_run(fn, args.repeats),
+                                 args.client_procs):
             record_against_inprocess(res)
     if "host" in paths:
         from .host_path import host_results, model_flags

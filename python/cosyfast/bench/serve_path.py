@@ -1,16 +1,26 @@
 """The `serve` path: the bench workload through `cosyfast serve`'s HTTP API on loopback.
 
 The server runs in the bench process over the same Model as the in-process path (so both use
-one engine); the clients run in a child process (serve_client.py, run by path: no torch to import),
-as real clients would, and time each token when its NDJSON line arrives."""
+one engine); the clients run in child processes (serve_client.py, run by path: no torch to
+import), the requests spread over them so that the clients are not the bottleneck, as real
+clients on other machines would not be. Every process opens and warms its connections first;
+then all start together. Each token is timed when its NDJSON line arrives, from its request's own
+send (first-token latency as a client sees it); the wall time runs from the first send to the
+last token, and each run records the CPU time the client processes and the server process used:
+client_cpu_s (all clients), client_busiest_cpu_share (the busiest client's CPU time over the wall
+time: near 1 means a client was the bottleneck), server_cpu_s (the bench process: the server's
+event loop and the engine's threads) over server_cpu_window_s."""
 from __future__ import annotations
 
 import json
+import os
+import resource
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .metrics import RunResult, summarize
 from .workload import Request, Workload
@@ -18,29 +28,76 @@ from .workload import Request, Workload
 if TYPE_CHECKING:
     from ..model import Model
 
+CLIENT = Path(__file__).with_name("serve_client.py")
 
-def run_serve(url: str, work: Workload, requests: list[Request]) -> tuple[float, list[list[float]]]:
+
+def _cpu() -> float:
+    """This process's CPU seconds, every thread (the server's event loop and the engine's)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def default_client_procs(concurrency: int) -> int:
+    """Enough processes that each handles few enough streams, and no more than half the cores."""
+    return max(1, min(concurrency, 8, (os.cpu_count() or 2) // 2))
+
+
+def run_serve(url: str, work: Workload, requests: list[Request], procs: int) -> tuple[float, list[list[float]], dict]:
+    """(wall seconds, per request the seconds from its send to each token, CPU figures)."""
     bodies = [asdict(r) | work.length_options() for r in requests]
-    out = subprocess.run([sys.executable, str(Path(__file__).with_name("serve_client.py")), url], input=json.dumps(bodies),
-                         capture_output=True, text=True, check=False)
-    if out.returncode != 0:
-        raise RuntimeError(f"the serve clients failed: {out.stderr.strip()[-2000:]}")
-    wall, arrivals = json.loads(out.stdout)
-    return wall, arrivals
+    procs = max(1, min(procs, len(bodies)))
+    shares = [bodies[i::procs] for i in range(procs)]
+    children = [subprocess.Popen([sys.executable, str(CLIENT)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in shares]
+    try:
+        for child, share in zip(children, shares):
+            assert child.stdin is not None
+            child.stdin.write(json.dumps({"url": url, "bodies": share}) + "\n")
+            child.stdin.flush()
+        for child in children:
+            assert child.stdout is not None
+            if child.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a serve client failed to start: {child.communicate()[1].strip()[-2000:]}")
+        cpu0, t0 = _cpu(), time.perf_counter()
+        for child in children:
+            assert child.stdin is not None
+            child.stdin.write("go\n")
+            child.stdin.flush()
+        outs = [child.communicate() for child in children]
+        cpu1, t1 = _cpu(), time.perf_counter()
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+    results: list[dict[str, Any]] = []
+    for child, (out, err) in zip(children, outs):
+        if child.returncode != 0:
+            raise RuntimeError(f"a serve client failed: {err.strip()[-2000:]}")
+        results.append(json.loads(out))
+    wall = max(r["end"] for r in results) - min(r["start"] for r in results)
+    arrivals = [a for r in results for a in r["arrivals"]]
+    client_cpu = sum(r["cpu_s"] for r in results)
+    server_cpu = cpu1 - cpu0
+    cpu = {"client_procs": procs, "client_cpu_s": round(client_cpu, 3),
+           "client_busiest_cpu_share": round(max(r["cpu_s"] for r in results) / max(wall, 1e-9), 3),
+           "server_cpu_s": round(server_cpu, 3), "server_cpu_window_s": round(t1 - t0, 3)}
+    return wall, arrivals, cpu
 
 
 def serve_results(model: "Model", work: Workload, kind: str, sweep: list[int],
-                  median_run: Callable[[Callable[[], tuple]], tuple]) -> list[RunResult]:
-    """The serve rows over the sweep (one server for all of them, an untimed warm-up first)."""
+                  median_run: Callable[[Callable[[], tuple]], tuple], client_procs: int | None = None) -> list[RunResult]:
+    """The serve rows over the sweep (one server for all of them, an untimed warm-up first).
+    client_procs: client processes per run (default: default_client_procs of the concurrency)."""
     from ..serve import BackgroundServer, Service
 
     results = []
     with BackgroundServer(Service(model, max_sessions=max(sweep))) as url:
         warm = Workload(prompt_rows=work.prompt_rows, new_tokens=8)
-        run_serve(url, warm, warm.requests(min(8, max(sweep)), kind))
+        run_serve(url, warm, warm.requests(min(8, max(sweep)), kind), 1)
         for c in sweep:
             reqs = work.requests(c, kind)
-            wall, arrivals = median_run(lambda: run_serve(url, work, reqs))
-            results.append(summarize("serve", c, wall, arrivals, None))
+            procs = client_procs or default_client_procs(c)
+            wall, arrivals, cpu = median_run(lambda: run_serve(url, work, reqs, procs))
+            results.append(summarize("serve", c, wall, arrivals, None, **cpu))
     return results
-

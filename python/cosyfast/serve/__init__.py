@@ -1,5 +1,5 @@
 """cosyfast as a streaming service: `cosyfast serve MODEL` (FastAPI + uvicorn), and a Ray Serve
-deployment in `cosyfast.serve.ray`. Needs the `serve` extra: pip install "cosyfast[serve]"."""
+deployment in `cosyfast.serve.ray`. Needs the `serve` extra: pip install ".[serve]" in a checkout."""
 from __future__ import annotations
 
 from .app import create_app

@@ -1,34 +1,74 @@
 """The HTTP API (FastAPI): streamed speech tokens, WebSocket bistream, health and metrics.
 
-POST /v1/speech_tokens       body: text_ids, prompt_text_ids, prompt_speech_tokens, seed and the
-                             options of `Model.stream`; "stream": false answers in one JSON object.
+POST /v1/speech_tokens       body: SpeechTokensRequest (schema.py, and /openapi.json);
+                             "stream": false answers in one JSON object (Complete).
                              Streams NDJSON lines, or server-sent events with Accept: text/event-stream:
                              {"tokens": [...]} per batch of ready tokens, then
                              {"finish_reason": ..., "num_tokens": N} (or {"error": ...}).
-WS   /v1/speech_tokens/bistream   first message: prompt_text_ids, prompt_speech_tokens, options,
-                             mix_ratio; then {"text_ids": [...]} pieces and {"end": true}; the
+WS   /v1/speech_tokens/bistream   first message: BistreamStart (prompt, options, mix_ratio); then
+                             BistreamText messages ({"text_ids": [...]} pieces, {"end": true}); the
                              server sends {"tokens": [...]}, {"need_text": true}, then the summary.
+                             A message that is not valid JSON text of that shape ends the session
+                             at once: an {"error": ...} message, then a close frame with the reason.
 GET  /health, GET /metrics (Prometheus text format).
+
+Every client is treated as hostile: bodies and messages are bounded (Service.max_body_bytes,
+413 / close 1009), JSON nesting is bounded (400 / close 1007), and a session ends whatever its
+client does (disconnect, bad frame, silence while the server drains).
 """
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ValidationError
+from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketState
 
 from ..model import _ids
-from .service import NEED_TEXT, RequestError, Service, Session, parse_json
+from .schema import BistreamText, Complete, ErrorBody, SpeechTokensRequest, Summary, TokensChunk
+from .service import NEED_TEXT, RequestError, Service, Session, _validation_error
 
 SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
+_DUMP = json.JSONEncoder(separators=(",", ":")).encode
 
 
 def _error(e: RequestError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
+    headers = dict(e.headers)
+    if e.status in (408, 413):
+        headers["Connection"] = "close"  # the rest of the body is not read
+    return JSONResponse(e.body(), status_code=e.status, headers=headers)
+
+
+async def read_body(request: Request, limit: int, timeout_s: float) -> bytes:
+    """The body, refused with 413 as soon as it is known to pass `limit` bytes: from
+    Content-Length before anything is read, else (chunked) while it arrives; 408 when it takes
+    longer than `timeout_s` to arrive."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the body has {declared} bytes, over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+
+    async def read() -> None:
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise RequestError(413, f"the body passes the limit of {limit} bytes")
+            chunks.append(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout_s)
+    except asyncio.TimeoutError:
+        raise RequestError(408, f"the body did not arrive within {timeout_s:g} s") from None
+    return b"".join(chunks)
 
 
 async def _client_gone(receive: Callable[[], Any]) -> None:
@@ -37,116 +77,267 @@ async def _client_gone(receive: Callable[[], Any]) -> None:
         pass
 
 
-def _frame(sse: bool, event: str, data: dict[str, Any]) -> str:
-    text = json.dumps(data, separators=(",", ":"))
-    return f"event: {event}\ndata: {text}\n\n" if sse else text + "\n"
+class TokenStream(Response):
+    """The streamed answer: one NDJSON line (or SSE event) per batch of ready tokens, then the
+    summary. Written straight to the ASGI `send`; a disconnect cancels the session at once, even
+    while no token is due."""
 
+    def __init__(self, session: Session, sse: bool) -> None:
+        self.session, self.sse = session, sse
+        self.status_code = 200
+        self.media_type = SSE if sse else NDJSON
+        self.background = None
+        self.init_headers(None)
 
-async def _events(session: Session, request: Request, sse: bool) -> AsyncIterator[str]:
-    # A disconnect cancels the engine session at once, even while no token is due to be written.
-    watcher = asyncio.ensure_future(_client_gone(request.receive))
-    watcher.add_done_callback(lambda _: session.cancel())
-    try:
-        async for tokens in session.batches():
-            yield _frame(sse, "tokens", {"tokens": tokens})
-        yield _frame(sse, "done", session.summary())
-    except RuntimeError as e:
-        yield _frame(sse, "error", {"error": {"field": None, "message": str(e)}})
-    finally:
-        watcher.cancel()
-        session.cancel()  # ended early (client gone, server stopping): free the engine session now
+    def _frame(self, event: str, data: dict[str, Any]) -> bytes:
+        text = _DUMP(data)
+        return (f"event: {event}\ndata: {text}\n\n" if self.sse else text + "\n").encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        session = self.session
+        watcher = asyncio.ensure_future(_client_gone(receive))
+        watcher.add_done_callback(lambda _: session.cancel())
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            try:
+                async for tokens in session.batches():
+                    await send({"type": "http.response.body", "body": self._frame("tokens", {"tokens": tokens}),
+                                "more_body": True})
+                last = self._frame("done", session.summary())
+            except RuntimeError as e:
+                last = self._frame("error", {"error": {"field": None, "message": str(e)}})
+            await send({"type": "http.response.body", "body": last, "more_body": False})
+        except OSError:  # the client left mid-write (uvicorn's ClientDisconnected)
+            pass
+        finally:
+            watcher.cancel()
+            session.cancel()  # ended early (client gone, server stopping): free the engine session now
 
 
 async def _all_tokens(session: Session, request: Request) -> JSONResponse:
+    watcher = asyncio.ensure_future(_client_gone(request.receive))
+    watcher.add_done_callback(lambda _: session.cancel())
     tokens: list[int] = []
-    async for frame in _events(session, request, sse=False):
-        msg = json.loads(frame)
-        if "error" in msg:
-            return JSONResponse(msg, status_code=500)
-        tokens.extend(msg.get("tokens", ()))
+    try:
+        async for batch in session.batches():
+            tokens += batch
+    except RuntimeError as e:
+        return JSONResponse({"error": {"field": None, "message": str(e)}}, status_code=500)
+    finally:
+        watcher.cancel()
+        session.cancel()
     return JSONResponse({"tokens": tokens, **session.summary()})
 
 
-def create_app(service: Service) -> FastAPI:
-    """The FastAPI app over one Service; its shutdown drains the service (see Service.drain)."""
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+
+
+async def speech_tokens(service: Service, request: Request) -> Response:
+    """POST /v1/speech_tokens: the streamed (or whole) answer, or the error."""
+    try:
+        session, body = service.start(await read_body(request, service.max_body_bytes, service.idle_timeout_s))
+    except RequestError as e:
+        return _error(e)
+    if not body.stream:
+        return await _all_tokens(session, request)
+    return TokenStream(session, SSE in request.headers.get("accept", ""))
+
+
+async def bistream(service: Service, ws: WebSocket) -> None:
+    """WS /v1/speech_tokens/bistream: one bistream session, the client's text read alongside."""
+    await ws.accept()
+    try:
+        first = await asyncio.wait_for(_receive_text(ws, service.max_body_bytes), service.idle_timeout_s)
+    except asyncio.TimeoutError:
+        await _refuse(ws, RequestError(408, f"no first message within {service.idle_timeout_s:g} s"), 1008)
+        return
+    if first is None:
+        return
+    try:
+        session, _ = service.start(first, bistream=True)
+    except RequestError as e:
+        # 1013: try again later; 1007: not a JSON object; 1008: a message that breaks the protocol
+        await _refuse(ws, e, 1013 if e.status == 503 else 1007 if e.status == 400 else 1008)
+        return
+    reader = asyncio.ensure_future(_read_text(ws, session, service))
+    try:
+        async for batch in session.batches():
+            if ws.application_state != WebSocketState.CONNECTED:
+                continue  # closed by the reader: wait for the cancelled session's end only
+            tokens = [t for t in batch if t != NEED_TEXT]
+            if tokens:
+                await ws.send_text(_DUMP({"tokens": tokens}))
+            if len(tokens) < len(batch):
+                await ws.send_text('{"need_text":true}')
+        if ws.application_state == WebSocketState.CONNECTED:
+            await ws.send_text(_DUMP(session.summary()))
+            await ws.close()
+    except (OSError, RuntimeError, WebSocketDisconnect):
+        pass  # the client left, or the session failed
+    finally:
+        reader.cancel()
+        session.cancel()
+
+
+class App:
+    """The ASGI app: the two token routes straight from the server, everything else (health,
+    metrics, /docs, /openapi.json, the lifespan) through the FastAPI app `api`, which declares
+    the token routes too (their schema; the same handlers). Why: FastAPI's middleware and routing
+    cost more per request than parsing and starting the session, and wrap every write of a stream."""
+
+    def __init__(self, api: FastAPI, service: Service) -> None:
+        self.api, self.service = api, service
+        self.state = api.state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind in ("http", "websocket"):
+            path = scope["path"]
+            root = scope.get("root_path", "")
+            if root and path.startswith(root):
+                path = path[len(root):]
+            if kind == "http" and path == "/v1/speech_tokens" and scope["method"] == "POST":
+                try:
+                    response = await speech_tokens(self.service, Request(scope, receive))
+                except Exception:  # noqa: BLE001 - what FastAPI's ServerErrorMiddleware would do: log, 500
+                    logging.getLogger("cosyfast.serve").exception("POST /v1/speech_tokens failed")
+                    response = JSONResponse({"error": {"field": None, "message": "internal error"}}, 500)
+                await response(scope, receive, send)
+                return
+            if kind == "websocket" and path == "/v1/speech_tokens/bistream":
+                await bistream(self.service, WebSocket(scope, receive, send))
+                return
+        await self.api(scope, receive, send)
+
+
+def create_app(service: Service) -> App:
+    """The ASGI app over one Service; its shutdown drains the service (see Service.drain)."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await service.drain()
 
-    app = FastAPI(title="cosyfast", summary="CosyVoice LLM stage: text + voice prompt -> speech tokens",
+    api = FastAPI(title="cosyfast", summary="CosyVoice LLM stage: text + voice prompt -> speech tokens",
                   lifespan=lifespan)
-    app.state.service = service
+    api.state.service = service
+    errors: dict[int | str, dict[str, Any]] = {
+        s: {"model": ErrorBody} for s in (400, 413, 422, 503)}
 
-    @app.post("/v1/speech_tokens")
-    async def speech_tokens(request: Request) -> Response:
-        try:
-            session, extras = service.start(await request.body(), {"stream": True})
-        except RequestError as e:
-            return _error(e)
-        if not extras["stream"]:
-            return await _all_tokens(session, request)
-        sse = SSE in request.headers.get("accept", "")
-        return StreamingResponse(_events(session, request, sse), media_type=SSE if sse else "application/x-ndjson")
+    # The body is read by the handler, not by FastAPI: bounded before parsing, parsed by the same
+    # pydantic model the schema shows (openapi_extra), with the service's own error shape.
+    @api.post("/v1/speech_tokens", openapi_extra=_body_schema(SpeechTokensRequest),
+              responses={200: {"model": Complete, "description": "stream false: one JSON object; else NDJSON "
+                               "lines (or SSE events) of TokensChunk, then Summary",
+                               "content": {NDJSON: {"schema": TokensChunk.model_json_schema()},
+                                           SSE: {"schema": Summary.model_json_schema()}}}, **errors})
+    async def post_speech_tokens(request: Request) -> Response:
+        return await speech_tokens(service, request)
 
-    @app.websocket("/v1/speech_tokens/bistream")
-    async def bistream(ws: WebSocket) -> None:
-        await ws.accept()
-        try:
-            session, _ = service.start(await ws.receive_text(), {}, bistream=True)
-        except RequestError as e:
-            await ws.send_json({**e.body(), "status": e.status})
-            await ws.close(code=1013 if e.status == 503 else 1008)  # 1013: try again later
-            return
-        except WebSocketDisconnect:
-            return
-        reader = asyncio.ensure_future(_read_text(ws, session))
-        try:
-            async for batch in session.batches():
-                tokens = [t for t in batch if t != NEED_TEXT]
-                if tokens:
-                    await ws.send_json({"tokens": tokens})
-                if len(tokens) < len(batch):
-                    await ws.send_json({"need_text": True})
-            await ws.send_json(session.summary())
-            await ws.close()
-        except (WebSocketDisconnect, RuntimeError):
-            pass  # the client left, or the session failed and its reader already said why
-        finally:
-            reader.cancel()
-            session.cancel()
+    @api.websocket("/v1/speech_tokens/bistream")
+    async def ws_bistream(ws: WebSocket) -> None:
+        await bistream(service, ws)
 
-    @app.get("/health")
+    @api.get("/health")
     async def health() -> JSONResponse:
         return JSONResponse(service.health(), status_code=503 if service.draining else 200)
 
-    @app.get("/metrics")
+    @api.get("/metrics")
     async def metrics() -> Response:
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    return App(api, service)
 
 
-async def _read_text(ws: WebSocket, session: Session) -> None:
-    """Client -> session: each {"text_ids": [...]} is one piece of text, {"end": true} the end."""
+class _Refused(Exception):
+    def __init__(self, error: RequestError, code: int) -> None:
+        self.error, self.code = error, code
+
+
+async def _receive_text(ws: WebSocket, limit: int) -> str | None:
+    """One text message, or None once the client has gone or the message was refused (the
+    connection is closed with the reason then)."""
+    try:
+        return await _next_text(ws, limit)
+    except _Refused as r:
+        await _refuse(ws, r.error, r.code)
+        return None
+
+
+async def _next_text(ws: WebSocket, limit: int) -> str | None:
+    msg = await ws.receive()
+    if msg["type"] == "websocket.disconnect":
+        return None
+    text = msg.get("text")
+    if text is None:
+        raise _Refused(RequestError(400, "binary messages are not accepted: send JSON text"), 1003)
+    if len(text) > limit:
+        raise _Refused(RequestError(413, f"a message passes the limit of {limit} bytes"), 1009)
+    return text
+
+
+async def _refuse(ws: WebSocket, e: RequestError, code: int) -> None:
+    """Says why (an error message, then the close frame's reason), then closes."""
+    if ws.application_state != WebSocketState.CONNECTED:
+        return
+    try:
+        await ws.send_text(_DUMP({**e.body(), "status": e.status}))
+        reason = (f"{e.field}: " if e.field else "") + e.message
+        await ws.close(code=code, reason=reason.encode()[:123].decode(errors="ignore"))
+    except (OSError, RuntimeError, WebSocketDisconnect):
+        pass  # the client is gone already
+
+
+async def _read_text(ws: WebSocket, session: Session, service: Service) -> None:
+    """Client -> session: each {"text_ids": [...]} (or {"text": "..."}) is one piece of text,
+    {"end": true} the end.
+    Anything else cancels the session at once and closes the connection with the reason; the
+    text a session holds is bounded by the engine's session length."""
+    budget = service.model.max_session_len
+    ended = False
     try:
         while True:
-            msg = parse_json(await ws.receive_text())
-            unknown = sorted(set(msg) - {"text_ids", "end"})
-            if unknown:
-                raise RequestError(422, f"unknown field {unknown[0]!r}; messages hold text_ids and/or end",
-                                   unknown[0])
-            if "text_ids" in msg:
+            try:
+                raw = await asyncio.wait_for(_next_text(ws, service.max_body_bytes), service.idle_timeout_s)
+            except asyncio.TimeoutError:
+                if session.waits_for_text and not ended:  # a silent client would hold its session forever
+                    raise _Refused(RequestError(408, f"no text for {service.idle_timeout_s:g} s while the session "
+                                                "waits for it"), 1008) from None
+                continue
+            if raw is None:
+                break
+            try:
+                msg = BistreamText.model_validate_json(raw)
+            except ValidationError as e:
+                err = _validation_error(e)
+                raise _Refused(err, 1007 if err.status == 400 else 1008) from None
+            if ended:
+                raise _Refused(RequestError(422, "a message after {\"end\": true}: the text has ended"), 1008)
+            if msg.text is not None or msg.text_ids is not None:
                 try:
-                    session.stream.push_text(_ids(msg["text_ids"], "text_ids"))
-                except (ValueError, TypeError, RuntimeError) as e:  # RuntimeError: text after the end
-                    raise RequestError(422, str(e), "text_ids") from None
-            if msg.get("end"):
+                    ids = service.encode("text", msg.text, msg.text_ids) if msg.text is not None else \
+                        _ids(msg.text_ids, "text_ids")
+                except RequestError as e:
+                    raise _Refused(e, 1008) from None
+                budget -= len(ids)
+                if budget < 0:
+                    raise _Refused(RequestError(413, "text_ids: the text passes the session limit of "
+                                                f"{service.model.max_session_len} ids", "text_ids"), 1009)
+                session.waits_for_text = False
+                try:
+                    session.stream.push_text(ids)
+                except (ValueError, TypeError) as e:
+                    raise _Refused(RequestError(422, str(e), "text_ids"), 1008) from None
+            if msg.end:
+                session.waits_for_text = False
                 session.stream.end_text()
-                return
-    except RequestError as e:
+                ended = True
+    except _Refused as r:
         session.cancel()
-        await ws.send_json({**e.body(), "status": e.status})
-    except WebSocketDisconnect:
-        session.cancel()
+        await _refuse(ws, r.error, r.code)
+        return
+    except (OSError, RuntimeError, WebSocketDisconnect):
+        pass
+    session.cancel()  # the client left (a session that ended normally ignores the cancel)

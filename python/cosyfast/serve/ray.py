@@ -10,6 +10,7 @@ target of live sessions per replica. docs/serve.md covers multi-node clusters.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ray import serve
@@ -27,9 +28,12 @@ class CosyfastReplica:
     def __init__(self, model: str, engine: str, max_sessions: int, drain_timeout_s: float,
                  load_options: dict[str, Any]) -> None:
         from .. import load
+        from .server import tokenizer_for
 
         self.model = load(model, engine=engine, **load_options)
-        self.service = Service(self.model, max_sessions=max_sessions, drain_timeout_s=drain_timeout_s)
+        tokenizer, why = tokenizer_for(Path(model), self.model.kind)
+        self.service = Service(self.model, max_sessions=max_sessions, drain_timeout_s=drain_timeout_s,
+                               tokenizer=tokenizer, no_tokenizer_reason=why)
 
     def __serve_build_asgi_app__(self) -> Any:
         return create_app(self.service)

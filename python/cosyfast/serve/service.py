@@ -1,30 +1,42 @@
 """What the HTTP app, the CLI and the Ray deployment share: admission of sessions, request
-bodies checked by the Python API's own validation, token pumps and the Prometheus metrics.
+bodies (parsed by the pydantic models of schema.py, then checked by the Python API's own
+validation), the one token reader for every session, and the Prometheus metrics.
 
-Nothing here re-validates an option: bodies go to `Model.stream`/`Model.bistream` (that is,
-`cosyfast.model.request_options` and the C++ core), and their errors are attributed to a field.
+Tokens reach the event loop through one C++ TokenMux per loop: the engine's threads mark the
+sessions that have news, the loop wakes once (a readable pipe) and takes every session's new
+tokens in one call. No thread per session, no per-token hop into Python.
 """
 from __future__ import annotations
 
 import asyncio
-import inspect
-import json
+import itertools
 import re
 import threading
 import time
-from collections import deque
 from typing import Any, AsyncIterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+)
+from pydantic import BaseModel, ValidationError
 
 from .. import _core
-from ..model import Model, request_options
+from ..model import Model
+from ..text import Tokenizer
+from .schema import OPTION_FIELDS, BistreamStart, SpeechTokensRequest
 
 ID_FIELDS = ("text_ids", "prompt_text_ids", "prompt_speech_tokens")
-# The option names come from the Python API itself, so a new option is served without edits here.
-OPTION_FIELDS = tuple(p.name for p in inspect.signature(request_options).parameters.values()
-                      if p.kind is inspect.Parameter.KEYWORD_ONLY)
 NEED_TEXT: int = _core.Stream.NEED_TEXT  # the event a bistream sends when it waits for text
+DEFAULT_MAX_BODY_BYTES = 4 << 20  # 4 MiB: a 4096-id request is ~40 kB of JSON
+DEFAULT_IDLE_TIMEOUT_S = 60.0
+disable_created_metrics()  # no *_created series beside every counter and histogram
 
 
 class RequestError(Exception):
@@ -55,134 +67,136 @@ def field_of(message: str, fields: tuple[str, ...]) -> str | None:
     return best[2] if best else None
 
 
-def parse_json(raw: bytes | str) -> dict[str, Any]:
+def _field_of_bad_id(message: str, ids: dict[str, list[int]]) -> str | None:
+    """For "... id N is outside [0, R)": the one id field that holds an id outside that range
+    (the core checks prompt text and text as one sequence, so its sentence cannot tell)."""
+    m = re.search(r"outside \[0, (\d+)\)", message)
+    if not m:
+        return None
+    rows = int(m[1])
+    holders = [f for f, values in ids.items() if any(not 0 <= v < rows for v in values)]
+    return holders[0] if len(holders) == 1 else None
+
+
+def _whole_text_field(message: str, ids: dict[str, list[int]]) -> str | None:
+    """For the core's sentences about the prompt as a whole: CosyVoice3's <|endofprompt|> belongs
+    at the end of the prompt text; a prompt too long for the session is cut where it is longest."""
+    if "needs the text to contain" in message:
+        return "prompt_text_ids" if "prompt_text_ids" in ids else "text_ids"
+    if message.startswith("the prompt has") and ids:
+        return max(ids, key=lambda f: len(ids[f]))
+    return None
+
+
+def parse_body(model: type[BaseModel], raw: bytes | str) -> Any:
+    """A request body as `model`: 400 for what is not a JSON object (or nests too deep), 422
+    naming the field for a wrong type or an unknown field."""
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RequestError(400, f"the body is not JSON: {e}") from None
-    if not isinstance(body, dict):
-        raise RequestError(400, f"the body must be a JSON object, got {type(body).__name__}")
-    return body
+        return model.model_validate_json(raw)
+    except ValidationError as e:
+        raise _validation_error(e) from None
 
 
-def split_body(body: dict[str, Any], ids: tuple[str, ...], extra: dict[str, Any]) -> tuple[dict, dict, dict]:
-    """(id fields, options, extras with their defaults); unknown fields are refused by name."""
-    allowed = set(ids) | set(OPTION_FIELDS) | set(extra)
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise RequestError(422, f"unknown field {unknown[0]!r}; fields are {sorted(allowed)}", unknown[0])
-    id_part = {k: body[k] for k in ids if k in body}
-    options = {k: body[k] for k in OPTION_FIELDS if k in body}
-    extras = {k: body.get(k, default) for k, default in extra.items()}
-    for k, default in extra.items():
-        if not isinstance(extras[k], type(default)):
-            raise RequestError(422, f"{k} must be {type(default).__name__}, got {extras[k]!r}", k)
-    return id_part, options, extras
+def _validation_error(e: ValidationError) -> RequestError:
+    err = e.errors(include_url=False)[0]
+    kind, loc = err["type"], err["loc"]
+    if kind == "json_invalid":
+        why = err["msg"].removeprefix("Invalid JSON: ")
+        if "recursion limit" in why:
+            return RequestError(400, "the JSON is nested too deeply (messages nest 2 levels)")
+        return RequestError(400, f"the body is not JSON: {why}")
+    if not loc:
+        return RequestError(400, f"the body must be a JSON object: {err['msg']}")
+    field = str(loc[0])
+    where = field + "".join(f"[{p}]" for p in loc[1:])
+    if kind == "extra_forbidden":
+        return RequestError(422, f"unknown field {field!r}", field)
+    return RequestError(422, f"{where}: {err['msg']}", field)
 
 
 class Metrics:
-    """The service's Prometheus metrics, in a registry of its own (several services per process)."""
+    """The service's Prometheus metrics, in a registry of its own (several services per process),
+    after vLLM's: latency histograms per request; rates are the counters' rate()."""
 
-    WINDOW_S = 10  # tokens/s is the count over the last WINDOW_S whole seconds
+    LATENCY = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
     def __init__(self, model: Model, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            try:
+                r.register(collector)
+            except ValueError:  # already there (the default registry)
+                pass
         Gauge("cosyfast_live_sessions", "Requests started and not finished in the engine", registry=r
               ).set_function(lambda: model.live_sessions)
         self.admitted = Gauge("cosyfast_admitted_sessions", "Sessions admitted by the server and not ended",
                               registry=r)
         self.tokens = Counter("cosyfast_tokens", "Speech tokens sent", registry=r)
-        Gauge("cosyfast_tokens_per_second", f"Tokens sent per second over the last {self.WINDOW_S} s",
-              registry=r).set_function(self.tokens_per_second)
         self.ttft = Histogram("cosyfast_time_to_first_token_seconds", "From admission to the first token",
-                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=r)
+                              buckets=self.LATENCY, registry=r)
+        self.itl = Histogram("cosyfast_inter_token_latency_seconds",
+                             "Between one session's consecutive deliveries (tokens ready together count once)",
+                             buckets=self.LATENCY, registry=r)
+        self.request_tokens = Histogram("cosyfast_request_tokens", "Speech tokens per finished request",
+                                        buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000), registry=r)
+        self.duration = Histogram("cosyfast_request_duration_seconds", "From admission to the end of the session",
+                                  buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120), registry=r)
         self.finished = Counter("cosyfast_sessions_finished", "Sessions ended, by finish reason", ["reason"],
                                 registry=r)
         self.rejected = Counter("cosyfast_requests_rejected", "Requests refused, by cause", ["cause"],
                                 registry=r)
-        self._buckets: deque[list[int]] = deque()  # [second, tokens]
-        self._lock = threading.Lock()
-
-    def count_tokens(self, n: int) -> None:
-        self.tokens.inc(n)
-        now = int(time.monotonic())
-        with self._lock:
-            if self._buckets and self._buckets[-1][0] == now:
-                self._buckets[-1][1] += n
-            else:
-                self._buckets.append([now, n])
-            while self._buckets and self._buckets[0][0] <= now - self.WINDOW_S:
-                self._buckets.popleft()
-
-    def tokens_per_second(self) -> float:
-        now = int(time.monotonic())
-        with self._lock:
-            # the current second is still filling: count the WINDOW_S seconds before it
-            return sum(n for s, n in self._buckets if now - self.WINDOW_S <= s < now) / self.WINDOW_S
 
 
 class Session:
-    """One admitted request. Its stream is read on a thread of its own (the C++ read blocks with
-    the GIL released), and the event loop takes whatever arrived since it last looked, so tokens
-    that are ready together travel together."""
+    """One admitted request. The dispatcher hands it news on the event loop's thread; its reader
+    (the HTTP response or the WebSocket) takes everything that arrived since it last looked, so
+    tokens that are ready together travel together."""
 
-    def __init__(self, service: "Service", stream: Any, loop: asyncio.AbstractEventLoop) -> None:
-        self.service, self.stream, self._loop = service, stream, loop
-        self.started = time.perf_counter()
+    def __init__(self, service: "Service", stream: Any, key: int) -> None:
+        self.service, self.stream, self.key = service, stream, key
+        self.started = self.last = time.perf_counter()
         self.sent = 0
-        self._items: list[int | None] = []
-        self._error: BaseException | None = None
-        self._lock = threading.Lock()
-        self._ready = asyncio.Event()
-        self._thread = threading.Thread(target=self._pump, name="cosyfast-serve-pump", daemon=True)
-        self._thread.start()
+        self.done = False
+        self.waits_for_text = False  # a bistream asked for text and none has come since
+        self._items: list[int] = []
+        self._waiter: asyncio.Future[None] | None = None
 
-    def _pump(self) -> None:
-        read = self.stream.next_event if self.stream.is_bistream else self.stream.next
-        try:
-            while True:
-                item = read()
-                self._post(item)
-                if item is None:
-                    break
-        except BaseException as e:  # noqa: BLE001 - a failed read ends this session, reported to its client
-            self._error = e
-            self._post(None)
-        finally:
-            self.service._ended(self)
-
-    def _post(self, item: int | None) -> None:
-        with self._lock:
-            self._items.append(item)
-            wake = len(self._items) == 1  # the loop is woken once per batch, not per token
-        if wake:
-            try:
-                self._loop.call_soon_threadsafe(self._ready.set)
-            except RuntimeError:  # the loop has closed: nobody reads this session any more
-                pass
+    def news(self, tokens: list[int], need_text: bool, finished: bool, now: float) -> None:
+        """From the dispatcher (event loop thread): new tokens, a request for text, the end."""
+        if tokens:
+            metrics = self.service.metrics
+            (metrics.itl if self.sent else metrics.ttft).observe(now - self.last)
+            self.last = now
+            self.sent += len(tokens)
+            self._items += tokens
+        if need_text:
+            self._items.append(NEED_TEXT)
+            self.waits_for_text = True
+        if finished:
+            self.done = True
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     async def batches(self) -> AsyncIterator[list[int]]:
-        """Lists of tokens (NEED_TEXT among them on a bistream) until the stream ends."""
+        """Lists of tokens (NEED_TEXT among them on a bistream) until the stream ends; raises
+        RuntimeError if the session failed."""
         while True:
-            await self._ready.wait()
-            with self._lock:
+            if not self._items and not self.done:
+                self._waiter = asyncio.get_running_loop().create_future()
+                try:
+                    await self._waiter
+                finally:
+                    self._waiter = None
+                continue
+            if self._items:
                 items, self._items = self._items, []
-                self._ready.clear()
-            done = bool(items) and items[-1] is None
-            tokens = [t for t in items if t is not None]
-            real = sum(1 for t in tokens if t != NEED_TEXT)
-            if real:
-                if self.sent == 0:
-                    self.service.metrics.ttft.observe(time.perf_counter() - self.started)
-                self.sent += real
-                self.service.metrics.count_tokens(real)
-            if tokens:
-                yield tokens
-            if done:
-                if self._error is not None:
-                    raise RuntimeError(f"the session failed: {self._error}")
-                return
+                yield items
+                continue
+            if self.stream.finish_reason == "error":
+                raise RuntimeError(f"the session failed: {self.stream.error}")
+            return
 
     def summary(self) -> dict[str, Any]:
         return {"finish_reason": self.stream.finish_reason, "num_tokens": self.sent}
@@ -190,49 +204,100 @@ class Session:
     def cancel(self) -> None:
         self.stream.cancel()
 
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
+
+class _Dispatcher:
+    """One TokenMux on one event loop: every session's tokens, one wake per batch of news."""
+
+    def __init__(self, service: "Service", loop: asyncio.AbstractEventLoop) -> None:
+        self.service, self.loop = service, loop
+        self.mux = _core.TokenMux()
+        self.sessions: dict[int, Session] = {}
+        loop.add_reader(self.mux.fd, self._ready)
+
+    def add(self, session: Session) -> None:
+        self.sessions[session.key] = session
+        self.mux.add(session.key, session.stream)
+
+    def _ready(self) -> None:
+        news = self.mux.collect()
+        now = time.perf_counter()
+        total = 0
+        for key, tokens, need_text, finished in news:
+            session = self.sessions[key]
+            total += len(tokens)
+            session.news(tokens, need_text, finished, now)
+            if finished:
+                del self.sessions[key]
+                self.service._ended(session, now)
+        if total:
+            self.service.metrics.tokens.inc(total)
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.mux.fd)
 
 
 class Service:
     """A Model behind a bounded admission: at most `max_sessions` sessions at once; beyond it,
-    and while draining, requests get 503 with Retry-After (nothing admitted is ever dropped)."""
+    and while draining, requests get 503 with Retry-After (nothing admitted is ever dropped).
+    `max_body_bytes` bounds a request body and a WebSocket message; `idle_timeout_s` how long a
+    client may take to send a body, a bistream's first message, or the text its session waits
+    for (the session is freed then); `tokenizer` (cosyfast.text)
+    serves the `text` and `prompt_text` fields."""
 
     def __init__(self, model: Model, *, max_sessions: int = 256, retry_after_s: int = 1,
-                 drain_timeout_s: float = 30.0, registry: CollectorRegistry | None = None) -> None:
+                 drain_timeout_s: float = 30.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+                 tokenizer: Tokenizer | None = None, no_tokenizer_reason: str = "none was given",
+                 registry: CollectorRegistry | None = None) -> None:
         if max_sessions < 1:
             raise ValueError(f"max_sessions must be >= 1, got {max_sessions}")
         if drain_timeout_s < 0:
             raise ValueError(f"drain_timeout_s must be >= 0, got {drain_timeout_s}")
+        if max_body_bytes < 1024:
+            raise ValueError(f"max_body_bytes must be >= 1024, got {max_body_bytes}")
+        if not idle_timeout_s > 0:
+            raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
+        self.idle_timeout_s = idle_timeout_s
         self.model = model
         self.max_sessions = max_sessions
         self.retry_after_s = retry_after_s
         self.drain_timeout_s = drain_timeout_s
+        self.max_body_bytes = max_body_bytes
+        self.tokenizer, self.no_tokenizer_reason = tokenizer, no_tokenizer_reason
         self.metrics = Metrics(model, registry)
         self.draining = False
         self._sessions: set[Session] = set()
         self._lock = threading.Lock()
+        self._keys = itertools.count(1)
+        self._dispatcher: _Dispatcher | None = None
 
     @property
     def admitted(self) -> int:
         with self._lock:
             return len(self._sessions)
 
-    def start(self, raw: bytes | str, extra: dict[str, Any], *, bistream: bool = False) -> tuple[Session, dict]:
-        """Admits and starts one request from its JSON body; returns the session and the body's
-        `extra` fields (given with their defaults). Raises RequestError (4xx, or 503 when full)."""
+    def start(self, raw: bytes | str, *, bistream: bool = False) -> tuple[Session, Any]:
+        """Admits and starts one request from its JSON body; returns the session and the parsed
+        body. Raises RequestError (4xx, or 503 when full or draining)."""
         try:
-            return self._start(parse_json(raw), extra, bistream)
+            body = parse_body(BistreamStart if bistream else SpeechTokensRequest, raw)
+            return self._start(body, bistream), body
         except RequestError as e:
             if e.status < 500:
                 self.metrics.rejected.labels("invalid").inc()
             raise
 
-    def _start(self, body: dict[str, Any], extra: dict[str, Any], bistream: bool) -> tuple[Session, dict]:
-        ids = ID_FIELDS[1:] if bistream else ID_FIELDS
-        ids_part, options, extras = split_body(body, ids, {**extra, "mix_ratio": [5, 15]} if bistream else extra)
-        if not bistream and "text_ids" not in ids_part:
-            raise RequestError(422, "text_ids is required: the text to speak, as token ids", "text_ids")
+    def _start(self, body: Any, bistream: bool) -> Session:
+        ids = {f: getattr(body, f) or [] for f in ID_FIELDS if hasattr(body, f)}
+        options = {k: getattr(body, k) for k in OPTION_FIELDS if k in body.model_fields_set}
+        for f in ("text", "prompt_text"):
+            value = getattr(body, f, None)
+            if value is not None:
+                ids[f + "_ids"] = self.encode(f, value, getattr(body, f + "_ids", None))
+        if not bistream and body.text_ids is None and body.text is None:
+            raise RequestError(422, "text_ids (or text) is required: the text to speak", "text_ids")
+        loop = asyncio.get_running_loop()
         with self._lock:
             if self.draining or len(self._sessions) >= self.max_sessions:
                 cause = "draining" if self.draining else "full"
@@ -242,23 +307,55 @@ class Service:
                 raise RequestError(503, f"{why}; retry later", headers={"Retry-After": str(self.retry_after_s)})
             try:
                 if bistream:
-                    mix = extras.pop("mix_ratio")
-                    stream = self.model.bistream(**ids_part, mix_ratio=tuple(mix), **options)
+                    stream = self.model.bistream(ids["prompt_text_ids"], ids["prompt_speech_tokens"],
+                                                 mix_ratio=tuple(body.mix_ratio), **options)
                 else:
-                    stream = self.model.stream(**ids_part, **options)
+                    stream = self.model.stream(**ids, **options)
             except (ValueError, TypeError) as e:
-                raise RequestError(422, str(e), field_of(str(e), tuple(ids_part) + tuple(options))) from None
-            session = Session(self, stream, asyncio.get_running_loop())
+                msg = str(e)
+                field = _field_of_bad_id(msg, ids)
+                if field is not None and field_of(msg, (field,)) is None:
+                    msg = f"{field}: {msg}"  # the core's sentence names the whole text
+                field = field or field_of(msg, tuple(ids) + tuple(options) + ("mix_ratio",)) or _whole_text_field(msg, ids)
+                if field in ("text_ids", "prompt_text_ids") and getattr(body, field.removesuffix("_ids"), None) is not None:
+                    field = field.removesuffix("_ids")  # the client gave it as a string
+                raise RequestError(422, msg, field) from None
+            dispatcher = self._dispatcher_for(loop)
+            session = Session(self, stream, next(self._keys))
             self._sessions.add(session)
+            dispatcher.add(session)
         self.metrics.admitted.inc()
-        return session, extras
+        return session
 
-    def _ended(self, session: Session) -> None:
-        """Called by a session's pump when its stream has ended (any thread)."""
+    def encode(self, field: str, text: str, ids: list[int] | None = None) -> list[int]:
+        """A text field's ids by the model's tokenizer (422 naming `field` without one, or when
+        the ids are given as well)."""
+        if ids is not None:
+            raise RequestError(422, f"{field}: give {field} or {field}_ids, not both", field)
+        if self.tokenizer is None:
+            raise RequestError(422, f"{field}: this model has no tokenizer ({self.no_tokenizer_reason}); give "
+                               f"{field}_ids", field)
+        return self.tokenizer.encode(text)
+
+    def _dispatcher_for(self, loop: asyncio.AbstractEventLoop) -> _Dispatcher:
+        d = self._dispatcher
+        if d is None or d.loop is not loop:
+            if d is not None and d.sessions and not d.loop.is_closed():
+                raise RuntimeError("a Service serves one event loop at a time")
+            if d is not None:
+                d.close()
+            d = self._dispatcher = _Dispatcher(self, loop)
+        return d
+
+    def _ended(self, session: Session, now: float) -> None:
+        """Called by the dispatcher when a session's stream has ended (event loop thread)."""
         with self._lock:
             self._sessions.discard(session)
-        self.metrics.admitted.dec()
-        self.metrics.finished.labels(session.stream.finish_reason or "error").inc()
+        m = self.metrics
+        m.admitted.dec()
+        m.finished.labels(session.stream.finish_reason or "error").inc()
+        m.request_tokens.observe(session.sent)
+        m.duration.observe(now - session.started)
 
     async def drain(self, timeout_s: float | None = None) -> int:
         """Stops admitting, lets live sessions finish up to the timeout, then cancels the rest.
@@ -271,12 +368,12 @@ class Service:
             left = list(self._sessions)
         for s in left:
             s.cancel()
-        for s in left:  # cancelled sessions end at their scheduler's next round
-            await asyncio.to_thread(s.join, 5.0)
+        deadline = time.monotonic() + 5.0  # cancelled sessions end at their scheduler's next round
+        while self.admitted and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         return len(left)
 
     def health(self) -> dict[str, Any]:
         return {"status": "draining" if self.draining else "ok", "engine": self.model.engine,
                 "kind": self.model.kind, "live_sessions": self.model.live_sessions,
                 "admitted_sessions": self.admitted, "max_sessions": self.max_sessions}
-
