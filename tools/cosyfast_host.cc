@@ -57,7 +57,7 @@ void PrintTokens(const std::vector<int32_t>& tokens) {
     if (i) line += ' ';
     line += std::to_string(tokens[i]);
   }
-  std::printf("%s\n", line.c_str());
+  cosyfast::tools::WriteStdout(line + "\n");
 }
 
 int Run(int argc, char** argv) {
@@ -75,7 +75,7 @@ int Run(int argc, char** argv) {
       return argv[++i];
     };
     if (arg == "-h" || arg == "--help") {
-      std::fputs(kUsage.c_str(), stdout);
+      cosyfast::tools::WriteStdout(kUsage);
       return 0;
     } else if (model_flags.Parse(arg, value)) {
       continue;
@@ -149,7 +149,6 @@ int Run(int argc, char** argv) {
     result = model.Generate(input, options, on_token);
   }
   PrintTokens(result.tokens);
-  std::fflush(stdout);
   std::fprintf(stderr, "finish_reason=%s tokens=%zu\n", result.finish_reason.c_str(), result.tokens.size());
   return 0;
 }

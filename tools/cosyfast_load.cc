@@ -12,6 +12,7 @@
 // cancelled, finished by reason, tokens_after_cancel_max, live_sessions_after, first-token
 // latency, peak RSS). Exit status: 0 done, 1 an error (the message on stderr), 2 bad usage.
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -61,7 +62,8 @@ const std::string kUsage = std::string(
     "                               text_ids, prompt_text_ids, prompt_speech_tokens (comma-separated\n"
     "                               ids) and the options by their C API names (seed, top_p, top_k,\n"
     "                               ras, win_size, tau_r, exclude_repeated, min_token_text_ratio,\n"
-    "                               max_token_text_ratio, max_len, min_len); '#' lines are comments\n"
+    "                               max_token_text_ratio, max_len, min_len); '#' lines are comments;\n"
+    "                               a regular file of at most 64 MiB\n"
     "  --text-len N                 generated requests: text ids per request (default 34)\n"
     "  --prompt-text-len N          generated requests: prompt text ids (default 16)\n"
     "  --prompt-speech-len N        generated requests: prompt speech tokens (default 98)\n"
@@ -245,8 +247,29 @@ Job ParseJob(const std::string& line) {
   return job;
 }
 
+// The requests file's size limit: far more than any benchmark's requests (a request is ~1 KB), and
+// a bound on what a mistaken path (a log, a disk image) makes this program read.
+constexpr int64_t kMaxRequestsFileBytes = int64_t{64} << 20;
+
+// Refuses, before reading a byte, what is not a regular file of a sane size: a FIFO or a device
+// (/dev/zero) would block the reader or feed it forever, a directory reads as empty.
+void CheckRequestsFile(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) throw std::runtime_error("cannot open the requests file " + path);
+  if (!S_ISREG(st.st_mode)) {
+    const char* what = S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO"
+                     : (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) ? "a device" : "not a file";
+    throw std::runtime_error("the requests file " + path + " is " + what + "; expected a regular file");
+  }
+  if (st.st_size > kMaxRequestsFileBytes) {
+    throw std::runtime_error("the requests file " + path + " holds " + std::to_string(st.st_size) +
+                             " bytes, more than the limit of " + std::to_string(kMaxRequestsFileBytes) + " (64 MiB)");
+  }
+}
+
 // A bad line is bad input, not bad usage: it fails with exit status 1, naming the line.
 std::vector<Job> ReadJobs(const std::string& path) {
+  CheckRequestsFile(path);
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot open the requests file " + path);
   std::vector<Job> jobs;
@@ -477,7 +500,7 @@ void PrintReport(const Args& a, const std::vector<Outcome>& outcomes, int live_a
   for (const auto& [reason, count] : finished) {
     by_reason += (by_reason.empty() ? "\"" : ", \"") + reason + "\": " + std::to_string(count);
   }
-  std::printf(
+  cosyfast::tools::WriteStdout(cosyfast::tools::Format(
       "{\"engine\": \"%s\", \"threads\": %lld, \"requests\": %zu, \"tokens\": %lld, \"wall_s\": %.6f, "
       "\"tokens_per_s\": %.1f, \"cancel_requested\": %lld, \"cancelled\": %lld, \"finished\": {%s}, "
       "\"tokens_after_cancel_max\": %lld, \"live_sessions_after\": %d, \"first_token_ms_p50\": %.3f, "
@@ -486,7 +509,7 @@ void PrintReport(const Args& a, const std::vector<Outcome>& outcomes, int live_a
       outcomes.size(), static_cast<long long>(tokens), wall, wall > 0 ? tokens / wall : 0.0,
       static_cast<long long>(cancel_sent), static_cast<long long>(cancelled), by_reason.c_str(),
       static_cast<long long>(after_cancel_max), live_after, Percentile(first_ms, 50), Percentile(first_ms, 90),
-      PeakRssMb());
+      PeakRssMb()));
 }
 
 // One line per request, in request order: `item(outcome, k)` for each of its tokens.
@@ -504,7 +527,7 @@ void WritePerRequest(const std::string& path, const std::vector<Outcome>& outcom
 int Run(int argc, char** argv) {
   const Args a = ParseArgs(argc, argv);
   if (a.help) {
-    std::fputs(kUsage.c_str(), stdout);
+    cosyfast::tools::WriteStdout(kUsage);
     return 0;
   }
   api::Model model(a.model.Config(a.bundle));

@@ -5,9 +5,12 @@
 #pragma once
 
 #include <cerrno>
+#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <stdexcept>
 #include <exception>
 #include <functional>
 #include <limits>
@@ -116,6 +119,30 @@ class ModelFlags {
   std::string engine_ = "cpu";
   api::ModelConfig config_ = api::DefaultModelConfig();
 };
+
+// Writes `text` to stdout and flushes it; a failure (a full disk, a closed pipe) is an error, so
+// that a program whose output was lost does not exit 0.
+inline void WriteStdout(const std::string& text) {
+  if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size() || std::fflush(stdout) != 0) {
+    const int error = errno;
+    throw std::runtime_error(std::string("writing to stdout failed: ") + std::strerror(error));
+  }
+}
+
+// printf into a std::string.
+inline std::string Format(const char* format, ...) __attribute__((format(printf, 1, 2)));
+inline std::string Format(const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  va_list copy;
+  va_copy(copy, args);
+  const int n = std::vsnprintf(nullptr, 0, format, copy);
+  va_end(copy);
+  std::string out(n > 0 ? static_cast<size_t>(n) : 0, '\0');
+  if (n > 0) std::vsnprintf(out.data(), out.size() + 1, format, args);
+  va_end(args);
+  return out;
+}
 
 // The programs' main: runs `run`, and turns a usage error into the message, the usage and exit 2,
 // any other error into "error: <sentence>" and exit 1.
