@@ -120,6 +120,21 @@ def test_docs_install_from_a_checkout():
             assert set(group.split(",")) <= extras, f"{doc.name}: unknown extra in .[{group}]"
 
 
+def test_readme_commands_build_in_one_environment():
+    """The README's two commands install pyproject.toml's build requirements and build without
+    isolation, so the second reuses the first's build tree instead of compiling everything again."""
+    readme = (ROOT / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("pip install torch==")]
+    assert len(commands) >= 2 and all("-r packaging/build-requirements.txt" in c and "--no-build-isolation" in c
+                                      for c in commands[:2]), commands
+    listed = {re.split(r"[<>=!~ ]", line)[0].lower() for line in
+              (ROOT / "packaging" / "build-requirements.txt").read_text().splitlines() if line and line[0] != "#"}
+    build_system = re.search(r"^requires = \[(.*?)\]", (ROOT / "pyproject.toml").read_text(), re.M | re.S)
+    assert build_system is not None
+    required = {re.split(r"[<>=!~ ]", r.strip().strip('"'))[0].lower() for r in build_system.group(1).split(",")}
+    assert required <= listed, required - listed
+
+
 # --- the host programs' output and the requests file ----------------------------------------------
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
