@@ -107,9 +107,15 @@ CLEAN_PATH=$VENV/bin:/usr/bin:/bin
 if wants install; then
   [ "$(left)" -gt 90 ] || stop_for_time install
   [ -n "$WHEEL" ] || { note "no wheel in $STATE/dist-$KEY: run the build step"; exit 1; }
-  rm -rf "$VENV" "$STATE/torch-only"
-  python3 -m venv "$VENV" || { note "python3 -m venv failed"; exit 1; }
+  rm -rf "$VENV" "$STATE/torch-only" "$STATE/test-deps"
+  # pip inside the venv if this Python has ensurepip, else the outer pip pointed at the venv.
+  if python3 -m venv "$VENV" 2>/dev/null; then VPIP=("$VENV/bin/python" -m pip)
+  else rm -rf "$VENV"; python3 -m venv --without-pip "$VENV" || { note "python3 -m venv failed"; exit 1; }
+       VPIP=(python3 -m pip --python "$VENV/bin/python"); fi
   python3 "$REPO/packaging/torch_only_site.py" "$STATE/torch-only" > "$R/torch_only.txt" || { note "no torch to link"; exit 1; }
+  # The GPU tests' references (transformers, scipy): for the test step only, on its PYTHONPATH.
+  python3 "$REPO/packaging/torch_only_site.py" "$STATE/test-deps" transformers scipy --skip torch numpy safetensors tqdm \
+    > "$R/test_deps.txt" 2>&1 || note "- transformers/scipy not found: the GPU tests that compare with them will fail"
   site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
   echo "$STATE/torch-only" > "$site/torch-only.pth"
   # A venv of Python <= 3.11 comes with its own setuptools, which would shadow the one torch requires.
@@ -117,10 +123,10 @@ if wants install; then
   note ""
   note "## Install (fresh venv; torch seen through $(head -1 "$R/torch_only.txt"))"
   env -u LD_LIBRARY_PATH -u CUDA_HOME -u CPATH PATH="$CLEAN_PATH" CC=/bin/false CXX=/bin/false \
-    "$VENV/bin/python" -m pip install --isolated --no-index --only-binary=:all: --find-links "$PACK/wheelcheck" "$WHEEL" pytest \
+    "${VPIP[@]}" install --isolated --no-index --only-binary=:all: --find-links "$PACK/wheelcheck" "$WHEEL" pytest \
     > "$R/pip_install.txt" 2>&1 || { tail -20 "$R/pip_install.txt" | tee -a "$SUMMARY"; exit 1; }
   note "    pip install --no-index $(basename "$WHEEL"): ok; $(grep -o 'Successfully installed.*' "$R/pip_install.txt")"
-  note "    nvcc on the check's PATH: $(PATH=$CLEAN_PATH command -v nvcc || echo none); venv packages: $("$VENV/bin/python" -m pip list --format=freeze 2>/dev/null | grep -ciE 'torch|nvidia') torch/nvidia of $("$VENV/bin/python" -m pip list --format=freeze 2>/dev/null | wc -l)"
+  note "    nvcc on the check's PATH: $(PATH=$CLEAN_PATH command -v nvcc || echo none); the venv's packages: $("$VENV/bin/python" -c "import importlib.metadata as m; print(' '.join(sorted(d.metadata['Name'] for d in m.distributions())))")"
   done_step install
 fi
 
@@ -158,7 +164,7 @@ fi
 # 4. The GPU test modules (and the library layout test) from the venv.
 if wants tests; then
   [ "$(left)" -gt 300 ] || stop_for_time tests
-  (cd /tmp && venv_run env PYTHONPATH="$SITE" python -m pytest -q -p no:cacheprovider \
+  (cd /tmp && venv_run env PYTHONPATH="$SITE:$STATE/test-deps" python -m pytest -q -p no:cacheprovider \
      "$REPO/tests/test_turbomind_gpu.py" "$REPO/tests/test_turbomind_loader_gpu.py" "$REPO/tests/test_library_layout.py" 2>&1) \
     | grep -v "^\[TM\]" > "$R/gpu_tests.log"
   note ""

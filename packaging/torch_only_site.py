@@ -5,6 +5,9 @@ those distributions as installed (so a wheel requiring nvidia-cublas is checked 
 while nothing else of that site-packages is visible (packaging/gpu_wheel_check.sh).
 
     python3 packaging/torch_only_site.py DEST      # prints the source folder, then each distribution
+
+`DEST ROOT... --skip NAME...` links other distributions' closures instead (the GPU tests' own
+requirements, transformers and scipy, for the test step only), leaving out the named ones.
 """
 from __future__ import annotations
 
@@ -14,13 +17,14 @@ import sys
 from pathlib import Path
 
 
-def _closure(root: str) -> list[md.Distribution]:
-    """torch and its requirements, recursively (requirements of extras and of other platforms skipped)."""
+def _closure(roots: list[str], skip: set[str]) -> list[md.Distribution]:
+    """The roots and their requirements, recursively (requirements of extras and of other platforms,
+    and the distributions in `skip`, left out)."""
     seen: dict[str, md.Distribution] = {}
-    todo = [root]
+    todo = list(roots)
     while todo:
         name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
-        if name in seen:
+        if name in seen or name in skip:
             continue
         try:
             dist = md.distribution(name)
@@ -36,11 +40,14 @@ def _closure(root: str) -> list[md.Distribution]:
 
 
 def main() -> int:
-    dest = Path(sys.argv[1])
+    args = sys.argv[1:]
+    skip = {re.sub(r"[-_.]+", "-", n).lower() for n in args[args.index("--skip") + 1:]} if "--skip" in args else set()
+    args = args[:args.index("--skip")] if "--skip" in args else args
+    dest, roots = Path(args[0]), args[1:] or ["torch"]
     dest.mkdir(parents=True, exist_ok=True)
-    dists = _closure("torch")
+    dists = _closure(roots, skip)
     if not dists:
-        print("torch is not installed in this Python", file=sys.stderr)
+        print(f"{roots} not installed in this Python", file=sys.stderr)
         return 1
     print(Path(str(dists[0].locate_file(""))))
     for dist in dists:
