@@ -47,12 +47,16 @@ import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._paths import _installed
-from .checkpoint import LAYER_KEYS, LlmWeights, load_checkpoint
+
+if TYPE_CHECKING:
+    from .checkpoint import LlmWeights
+# The checkpoint reader (and torch with it) is imported where it is used: the `cosyfast-host` and
+# `cosyfast-load` commands only exec the programs, and start at once.
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "export_cpu_bundle", "host_program", "is_cpu_bundle",
            "load_program", "read_cpu_bundle", "write_safetensors"]
@@ -75,6 +79,8 @@ def export_cpu_bundle(weights: LlmWeights | str | os.PathLike[str], out_dir: str
     An existing `out_dir` raises FileExistsError unless `overwrite`; then the new bundle replaces
     it (the old one is moved aside, the new one renamed in, the old one deleted).
     """
+    from .checkpoint import LlmWeights, load_checkpoint
+
     if not isinstance(weights, LlmWeights):
         weights = load_checkpoint(weights)
     out = Path(out_dir)
@@ -173,7 +179,7 @@ def read_cpu_bundle(path: str | os.PathLike[str]) -> LlmWeights:
     from safetensors import SafetensorError
     from safetensors.numpy import load_file
 
-    from .checkpoint import CheckpointError
+    from .checkpoint import LAYER_KEYS, CheckpointError, LlmWeights
 
     path = Path(path)
     try:
@@ -233,6 +239,8 @@ def _config(w: LlmWeights) -> dict[str, Any]:
 
 
 def _tensors(w: LlmWeights) -> Iterator[tuple[str, np.ndarray]]:
+    from .checkpoint import LAYER_KEYS
+
     yield "text_embedding", w.text_embedding
     yield "speech_embedding", w.speech_embedding
     yield "sos", w.sos
