@@ -16,7 +16,8 @@ import tempfile
 from pathlib import Path
 
 # The libraries that link the CUDA libraries, and the way from their folder up to site-packages.
-CUDA_USERS = {"cosyfast/lib/libcosyfast_engine.so": "$ORIGIN/../..", "cosyfast/_core.*.so": "$ORIGIN/.."}
+CUDA_USERS = {"cosyfast/lib/libcosyfast_engine.so": "$ORIGIN/../..", "cosyfast/lib/libcosyfast.so": "$ORIGIN/../..",
+              "cosyfast/_core.*.so": "$ORIGIN/.."}
 
 
 def _run(*cmd: str) -> str:
