@@ -130,17 +130,23 @@ if [ $REPAIR = 1 ]; then
   done
   $PY -m auditwheel show "$raw" > "$WORK/show.txt" 2>&1 || true
   sed 's/^/  auditwheel show: /' "$WORK/show.txt" | head -20
-  if ! $PY -m auditwheel repair --plat "$PLAT" "${EXCLUDES[@]}" -w "$WORK/repaired" "$raw" > "$WORK/repair.txt" 2>&1; then
-    grep -i "error\|cannot\|too-recent" "$WORK/repair.txt" | head -5 | sed 's/^/  auditwheel repair: /'
-    newest=$(grep -o 'manylinux_2_[0-9]*_x86_64' "$WORK/show.txt" | sort -t_ -k3 -n | tail -1)
-    [ -n "$newest" ] || { cat "$WORK/repair.txt"; say "auditwheel found no manylinux tag for this build"; exit 1; }
-    say "NOTE: $PLAT is not reachable from this build machine (its glibc/libstdc++ symbols); tagging $newest"
-    PLAT=$newest
-    $PY -m auditwheel repair --plat "$PLAT" "${EXCLUDES[@]}" -w "$WORK/repaired" "$raw" > "$WORK/repair.txt" 2>&1 ||
-      { cat "$WORK/repair.txt"; exit 1; }
-  fi
+  # The requested tag first, then newer glibc baselines until one holds (auditwheel refuses a tag
+  # whose policy the binaries' symbol versions exceed).
+  wanted=$PLAT; PLAT=""
+  for plat in "$wanted" manylinux_2_31_x86_64 manylinux_2_34_x86_64 manylinux_2_35_x86_64 manylinux_2_36_x86_64 \
+              manylinux_2_38_x86_64 manylinux_2_39_x86_64 manylinux_2_40_x86_64 manylinux_2_41_x86_64; do
+    rm -rf "$WORK/repaired"
+    if $PY -m auditwheel repair --plat "$plat" "${EXCLUDES[@]}" -w "$WORK/repaired" "$raw" > "$WORK/repair.txt" 2>&1; then
+      PLAT=$plat; break
+    fi
+    [ "$plat" = "$wanted" ] && grep -i "error" "$WORK/repair.txt" | head -3 | sed 's/^/  auditwheel repair: /'
+  done
+  [ -n "$PLAT" ] || { cat "$WORK/repair.txt"; say "auditwheel gave this build no manylinux tag"; exit 1; }
+  [ "$PLAT" = "$wanted" ] || say "NOTE: $wanted is not reachable from this build machine (its glibc/libstdc++ symbol versions); tagged $PLAT"
   wheel=$(ls "$WORK"/repaired/cosyfast-*.whl)
   tag=$PLAT
+  bundled=$($PY -c "import sys, zipfile; print(' '.join(n.split('/')[-1] for n in zipfile.ZipFile(sys.argv[1]).namelist() if n.startswith('cosyfast.libs/')) or 'nothing')" "$wheel")
+  say "auditwheel bundled: $bundled"
 fi
 
 # 3. The version's local part, the CUDA requirements and the CUDA RPATH (auditwheel drops RPATH
