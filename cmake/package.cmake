@@ -22,7 +22,8 @@ endif()
 # default visibility, so every std:: instantiation the engine uses would be exported too, and a
 # host's own instantiations could bind to them (or theirs to the library's).
 set(_cosyfast_exports ${CMAKE_CURRENT_BINARY_DIR}/cosyfast.exports)
-file(WRITE ${_cosyfast_exports} "{\n  global: cosyfast_*;\n  local: *;\n};\n")
+# (file(CONFIGURE) leaves an unchanged file alone: a rewrite would relink the library at every configure)
+file(CONFIGURE OUTPUT ${_cosyfast_exports} CONTENT "{\n  global: cosyfast_*;\n  local: *;\n};\n")
 target_link_options(cosyfast PRIVATE -Wl,--version-script=${_cosyfast_exports})
 set_property(TARGET cosyfast APPEND PROPERTY LINK_DEPENDS ${_cosyfast_exports})
 
