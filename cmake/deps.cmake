@@ -28,3 +28,36 @@ else()
   set_property(TARGET cosyfast_json PROPERTY INTERFACE_LINK_LIBRARIES nlohmann_json::nlohmann_json)
   message(STATUS "cosyfast: nlohmann/json ${nlohmann_json_VERSION} from ${nlohmann_json_DIR}")
 endif()
+
+# CLI11 (tools/host_flags.h): the host programs' command lines. Not on PyPI; in order:
+#   COSYFAST_CLI11_INCLUDE=<dir holding CLI/CLI.hpp> (a cache variable, or the environment
+#     variable: .ci/run and the GPU pack unpack Debian's libcli11-dev there, packaging/get_cli11.sh)
+#   find_package(CLI11 2.1): a system install (Debian/Ubuntu libcli11-dev, conda's cli11, vcpkg)
+#   the release's source from GitHub at configure time (a machine with network and nothing else)
+set(COSYFAST_CLI11_INCLUDE "$ENV{COSYFAST_CLI11_INCLUDE}" CACHE PATH "a directory holding CLI/CLI.hpp (empty: find it)")
+set(COSYFAST_CLI11_VERSION 2.4.2)
+add_library(cosyfast_cli11 INTERFACE IMPORTED)
+if(COSYFAST_CLI11_INCLUDE)
+  if(NOT EXISTS "${COSYFAST_CLI11_INCLUDE}/CLI/CLI.hpp")
+    message(FATAL_ERROR "COSYFAST_CLI11_INCLUDE=${COSYFAST_CLI11_INCLUDE} holds no CLI/CLI.hpp")
+  endif()
+  set_property(TARGET cosyfast_cli11 PROPERTY INTERFACE_INCLUDE_DIRECTORIES "${COSYFAST_CLI11_INCLUDE}")
+  message(STATUS "cosyfast: CLI11 from ${COSYFAST_CLI11_INCLUDE}")
+else()
+  find_package(CLI11 2.1 CONFIG QUIET)
+  if(CLI11_FOUND)
+    set_property(TARGET cosyfast_cli11 PROPERTY INTERFACE_LINK_LIBRARIES CLI11::CLI11)
+    message(STATUS "cosyfast: CLI11 ${CLI11_VERSION} from ${CLI11_DIR}")
+  else()
+    message(STATUS "cosyfast: CLI11 not installed (apt-get install libcli11-dev, or -DCOSYFAST_CLI11_INCLUDE=DIR "
+                   "offline): fetching its ${COSYFAST_CLI11_VERSION} release from GitHub")
+    include(FetchContent)
+    # SOURCE_SUBDIR names nothing: only download (its headers are used, not its build).
+    FetchContent_Declare(cosyfast_cli11
+      URL https://github.com/CLIUtils/CLI11/archive/refs/tags/v${COSYFAST_CLI11_VERSION}.tar.gz
+      TIMEOUT 120 INACTIVITY_TIMEOUT 30  # offline: fail with the message above rather than hang
+      SOURCE_SUBDIR cosyfast-download-only)
+    FetchContent_MakeAvailable(cosyfast_cli11)
+    set_property(TARGET cosyfast_cli11 PROPERTY INTERFACE_INCLUDE_DIRECTORIES "${cosyfast_cli11_SOURCE_DIR}/include")
+  endif()
+endif()

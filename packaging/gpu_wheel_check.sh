@@ -52,6 +52,8 @@ stop_for_time() { note "- stopped before '$1' ($(left) s left of this call's $BU
 [ -f "$SUMMARY" ] || echo "# GPU wheel check ($(date -u +%F), architectures $ARCHS)" > "$SUMMARY"
 [ -d "$PACK/wheelcheck" ] || { note "no $PACK/wheelcheck: run packaging/make_wheel_pack.sh (after benchmarks/make_gpu_pack.sh) where PyPI is reachable"; exit 1; }
 
+# CLI11's headers for the host programs (cmake/deps.cmake), from the pack unless installed.
+[ -f /usr/include/CLI/CLI.hpp ] || [ ! -d "$PACK/cli11" ] || export COSYFAST_CLI11_INCLUDE=${COSYFAST_CLI11_INCLUDE:-$PACK/cli11/usr/include}
 # Build tools the machine's Python may lack, from the pack, into a folder of their own.
 TOOLS=$STATE/tools
 if ! python3 -c "import scikit_build_core, pybind11, wheel, auditwheel, nlohmann_json" 2>/dev/null || ! command -v patchelf >/dev/null; then

