@@ -28,4 +28,4 @@ mkdir -p .gpupack/whl && cp "$OUT"/nlohmann_json-*.whl .gpupack/whl/
 rm -rf .gpupack/cli11 && bash packaging/get_cli11.sh .gpupack/cli11 >/dev/null
 exclude="$(git rev-parse --git-common-dir)/info/exclude"  # .gpupack/ stays out of git
 grep -qx "/.gpupack/" "$exclude" 2>/dev/null || echo "/.gpupack/" >> "$exclude"
-ls "$OUT" && du -sh "$OUT" .gpupack
+ls "$OUT" && du -sh .gpupack
