@@ -48,6 +48,10 @@ else()
   if(CLI11_FOUND)
     set_property(TARGET cosyfast_cli11 PROPERTY INTERFACE_LINK_LIBRARIES CLI11::CLI11)
     message(STATUS "cosyfast: CLI11 ${CLI11_VERSION} from ${CLI11_DIR}")
+  elseif(FETCHCONTENT_FULLY_DISCONNECTED)
+    message(FATAL_ERROR "cosyfast needs CLI11's headers (the host programs' flags) and may not download: "
+                        "apt-get install libcli11-dev, or COSYFAST_CLI11_INCLUDE=<dir holding CLI/CLI.hpp> "
+                        "(packaging/get_cli11.sh unpacks Debian's package there)")
   else()
     message(STATUS "cosyfast: CLI11 not installed (apt-get install libcli11-dev, or -DCOSYFAST_CLI11_INCLUDE=DIR "
                    "offline): fetching its ${COSYFAST_CLI11_VERSION} release from GitHub")
