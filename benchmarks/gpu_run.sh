@@ -27,6 +27,8 @@ if [ -d "$PACK" ]; then
   fi
   export PYTHONPATH=$SITE${PYTHONPATH:+:$PYTHONPATH}
   [ -f "$PACK/lmdeploy-0.16.0-src.tar.gz" ] && SOURCE_ARG=(-C cmake.define.COSYFAST_LMDEPLOY_SOURCE="$PACK/lmdeploy-0.16.0-src.tar.gz")
+  # CLI11's headers (host programs' flags) and nlohmann-json (in whl/): packaging/make_wheel_pack.sh adds them.
+  [ -d "$PACK/cli11" ] && export COSYFAST_CLI11_INCLUDE=${COSYFAST_CLI11_INCLUDE:-$PACK/cli11/usr/include}
 else
   python3 -c "import lmdeploy" 2>/dev/null || { echo "no pack at $PACK and no lmdeploy installed: pip install lmdeploy==0.16.0, or make the pack (benchmarks/make_gpu_pack.sh)"; exit 1; }
 fi

@@ -1,7 +1,8 @@
 # What a C/C++ build needs from the installed wheel, all under the package directory (the wheel's
 # install prefix is site-packages, known only at install time, so every file here finds the others
 # relative to itself):
-#   cosyfast/lib/libcosyfast.so                 the C API and the engine, once (cosyfast-host links it)
+#   cosyfast/lib/libcosyfast.so                 the C API (cosyfast-host links it); the engine is
+#                                               libcosyfast_engine.so beside it, shared with _core
 #   cosyfast/include/cosyfast/{c_api.h,cosyfast.hpp}
 #   cosyfast/lib/cmake/cosyfast/                find_package(cosyfast): the target cosyfast::cosyfast
 #   cosyfast/lib/pkgconfig/cosyfast.pc          pkg-config --cflags --libs cosyfast
@@ -13,7 +14,7 @@ set(COSYFAST_INCLUDE_DIR ${COSYFAST_PACKAGE_DIR}/include)
 set(COSYFAST_CMAKE_DIR ${COSYFAST_LIB_DIR}/cmake/cosyfast)
 set(COSYFAST_PKGCONFIG_DIR ${COSYFAST_LIB_DIR}/pkgconfig)
 
-if(NOT TARGET cosyfast)  # COSYFAST_SHARED_LIB=OFF: cosyfast-host carries its own copy of the core
+if(NOT TARGET cosyfast)  # COSYFAST_SHARED_LIB=OFF: the host programs link the C API's objects
   return()
 endif()
 
@@ -21,17 +22,11 @@ endif()
 # default visibility, so every std:: instantiation the engine uses would be exported too, and a
 # host's own instantiations could bind to them (or theirs to the library's).
 set(_cosyfast_exports ${CMAKE_CURRENT_BINARY_DIR}/cosyfast.exports)
-file(WRITE ${_cosyfast_exports} "{\n  global: cosyfast_*;\n  local: *;\n};\n")
+# (file(CONFIGURE) leaves an unchanged file alone: a rewrite would relink the library at every configure)
+file(CONFIGURE OUTPUT ${_cosyfast_exports} CONTENT "{\n  global: cosyfast_*;\n  local: *;\n};\n")
 target_link_options(cosyfast PRIVATE -Wl,--version-script=${_cosyfast_exports})
 set_property(TARGET cosyfast APPEND PROPERTY LINK_DEPENDS ${_cosyfast_exports})
 
-# cosyfast-host (installed in bin/ by CMakeLists.txt) finds the library wherever the wheel lands:
-# bin/ and lib/ keep their places inside the package.
-set_target_properties(cosyfast-host PROPERTIES INSTALL_RPATH "$ORIGIN/../lib")
-
-if(COSYFAST_TURBOMIND)  # the CUDA libraries the engine links, where this build found them (as _core)
-  set_target_properties(cosyfast PROPERTIES INSTALL_RPATH "${CUDAToolkit_LIBRARY_DIR}")
-endif()
 # No SOVERSION: a wheel stores the libcosyfast.so.N symlinks as copies, i.e. the engine twice.
 install(TARGETS cosyfast LIBRARY DESTINATION ${COSYFAST_LIB_DIR})
 install(DIRECTORY include/cosyfast DESTINATION ${COSYFAST_INCLUDE_DIR}

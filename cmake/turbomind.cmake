@@ -1,9 +1,11 @@
 # The GPU engine (COSYFAST_TURBOMIND=ON): TurboMind built from lmdeploy's source with cosyfast's
-# patch (third_party/), linked into cosyfast._core. Provides the targets:
-#   cosyfast_turbomind   what the engine driver links: TurboMind, xgrammar and lmdeploy's
-#                        Python binding sources (compiled here, so that lmdeploy's weight
-#                        converter and cosyfast share one TurboMind in one shared object)
-# and sets COSYFAST_LMDEPLOY_VERSION.
+# patch (third_party/), linked into libcosyfast_engine.so. Provides the targets:
+#   cosyfast_turbomind_headers  what code that calls TurboMind compiles with (its include paths and
+#                               definitions) and the CUDA runtime, without TurboMind's libraries
+#   cosyfast_turbomind          the same plus TurboMind's and xgrammar's static libraries: linked
+#                               by the engine library only
+#   cosyfast_tm_bindings        lmdeploy's Python binding sources (objects for cosyfast._core)
+# the function cosyfast_link_what_objects_need(), and sets COSYFAST_LMDEPLOY_VERSION.
 #
 # Where the source comes from, in order:
 #   COSYFAST_LMDEPLOY_SOURCE=<dir>        an lmdeploy checkout at the pinned tag
@@ -132,8 +134,8 @@ get_directory_property(_tm_definitions DIRECTORY "${_tm_src}" COMPILE_DEFINITION
 
 # lmdeploy's Python binding (Module/Param/Tensor/config types, TurboMind.create, ...), which its
 # weight converter drives. Compiled into cosyfast._core and imported from that same file as the
-# modules `_turbomind` and `_xgrammar` (cosyfast/turbomind.py), so the converter fills the very
-# TurboMind that cosyfast's C++ engine then runs.
+# modules `_turbomind` and `_xgrammar` (cosyfast/turbomind.py); it calls the TurboMind in
+# libcosyfast_engine.so, so the converter fills the very TurboMind that cosyfast's C++ engine runs.
 set(_tm_py "${_tm_src}/src/turbomind")
 add_library(cosyfast_tm_bindings OBJECT
             "${_tm_py}/python/bind.cpp" "${_tm_py}/python/linear_bind.cpp" "${_tm_py}/python/xgrammar_bind.cpp"
@@ -141,12 +143,37 @@ add_library(cosyfast_tm_bindings OBJECT
 set_target_properties(cosyfast_tm_bindings PROPERTIES CXX_STANDARD 17 POSITION_INDEPENDENT_CODE ON)
 target_include_directories(cosyfast_tm_bindings PRIVATE ${_tm_includes})
 target_compile_definitions(cosyfast_tm_bindings PRIVATE ${_tm_definitions} PYBIND11_COMPILER_TYPE="_cosyfast")
+# Only its objects are used ($<TARGET_OBJECTS:...> in _core): the libraries linked here give
+# their usage requirements (headers, definitions) and are linked nowhere through it.
 target_link_libraries(cosyfast_tm_bindings PRIVATE pybind11::module turbomind xgrammar)
 
-# What code that drives TurboMind needs: its headers, definitions and libraries (the binding's
-# objects above go into cosyfast._core only).
-add_library(cosyfast_turbomind INTERFACE)
-target_include_directories(cosyfast_turbomind INTERFACE ${_tm_includes})
-target_compile_definitions(cosyfast_turbomind INTERFACE ${_tm_definitions} COSYFAST_WITH_TURBOMIND=1
+# What code that drives TurboMind compiles with: its headers and definitions, and the CUDA runtime
+# it calls (the binding's objects above go into cosyfast._core only).
+add_library(cosyfast_turbomind_headers INTERFACE)
+target_include_directories(cosyfast_turbomind_headers INTERFACE ${_tm_includes})
+target_compile_definitions(cosyfast_turbomind_headers INTERFACE ${_tm_definitions} COSYFAST_WITH_TURBOMIND=1
                            COSYFAST_LMDEPLOY_VERSION="${COSYFAST_LMDEPLOY_VERSION}")
-target_link_libraries(cosyfast_turbomind INTERFACE turbomind xgrammar CUDA::cudart)
+target_link_libraries(cosyfast_turbomind_headers INTERFACE CUDA::cudart)
+# ... and the libraries themselves, for the one target that holds TurboMind.
+add_library(cosyfast_turbomind INTERFACE)
+target_link_libraries(cosyfast_turbomind INTERFACE cosyfast_turbomind_headers turbomind xgrammar)
+
+# cosyfast_link_what_objects_need(TARGET OBJECTS_TARGET): TARGET (a shared library linking static
+# archives) also takes every archive member that OBJECTS_TARGET's objects call, though they are
+# linked elsewhere (lmdeploy's binding into _core calls parts of TurboMind that cosyfast's engine
+# does not). The objects' undefined symbols, except Python's and pybind11's, are listed as EXTERN
+# in a linker script given to TARGET's link.
+function(cosyfast_link_what_objects_need target objects_target)
+  set(_script "${CMAKE_CURRENT_BINARY_DIR}/${target}-needs-${objects_target}.ld")
+  add_custom_command(OUTPUT "${_script}"
+    COMMAND "${CMAKE_COMMAND}" "-DNM=${CMAKE_NM}" "-DOUT=${_script}"
+            "-DOBJECTS=$<JOIN:$<TARGET_OBJECTS:${objects_target}>,|>"
+            -P "${PROJECT_SOURCE_DIR}/cmake/extern_script.cmake"
+    DEPENDS ${objects_target} "$<TARGET_OBJECTS:${objects_target}>" "${PROJECT_SOURCE_DIR}/cmake/extern_script.cmake"
+    COMMENT "cosyfast: the TurboMind symbols ${objects_target} calls"
+    VERBATIM)
+  add_custom_target(${target}-needs DEPENDS "${_script}")
+  add_dependencies(${target} ${target}-needs)
+  target_link_options(${target} PRIVATE "${_script}")
+  set_property(TARGET ${target} APPEND PROPERTY LINK_DEPENDS "${_script}")
+endfunction()

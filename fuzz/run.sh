@@ -11,8 +11,11 @@ seconds="${1:-60}"
 out="${FUZZ_OUT:-${TMPDIR:-/tmp}/cosyfast-fuzz}"
 cxx="${CXX_FUZZ:-clang++}"
 mkdir -p "$out"
+# nlohmann/json's headers: the pinned PyPI package (pip install nlohmann-json==3.12.0), as the build's.
+json_include="${COSYFAST_JSON_INCLUDE:-$(python3 -c "import importlib.util, os; s = importlib.util.find_spec('nlohmann_json'); print(os.path.join(list(s.submodule_search_locations)[0], 'include') if s else '')")}"
+[[ -f "$json_include/nlohmann/json.hpp" ]] || { echo "fuzz/run.sh: nlohmann/json not found: pip install nlohmann-json==3.12.0" >&2; exit 2; }
 flags=(-std=c++20 -O1 -g -fno-omit-frame-pointer -fsanitize=fuzzer,address,undefined
-       -fno-sanitize-recover=undefined -Icsrc -Ifuzz)
+       -fno-sanitize-recover=undefined -Icsrc -Ifuzz -isystem "$json_include")
 io=(csrc/io/json.cc)
 st=(csrc/io/json.cc csrc/io/safetensors.cc)
 bundle=(csrc/io/json.cc csrc/io/safetensors.cc csrc/io/bundle.cc csrc/core/tables.cc csrc/engines/cpu_qwen2.cc)

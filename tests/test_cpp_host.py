@@ -298,17 +298,17 @@ def test_bad_requests_fail_with_the_core_message(bundles):
     _expect_failure(bundles["cosyvoice2"], "max_session_len must be >= 1", "--max-session-len", "0")
 
 
-@pytest.mark.parametrize("args, pattern", [
-    ([], "no bundle directory given"),
-    (["B"], "--text is required"),
-    (["B", "--text", "1,x"], "--text: 'x' is not an integer"),
-    (["B", "--text", "1", "--seed"], "--seed needs a value"),
-    (["B", "--text", "1", "--bogus"], "unknown option --bogus"),
+@pytest.mark.parametrize("args, pattern", [  # CLI11's sentences, but for the id lists (ours)
+    ([], r"BUNDLE_DIR is required"),
+    (["B"], r"--text is required"),
+    (["B", "--text", "1,x"], r"--text: 'x' is not an integer"),
+    (["B", "--text", "1", "--seed"], r"--seed: .*required.*missing"),
+    (["B", "--text", "1", "--bogus"], r"not expected: --bogus"),
 ])
 def test_usage_errors(args, pattern):
     proc = run_host(*args)
     assert proc.returncode == 2
-    assert pattern in proc.stderr and "usage: cosyfast-host" in proc.stderr
+    assert re.search(pattern, proc.stderr) and "usage: cosyfast-host" in proc.stderr, proc.stderr
 
 
 # --- the public headers ------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -130,22 +131,24 @@ def test_tokens_match_python(bundles, tiny_dirs, tmp_path, kind):
 
 # --- failures -----------------------------------------------------------------------------------
 
+# CLI11's sentences (its wording differs a little between releases: the patterns ask for the flag
+# and the problem, not the exact words).
 @pytest.mark.parametrize("args, pattern", [
-    ([], "no bundle directory given"),
-    (["B", "--threads", "0"], "--threads: '0' is not an integer in [1, 4096]"),
-    (["B", "--num-requests"], "--num-requests needs a value"),
-    (["B", "--bogus"], "unknown option --bogus"),
-    (["B", "C"], "more than one bundle directory given"),
-    (["B", "--engine", "gpu"], "--engine must be cpu or turbomind"),
-    (["B", "--cancel-from", "elsewhere"], "--cancel-from must be other or same"),
-    (["B", "--max-len", "5", "--min-len", "6"], "--min-len is above --max-len"),
-    (["B", "--requests", "R", "--text-len", "3"], "with --requests the file gives them"),
+    ([], r"BUNDLE_DIR is required"),
+    (["B", "--threads", "0"], r"--threads: .*\b0\b.*\b1\b.*\b4096\b"),
+    (["B", "--num-requests"], r"--num-requests: .*required.*missing"),
+    (["B", "--bogus"], r"not expected: --bogus"),
+    (["B", "C"], r"not expected: C"),
+    (["B", "--engine", "gpu"], r"--engine: gpu not in \{cpu,turbomind\}"),
+    (["B", "--cancel-from", "elsewhere"], r"--cancel-from: elsewhere not in \{other,same\}"),
+    (["B", "--max-len", "5", "--min-len", "6"], r"--min-len is above --max-len"),
+    (["B", "--requests", "R", "--text-len", "3"], r"--(requests|text-len) excludes --(text-len|requests)"),
 ])
 def test_usage_errors(args, pattern):
     proc = run_load(*args)
     assert proc.returncode == 2, (proc.returncode, proc.stderr)
     assert proc.stdout == ""
-    assert proc.stderr.startswith("cosyfast-load: ") and pattern in proc.stderr, proc.stderr
+    assert proc.stderr.startswith("cosyfast-load: ") and re.search(pattern, proc.stderr.splitlines()[0]), proc.stderr
     assert "usage: cosyfast-load" in proc.stderr
 
 
@@ -197,9 +200,9 @@ def test_model_flags_of_both_programs(bundles, program):
              "--replicas", 2, "--table-dtype", "bfloat16")
     assert ok.returncode == 0, ok.stderr
     bad = run("--engine", "gpu")
-    assert bad.returncode == 2 and bad.stderr.startswith(prefix + "--engine must be cpu or turbomind"), bad.stderr
+    assert bad.returncode == 2 and bad.stderr.startswith(prefix + "--engine: gpu not in {cpu,turbomind}"), bad.stderr
     bad = run("--gpu-memory", "lots")
-    assert bad.returncode == 2 and "--gpu-memory: 'lots' is not a number" in bad.stderr, bad.stderr
+    assert bad.returncode == 2 and re.search(r"--gpu-memory.*lots", bad.stderr.splitlines()[0]), bad.stderr
     for args in (("--max-batch", 0), ("--device", 1)):
         bad = run(*args)
         assert bad.returncode == 1 and bad.stderr.startswith(prefix + "error: ") and bad.stdout == "", bad.stderr

@@ -55,6 +55,11 @@ def test_info_json_on_this_machine() -> None:
     assert info["engines"]["auto"] == ("turbomind" if tm["available"] else "cpu")
     assert info["cuda"]["available"] == torch.cuda.is_available()
     assert info["cuda"]["torch_cuda_runtime"] == torch.version.cuda
+    # The engine library that was loaded is the installed package's (lib/, beside _core).
+    engine = Path(info["libraries"]["libcosyfast_engine.so"])
+    assert engine.parent == Path(_core.__file__).parent / "lib", engine
+    if _core.build_info()["with_turbomind"]:
+        assert {"libcudart.so", "libcublas.so"} <= set(info["libraries"]), info["libraries"]
     if not torch.cuda.is_available():
         assert not tm["available"] and "no CUDA GPU visible to torch" in tm["reasons"]
     else:

@@ -7,9 +7,9 @@
 // Exit status: 0 done, 1 an error (the message says what), 2 bad usage.
 #include <cstdint>
 #include <cstdio>
-#include <exception>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -18,38 +18,44 @@
 
 namespace {
 
-using cosyfast::tools::ModelFlags;
-using cosyfast::tools::ParseDouble;
-using cosyfast::tools::ParseField;
-using cosyfast::tools::ParseIds;
-using cosyfast::tools::ParseInt;
-using cosyfast::tools::UsageError;
+namespace tools = cosyfast::tools;
 
-const std::string kUsage = std::string(
-    "usage: cosyfast-host BUNDLE_DIR --text IDS [options]\n"
-    "\n"
-    "Generates CosyVoice2/3 speech tokens for one request, on the CPU engine or (--engine turbomind,\n"
-    "a GPU build) on the GPU. IDS are comma-separated token ids (\"\" for none).\n"
-    "\n"
-    "  --text IDS                   text ids to speak (without the prompt text)\n"
-    "  --prompt-text IDS            the voice prompt's transcript ids\n"
-    "  --prompt-speech IDS          the voice prompt's speech tokens\n"
-    "  --seed N                     random seed (default 0)\n"
-    "  --top-p X                    nucleus mass (default 0.8)\n"
-    "  --top-k N                    nucleus size cap (default 25)\n"
-    "  --no-ras                     plain nucleus sampling instead of RAS\n"
-    "  --win-size N                 RAS window (default 10)\n"
-    "  --tau-r X                    RAS threshold ratio (default 0.1)\n"
-    "  --include-repeated           old RAS rule: the re-draw may pick the repeated token\n"
-    "  --min-token-text-ratio X     min_len = text length * X (default 2)\n"
-    "  --max-token-text-ratio X     max_len = text length * X (default 20)\n"
-    "  --min-len N                  fixed min_len\n"
-    "  --max-len N                  fixed max_len\n") +
-    ModelFlags::kUsage +
-    "  --stop-after N               stop the request from the token callback after N tokens\n"
-    "  --stream                     pull tokens from a streaming request instead of generate()\n"
-    "  --info                       print the model's facts to stderr\n"
-    "  -h, --help                   this text\n";
+// The command line, read into the C API's own option structs (their defaults are the C API's).
+struct Args {
+  std::string bundle, text, prompt_text, prompt_speech;
+  cosyfast::api::Options options = cosyfast::api::DefaultOptions();
+  bool no_ras = false, include_repeated = false, stream = false, info = false;
+  int64_t stop_after = -1;
+  tools::ModelFlags model;
+};
+
+std::unique_ptr<CLI::App> MakeCommandLine(Args& a) {
+  auto app = tools::MakeApp("cosyfast-host", "BUNDLE_DIR --text IDS [options]",
+                            "Generates CosyVoice2/3 speech tokens for one request, on the CPU engine or (--engine "
+                            "turbomind, a GPU build) on the GPU. IDS are comma-separated token ids (\"\" for none).");
+  app->add_option("BUNDLE_DIR", a.bundle, "the exported bundle (cosyfast export-bundle)")->required();
+  app->add_option("--text", a.text, "text ids to speak (without the prompt text)")->required();
+  app->add_option("--prompt-text", a.prompt_text, "the voice prompt's transcript ids");
+  app->add_option("--prompt-speech", a.prompt_speech, "the voice prompt's speech tokens");
+  cosyfast::api::Options& o = a.options;
+  app->add_option("--seed", o.seed, "random seed")->capture_default_str();
+  app->add_option("--top-p", o.top_p, "nucleus mass")->capture_default_str();
+  app->add_option("--top-k", o.top_k, "nucleus size cap")->capture_default_str();
+  app->add_flag("--no-ras", a.no_ras, "plain nucleus sampling instead of RAS");
+  app->add_option("--win-size", o.win_size, "RAS window")->capture_default_str();
+  app->add_option("--tau-r", o.tau_r, "RAS threshold ratio")->capture_default_str();
+  app->add_flag("--include-repeated", a.include_repeated, "old RAS rule: the re-draw may pick the repeated token");
+  app->add_option("--min-token-text-ratio", o.min_token_text_ratio, "min_len = text length * X")->capture_default_str();
+  app->add_option("--max-token-text-ratio", o.max_token_text_ratio, "max_len = text length * X")->capture_default_str();
+  app->add_option("--min-len", o.min_len, "fixed min_len (-1: from the ratio)")->capture_default_str();
+  app->add_option("--max-len", o.max_len, "fixed max_len (-1: from the ratio)")->capture_default_str();
+  a.model.Add(*app);
+  app->add_option("--stop-after", a.stop_after, "stop the request from the token callback after N tokens")
+      ->check(CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max()));
+  app->add_flag("--stream", a.stream, "pull tokens from a streaming request instead of generate()");
+  app->add_flag("--info", a.info, "print the model's facts to stderr");
+  return app;
+}
 
 void PrintTokens(const std::vector<int32_t>& tokens) {
   std::string line;
@@ -57,82 +63,27 @@ void PrintTokens(const std::vector<int32_t>& tokens) {
     if (i) line += ' ';
     line += std::to_string(tokens[i]);
   }
-  std::printf("%s\n", line.c_str());
+  tools::WriteStdout(line + "\n");
 }
 
-int Run(int argc, char** argv) {
-  std::string bundle;
-  bool have_text = false, stream = false, info = false;
-  int64_t stop_after = -1;
+int Run(Args& a) {
   cosyfast::api::Input input;
-  cosyfast::api::Options options = cosyfast::api::DefaultOptions();
-  ModelFlags model_flags;
+  input.text_ids = tools::ParseIds(a.text, "--text");
+  input.prompt_text_ids = tools::ParseIds(a.prompt_text, "--prompt-text");
+  input.prompt_speech_tokens = tools::ParseIds(a.prompt_speech, "--prompt-speech");
+  cosyfast::api::Options options = a.options;
+  if (a.no_ras) options.ras = 0;
+  if (a.include_repeated) options.exclude_repeated = 0;
 
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw UsageError{arg + " needs a value"};
-      return argv[++i];
-    };
-    if (arg == "-h" || arg == "--help") {
-      std::fputs(kUsage.c_str(), stdout);
-      return 0;
-    } else if (model_flags.Parse(arg, value)) {
-      continue;
-    } else if (arg == "--text") {
-      input.text_ids = ParseIds(value(), arg);
-      have_text = true;
-    } else if (arg == "--prompt-text") {
-      input.prompt_text_ids = ParseIds(value(), arg);
-    } else if (arg == "--prompt-speech") {
-      input.prompt_speech_tokens = ParseIds(value(), arg);
-    } else if (arg == "--seed") {
-      options.seed = static_cast<uint64_t>(ParseInt(value(), arg, 0, std::numeric_limits<int64_t>::max()));
-    } else if (arg == "--top-p") {
-      options.top_p = ParseDouble(value(), arg);
-    } else if (arg == "--top-k") {
-      options.top_k = ParseField(value(), arg);
-    } else if (arg == "--no-ras") {
-      options.ras = 0;
-    } else if (arg == "--win-size") {
-      options.win_size = ParseField(value(), arg);
-    } else if (arg == "--tau-r") {
-      options.tau_r = ParseDouble(value(), arg);
-    } else if (arg == "--include-repeated") {
-      options.exclude_repeated = 0;
-    } else if (arg == "--min-token-text-ratio") {
-      options.min_token_text_ratio = ParseDouble(value(), arg);
-    } else if (arg == "--max-token-text-ratio") {
-      options.max_token_text_ratio = ParseDouble(value(), arg);
-    } else if (arg == "--min-len") {
-      options.min_len = ParseField(value(), arg);
-    } else if (arg == "--max-len") {
-      options.max_len = ParseField(value(), arg);
-    } else if (arg == "--stop-after") {
-      stop_after = ParseInt(value(), arg, 1, std::numeric_limits<int64_t>::max());
-    } else if (arg == "--stream") {
-      stream = true;
-    } else if (arg == "--info") {
-      info = true;
-    } else if (!arg.empty() && arg[0] == '-') {
-      throw UsageError{"unknown option " + arg};
-    } else if (bundle.empty()) {
-      bundle = arg;
-    } else {
-      throw UsageError{"more than one bundle directory given ('" + bundle + "', '" + arg + "')"};
-    }
-  }
-  if (bundle.empty()) throw UsageError{"no bundle directory given"};
-  if (!have_text) throw UsageError{"--text is required"};
-
-  cosyfast::api::Model model(model_flags.Config(bundle));
-  if (info) {
+  cosyfast::api::Model model(a.model.Config(a.bundle));
+  if (a.info) {
     std::fprintf(stderr, "cosyfast %s: %s, hidden %d, vocab %d, max_session_len %d\n", cosyfast_version(),
                  model.kind().c_str(), model.hidden_size(), model.vocab_size(), model.max_session_len());
   }
 
   cosyfast::api::Result result;
-  if (stream) {
+  const int64_t stop_after = a.stop_after;
+  if (a.stream) {
     cosyfast::api::Request request = model.Start(input, options);
     bool stopped = false;
     int32_t token;
@@ -149,11 +100,17 @@ int Run(int argc, char** argv) {
     result = model.Generate(input, options, on_token);
   }
   PrintTokens(result.tokens);
-  std::fflush(stdout);
   std::fprintf(stderr, "finish_reason=%s tokens=%zu\n", result.finish_reason.c_str(), result.tokens.size());
   return 0;
 }
 
 }  // namespace
 
-int main(int argc, char** argv) { return cosyfast::tools::RunProgram("cosyfast-host", kUsage, Run, argc, argv); }
+int main(int argc, char** argv) {
+  Args a;
+  const auto app = MakeCommandLine(a);
+  return tools::RunProgram("cosyfast-host", *app, [&] {
+    tools::Parse(*app, argc, argv);
+    return Run(a);
+  });
+}

@@ -12,6 +12,7 @@
 // cancelled, finished by reason, tokens_after_cancel_max, live_sessions_after, first-token
 // latency, peak RSS). Exit status: 0 done, 1 an error (the message on stderr), 2 bad usage.
 #include <sys/resource.h>
+#include <sys/stat.h>
 
 #include <algorithm>
 #include <atomic>
@@ -49,34 +50,6 @@ using cosyfast::tools::ParseInt;
 using cosyfast::tools::UsageError;
 using Clock = std::chrono::steady_clock;
 
-const std::string kUsage = std::string(
-    "usage: cosyfast-load BUNDLE_DIR [options]\n"
-    "\n"
-    "Runs many streaming requests from many threads at once on one model and prints one JSON line:\n"
-    "tokens, wall time, tokens/s, how the requests finished, first-token latency.\n"
-    "\n"
-    "  --threads T                  concurrent threads (default 64)\n"
-    "  --num-requests R             requests to run (default 256, or every line of --requests)\n"
-    "  --requests FILE              read the requests from FILE, one a line of NAME=VALUE fields:\n"
-    "                               text_ids, prompt_text_ids, prompt_speech_tokens (comma-separated\n"
-    "                               ids) and the options by their C API names (seed, top_p, top_k,\n"
-    "                               ras, win_size, tau_r, exclude_repeated, min_token_text_ratio,\n"
-    "                               max_token_text_ratio, max_len, min_len); '#' lines are comments\n"
-    "  --text-len N                 generated requests: text ids per request (default 34)\n"
-    "  --prompt-text-len N          generated requests: prompt text ids (default 16)\n"
-    "  --prompt-speech-len N        generated requests: prompt speech tokens (default 98)\n"
-    "  --seed N                     generated requests: request i has seed N + i (default 0)\n"
-    "  --max-len N                  generated requests: tokens per request (default 100)\n"
-    "  --min-len N                  generated requests: min_len (default: max-len, so none stops early)\n"
-    "  --cancel-every K             cancel request i when i % K == K - 1 (default 0: none)\n"
-    "  --cancel-after N             ... once it has N tokens (default 1)\n"
-    "  --cancel-from other|same     ... from a canceller thread (default) or the reading thread\n"
-    "  --warmup N                   untimed warm-up requests of 8 tokens first (default 4)\n"
-    "  --tokens-out FILE            each request's tokens, one line per request in request order\n"
-    "  --times-out FILE             each request's token arrival times (seconds from its start)\n") +
-    ModelFlags::kUsage +
-    "  -h, --help                   this text\n";
-
 // --- the command line ----------------------------------------------------------------------------
 
 struct Generated {  // what --text-len & co. make
@@ -93,89 +66,68 @@ struct CancelPlan {
 };
 
 struct Args {
-  bool help = false;
   std::string bundle;
   ModelFlags model;
   int64_t threads = 64;
   int64_t num_requests = -1;  // -1: the default (256, or the requests file's lines)
   std::string requests_file;
-  bool generation_flags = false;  // a --text-len & co. flag was given
   Generated generated;
   CancelPlan cancel;
+  std::string cancel_from = "other";
   int64_t warmup = 4;
   std::string tokens_out, times_out;
 };
 
-// The checks that span flags (each flag's own range is checked as it is read).
-void Validate(const Args& a) {
-  if (a.bundle.empty()) throw UsageError{"no bundle directory given"};
-  if (!a.requests_file.empty() && a.generation_flags) {
-    throw UsageError{"--text-len, --prompt-text-len, --prompt-speech-len, --seed, --max-len and --min-len "
-                     "make generated requests; with --requests the file gives them"};
-  }
-  if (a.generated.min_len > a.generated.max_len) throw UsageError{"--min-len is above --max-len"};
+std::unique_ptr<CLI::App> MakeCommandLine(Args& a) {
+  constexpr int64_t kBig = cosyfast::tools::kInt32Max;
+  auto app = cosyfast::tools::MakeApp(
+      "cosyfast-load", "BUNDLE_DIR [options]",
+      "Runs many streaming requests from many threads at once on one model and prints one JSON line: tokens, "
+      "wall time, tokens/s, how the requests finished, first-token latency.");
+  app->add_option("BUNDLE_DIR", a.bundle, "the exported bundle (cosyfast export-bundle)")->required();
+  app->add_option("--threads", a.threads, "concurrent threads")->check(CLI::Range(int64_t{1}, int64_t{4096}))
+      ->capture_default_str();
+  app->add_option("--num-requests", a.num_requests, "requests to run (default 256, or every line of --requests)")
+      ->check(CLI::Range(int64_t{1}, kBig));
+  CLI::Option* requests = app->add_option(
+      "--requests", a.requests_file,
+      "read the requests from FILE (a regular file of at most 64 MiB), one a line of NAME=VALUE fields: text_ids, "
+      "prompt_text_ids, prompt_speech_tokens (comma-separated ids) and the options by their C API names (seed, "
+      "top_p, top_k, ras, win_size, tau_r, exclude_repeated, min_token_text_ratio, max_token_text_ratio, max_len, "
+      "min_len); '#' lines are comments");
+  Generated& g = a.generated;
+  // The flags that make generated requests; with --requests the file gives them.
+  const std::vector<CLI::Option*> generation = {
+      app->add_option("--text-len", g.text_len, "generated requests: text ids per request")
+          ->check(CLI::Range(int64_t{1}, kBig))->capture_default_str(),
+      app->add_option("--prompt-text-len", g.prompt_text_len, "generated requests: prompt text ids")
+          ->check(CLI::Range(int64_t{0}, kBig))->capture_default_str(),
+      app->add_option("--prompt-speech-len", g.prompt_speech_len, "generated requests: prompt speech tokens")
+          ->check(CLI::Range(int64_t{0}, kBig))->capture_default_str(),
+      app->add_option("--seed", g.seed, "generated requests: request i has seed N + i")->capture_default_str(),
+      app->add_option("--max-len", g.max_len, "generated requests: tokens per request")
+          ->check(CLI::Range(int32_t{1}, std::numeric_limits<int32_t>::max()))->capture_default_str(),
+      app->add_option("--min-len", g.min_len, "generated requests: min_len (default: max-len, so none stops early)")
+          ->check(CLI::Range(int32_t{0}, std::numeric_limits<int32_t>::max()))};
+  for (CLI::Option* option : generation) option->excludes(requests);
+  app->add_option("--cancel-every", a.cancel.every, "cancel request i when i % K == K - 1 (0: none)")
+      ->check(CLI::Range(int64_t{0}, kBig))->capture_default_str();
+  app->add_option("--cancel-after", a.cancel.after, "... once it has N tokens")->check(CLI::Range(int64_t{1}, kBig))
+      ->capture_default_str();
+  app->add_option("--cancel-from", a.cancel_from, "... from a canceller thread (other) or the reading thread (same)")
+      ->check(CLI::IsMember({"other", "same"}))->capture_default_str();
+  app->add_option("--warmup", a.warmup, "untimed warm-up requests of 8 tokens first")
+      ->check(CLI::Range(int64_t{0}, kBig))->capture_default_str();
+  app->add_option("--tokens-out", a.tokens_out, "each request's tokens, one line per request in request order");
+  app->add_option("--times-out", a.times_out, "each request's token arrival times (seconds from its start)");
+  a.model.Add(*app);
+  return app;
 }
 
-Args ParseArgs(int argc, char** argv) {
-  Args a;
-  constexpr int64_t kBig = cosyfast::tools::kInt32Max;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) throw UsageError{arg + " needs a value"};
-      return argv[++i];
-    };
-    auto generation = [&]() -> std::string {
-      a.generation_flags = true;
-      return value();
-    };
-    if (arg == "-h" || arg == "--help") {
-      a.help = true;
-      return a;  // nothing else matters
-    } else if (a.model.Parse(arg, value)) {
-      // a model flag, taken
-    } else if (arg == "--threads") {
-      a.threads = ParseInt(value(), arg, 1, 4096);
-    } else if (arg == "--num-requests") {
-      a.num_requests = ParseInt(value(), arg, 1, kBig);
-    } else if (arg == "--requests") {
-      a.requests_file = value();
-    } else if (arg == "--text-len") {
-      a.generated.text_len = ParseInt(generation(), arg, 1, kBig);
-    } else if (arg == "--prompt-text-len") {
-      a.generated.prompt_text_len = ParseInt(generation(), arg, 0, kBig);
-    } else if (arg == "--prompt-speech-len") {
-      a.generated.prompt_speech_len = ParseInt(generation(), arg, 0, kBig);
-    } else if (arg == "--seed") {
-      a.generated.seed = static_cast<uint64_t>(ParseInt(generation(), arg, 0, std::numeric_limits<int64_t>::max()));
-    } else if (arg == "--max-len") {
-      a.generated.max_len = static_cast<int32_t>(ParseInt(generation(), arg, 1, kBig));
-    } else if (arg == "--min-len") {
-      a.generated.min_len = static_cast<int32_t>(ParseInt(generation(), arg, 0, kBig));
-    } else if (arg == "--cancel-every") {
-      a.cancel.every = ParseInt(value(), arg, 0, kBig);
-    } else if (arg == "--cancel-after") {
-      a.cancel.after = ParseInt(value(), arg, 1, kBig);
-    } else if (arg == "--cancel-from") {
-      const std::string from = value();
-      if (from != "other" && from != "same") throw UsageError{"--cancel-from must be other or same"};
-      a.cancel.same_thread = from == "same";
-    } else if (arg == "--warmup") {
-      a.warmup = ParseInt(value(), arg, 0, kBig);
-    } else if (arg == "--tokens-out") {
-      a.tokens_out = value();
-    } else if (arg == "--times-out") {
-      a.times_out = value();
-    } else if (!arg.empty() && arg[0] == '-') {
-      throw UsageError{"unknown option " + arg};
-    } else if (a.bundle.empty()) {
-      a.bundle = arg;
-    } else {
-      throw UsageError{"more than one bundle directory given ('" + a.bundle + "', '" + arg + "')"};
-    }
-  }
-  Validate(a);
-  return a;
+// The checks that span flags (each flag's own range is checked as it is read).
+void Validate(Args& a) {
+  if (a.generated.min_len > a.generated.max_len) throw UsageError{"--min-len is above --max-len"};
+  a.cancel.same_thread = a.cancel_from == "same";
 }
 
 // --- the requests --------------------------------------------------------------------------------
@@ -245,8 +197,29 @@ Job ParseJob(const std::string& line) {
   return job;
 }
 
+// The requests file's size limit: far more than any benchmark's requests (a request is ~1 KB), and
+// a bound on what a mistaken path (a log, a disk image) makes this program read.
+constexpr int64_t kMaxRequestsFileBytes = int64_t{64} << 20;
+
+// Refuses, before reading a byte, what is not a regular file of a sane size: a FIFO or a device
+// (/dev/zero) would block the reader or feed it forever, a directory reads as empty.
+void CheckRequestsFile(const std::string& path) {
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0) throw std::runtime_error("cannot open the requests file " + path);
+  if (!S_ISREG(st.st_mode)) {
+    const char* what = S_ISDIR(st.st_mode) ? "a directory" : S_ISFIFO(st.st_mode) ? "a FIFO"
+                     : (S_ISCHR(st.st_mode) || S_ISBLK(st.st_mode)) ? "a device" : "not a file";
+    throw std::runtime_error("the requests file " + path + " is " + what + "; expected a regular file");
+  }
+  if (st.st_size > kMaxRequestsFileBytes) {
+    throw std::runtime_error("the requests file " + path + " holds " + std::to_string(st.st_size) +
+                             " bytes, more than the limit of " + std::to_string(kMaxRequestsFileBytes) + " (64 MiB)");
+  }
+}
+
 // A bad line is bad input, not bad usage: it fails with exit status 1, naming the line.
 std::vector<Job> ReadJobs(const std::string& path) {
+  CheckRequestsFile(path);
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot open the requests file " + path);
   std::vector<Job> jobs;
@@ -477,7 +450,7 @@ void PrintReport(const Args& a, const std::vector<Outcome>& outcomes, int live_a
   for (const auto& [reason, count] : finished) {
     by_reason += (by_reason.empty() ? "\"" : ", \"") + reason + "\": " + std::to_string(count);
   }
-  std::printf(
+  cosyfast::tools::WriteStdout(cosyfast::tools::Format(
       "{\"engine\": \"%s\", \"threads\": %lld, \"requests\": %zu, \"tokens\": %lld, \"wall_s\": %.6f, "
       "\"tokens_per_s\": %.1f, \"cancel_requested\": %lld, \"cancelled\": %lld, \"finished\": {%s}, "
       "\"tokens_after_cancel_max\": %lld, \"live_sessions_after\": %d, \"first_token_ms_p50\": %.3f, "
@@ -486,7 +459,7 @@ void PrintReport(const Args& a, const std::vector<Outcome>& outcomes, int live_a
       outcomes.size(), static_cast<long long>(tokens), wall, wall > 0 ? tokens / wall : 0.0,
       static_cast<long long>(cancel_sent), static_cast<long long>(cancelled), by_reason.c_str(),
       static_cast<long long>(after_cancel_max), live_after, Percentile(first_ms, 50), Percentile(first_ms, 90),
-      PeakRssMb());
+      PeakRssMb()));
 }
 
 // One line per request, in request order: `item(outcome, k)` for each of its tokens.
@@ -501,12 +474,7 @@ void WritePerRequest(const std::string& path, const std::vector<Outcome>& outcom
   if (!out) throw std::runtime_error("cannot write " + path);
 }
 
-int Run(int argc, char** argv) {
-  const Args a = ParseArgs(argc, argv);
-  if (a.help) {
-    std::fputs(kUsage.c_str(), stdout);
-    return 0;
-  }
+int Run(const Args& a) {
   api::Model model(a.model.Config(a.bundle));
   const std::vector<Job> jobs = MakeJobs(a, model.kind() == "cosyvoice3");
   if (a.warmup > 0) RunJobs(model, WarmupJobs(jobs, a.warmup), std::min(a.warmup, a.threads), CancelPlan{});
@@ -526,4 +494,12 @@ int Run(int argc, char** argv) {
 
 }  // namespace
 
-int main(int argc, char** argv) { return cosyfast::tools::RunProgram("cosyfast-load", kUsage, Run, argc, argv); }
+int main(int argc, char** argv) {
+  Args a;
+  const auto app = MakeCommandLine(a);
+  return cosyfast::tools::RunProgram("cosyfast-load", *app, [&] {
+    cosyfast::tools::Parse(*app, argc, argv);
+    Validate(a);
+    return Run(a);
+  });
+}

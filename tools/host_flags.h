@@ -1,18 +1,25 @@
-// Command-line pieces shared by the host programs (cosyfast_host.cc, cosyfast_load.cc): number and
-// id-list parsing, and the model flags, so that both programs spell and check them the same way.
+// Command-line pieces shared by the host programs (cosyfast_host.cc, cosyfast_load.cc): the parser
+// (CLI11, with this project's usage line and error sentences), id-list parsing, the model flags
+// (so that both programs spell and check them the same way), checked output and the main wrapper.
 // Values the C API checks (ranges of the config fields) are passed through: its sentence names the
 // problem; only what must be mapped to a field (a name to an enum) is checked here.
 #pragma once
 
 #include <cerrno>
+#include <cstdarg>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <exception>
-#include <functional>
 #include <limits>
+#include <memory>
+#include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
+
+#include <CLI/CLI.hpp>
 
 #include "cosyfast/cosyfast.hpp"
 
@@ -25,80 +32,87 @@ struct UsageError {
 
 constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
 
-inline int64_t ParseInt(const std::string& s, const std::string& flag, int64_t lo, int64_t hi) {
-  if (s.empty()) throw UsageError{flag + " needs an integer"};
+// Values in this project's own formats (id lists, cosyfast-load's requests file), which CLI11
+// hands over as strings: `name` is the flag or field named in the error.
+inline int64_t ParseInt(const std::string& s, const std::string& name, int64_t lo, int64_t hi) {
+  if (s.empty()) throw UsageError{name + " needs an integer"};
   errno = 0;
   char* end = nullptr;
   const long long v = std::strtoll(s.c_str(), &end, 10);
   if (errno || *end != '\0' || v < lo || v > hi) {
-    throw UsageError{flag + ": '" + s + "' is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]"};
+    throw UsageError{name + ": '" + s + "' is not an integer in [" + std::to_string(lo) + ", " + std::to_string(hi) + "]"};
   }
   return v;
 }
 
-// An int32 config or option field: any int32, so that the C API's own check names a bad value.
-inline int32_t ParseField(const std::string& s, const std::string& flag) {
-  return static_cast<int32_t>(ParseInt(s, flag, -kInt32Max, kInt32Max));
+// An int32 option field: any int32, so that the C API's own check names a bad value.
+inline int32_t ParseField(const std::string& s, const std::string& name) {
+  return static_cast<int32_t>(ParseInt(s, name, -kInt32Max, kInt32Max));
 }
 
-inline double ParseDouble(const std::string& s, const std::string& flag) {
+inline double ParseDouble(const std::string& s, const std::string& name) {
   errno = 0;
   char* end = nullptr;
   const double v = std::strtod(s.c_str(), &end);
-  if (s.empty() || errno || *end != '\0') throw UsageError{flag + ": '" + s + "' is not a number"};
+  if (s.empty() || errno || *end != '\0') throw UsageError{name + ": '" + s + "' is not a number"};
   return v;
 }
 
 // Comma-separated ids; "" is none.
-inline std::vector<int32_t> ParseIds(const std::string& s, const std::string& flag) {
+inline std::vector<int32_t> ParseIds(const std::string& s, const std::string& name) {
   std::vector<int32_t> ids;
   if (s.empty()) return ids;
   size_t start = 0;
   while (true) {
     const size_t comma = s.find(',', start);
     const std::string item = s.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    ids.push_back(static_cast<int32_t>(ParseInt(item, flag, std::numeric_limits<int32_t>::min(), kInt32Max)));
+    ids.push_back(static_cast<int32_t>(ParseInt(item, name, std::numeric_limits<int32_t>::min(), kInt32Max)));
     if (comma == std::string::npos) return ids;
     start = comma + 1;
   }
 }
 
+// The usage line is the programs' own ("usage: NAME SYNOPSIS"); CLI11 lists the options below it.
+class UsageFormatter : public CLI::Formatter {
+ public:
+  explicit UsageFormatter(std::string synopsis) : synopsis_(std::move(synopsis)) { column_width(32); }
+  std::string make_usage(const CLI::App* app, std::string) const override {
+    return "usage: " + app->get_name() + " " + synopsis_ + "\n";
+  }
+
+ private:
+  std::string synopsis_;
+};
+
+// A program's parser: CLI11's App with the project's usage line and -h/--help.
+inline std::unique_ptr<CLI::App> MakeApp(const std::string& program, const std::string& synopsis,
+                                         const std::string& description) {
+  auto app = std::make_unique<CLI::App>("", program);
+  app->formatter(std::make_shared<UsageFormatter>(synopsis));
+  app->footer("\n" + description);  // after the options: the help starts with the usage line
+  app->set_help_flag("-h,--help", "this text");
+  // A flag given twice takes its last value (a script can append an override).
+  app->option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
+  return app;
+}
+
 // The flags that make the model (cosyfast_model_create's config), one spelling for every host.
 class ModelFlags {
  public:
-  static constexpr const char* kUsage =
-      "  --engine cpu|turbomind       the engine (default cpu; turbomind needs a GPU build)\n"
-      "  --device N                   turbomind: the CUDA device of the first replica (default 0)\n"
-      "  --gpu-memory X               turbomind: GPU memory per engine, GB (> 1) or a fraction (<= 1)\n"
-      "                               of the GPU (default 0: what max-batch sessions need)\n"
-      "  --max-batch N                most sessions stepped together (default 256)\n"
-      "  --max-session-len N          engine session limit (default 4096)\n"
-      "  --table-dtype float32|bfloat16  prompt table storage (default float32)\n"
-      "  --replicas N                 engine copies; requests go to the least loaded (default 1)\n";
-
-  // Takes `arg` if it is a model flag (reading its value with `value()`); false if it is not one.
-  bool Parse(const std::string& arg, const std::function<std::string()>& value) {
-    if (arg == "--engine") {
-      engine_ = value();
-      if (engine_ != "cpu" && engine_ != "turbomind") throw UsageError{"--engine must be cpu or turbomind"};
-    } else if (arg == "--device") {
-      config_.device = ParseField(value(), arg);
-    } else if (arg == "--gpu-memory") {
-      config_.gpu_memory = ParseDouble(value(), arg);
-    } else if (arg == "--max-batch") {
-      config_.max_batch = ParseField(value(), arg);
-    } else if (arg == "--max-session-len") {
-      config_.max_session_len = ParseField(value(), arg);
-    } else if (arg == "--table-dtype") {
-      const std::string dtype = value();
-      if (dtype != "float32" && dtype != "bfloat16") throw UsageError{"--table-dtype must be float32 or bfloat16"};
-      config_.table_bfloat16 = dtype == "bfloat16";
-    } else if (arg == "--replicas") {
-      config_.replicas = ParseField(value(), arg);
-    } else {
-      return false;
-    }
-    return true;
+  void Add(CLI::App& app) {
+    app.add_option("--engine", engine_, "the engine (turbomind needs a GPU build)")
+        ->check(CLI::IsMember({"cpu", "turbomind"}))->capture_default_str();
+    app.add_option("--device", config_.device, "turbomind: the CUDA device of the first replica")
+        ->capture_default_str();
+    app.add_option("--gpu-memory", config_.gpu_memory,
+                   "turbomind: GPU memory per engine, GB (> 1) or a fraction (<= 1) of the GPU "
+                   "(0: what max-batch sessions need)")->capture_default_str();
+    app.add_option("--max-batch", config_.max_batch, "most sessions stepped together")->capture_default_str();
+    app.add_option("--max-session-len", config_.max_session_len, "engine session limit")->capture_default_str();
+    app.add_option("--table-dtype", table_dtype_, "prompt table storage")
+        ->check(CLI::IsMember({"float32", "bfloat16"}))->capture_default_str();
+    app.add_option("--replicas", config_.replicas, "engine copies; requests go to the least loaded")
+        ->capture_default_str();
   }
 
   const std::string& engine() const { return engine_; }
@@ -109,21 +123,69 @@ class ModelFlags {
     api::ModelConfig config = config_;
     config.bundle_dir = bundle_dir.c_str();
     config.engine = engine_.c_str();
+    config.table_bfloat16 = table_dtype_ == "bfloat16";
     return config;
   }
 
  private:
   std::string engine_ = "cpu";
+  std::string table_dtype_ = "float32";
   api::ModelConfig config_ = api::DefaultModelConfig();
 };
 
-// The programs' main: runs `run`, and turns a usage error into the message, the usage and exit 2,
-// any other error into "error: <sentence>" and exit 1.
-inline int RunProgram(const char* program, const std::string& usage, int (*run)(int, char**), int argc, char** argv) {
+// Parses argv with `app`: --help is thrown on (RunProgram prints it), a mistake is thrown as a
+// UsageError carrying CLI11's sentence.
+inline void Parse(CLI::App& app, int argc, char** argv) {
   try {
-    return run(argc, argv);
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    throw;
+  } catch (const CLI::ParseError& e) {
+    throw UsageError{e.what()};
+  }
+}
+
+// Writes `text` to stdout and flushes it; a failure (a full disk, a closed pipe) is an error, so
+// that a program whose output was lost does not exit 0.
+inline void WriteStdout(const std::string& text) {
+  if (std::fwrite(text.data(), 1, text.size(), stdout) != text.size() || std::fflush(stdout) != 0) {
+    const int error = errno;
+    throw std::runtime_error(std::string("writing to stdout failed: ") + std::strerror(error));
+  }
+}
+
+// printf into a std::string.
+inline std::string Format(const char* format, ...) __attribute__((format(printf, 1, 2)));
+inline std::string Format(const char* format, ...) {
+  va_list args;
+  va_start(args, format);
+  va_list copy;
+  va_copy(copy, args);
+  const int n = std::vsnprintf(nullptr, 0, format, copy);
+  va_end(copy);
+  std::string out(n > 0 ? static_cast<size_t>(n) : 0, '\0');
+  if (n > 0) std::vsnprintf(out.data(), out.size() + 1, format, args);
+  va_end(args);
+  return out;
+}
+
+// The programs' main: runs `run` with the program's parser; --help prints the usage to stdout
+// (exit 0), a usage error the message and the usage to stderr (exit 2), any other error
+// "error: <sentence>" (exit 1).
+template <typename Run>
+int RunProgram(const char* program, const CLI::App& app, Run run) {
+  try {
+    return run();
+  } catch (const CLI::CallForHelp&) {
+    try {
+      WriteStdout(app.help());
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "%s: error: %s\n", program, e.what());
+      return 1;
+    }
+    return 0;
   } catch (const UsageError& e) {
-    std::fprintf(stderr, "%s: %s\n\n%s", program, e.message.c_str(), usage.c_str());
+    std::fprintf(stderr, "%s: %s\n\n%s", program, e.message.c_str(), app.help().c_str());
     return 2;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "%s: error: %s\n", program, e.what());

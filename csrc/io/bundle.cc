@@ -44,7 +44,7 @@ class ConfigReader {
   [[noreturn]] void Fail(const std::string& what) const { throw std::runtime_error(path_ + ": " + what); }
 
   const Json& Get(const Json& obj, const char* key, const std::string& where) const {
-    const Json* v = obj.Find(key);
+    const Json* v = JsonFind(obj, key);
     if (!v) Fail(where + " is missing \"" + key + "\"");
     return *v;
   }
@@ -53,7 +53,7 @@ class ConfigReader {
     const Json& v = Get(obj, key, where);
     int64_t x = 0;
     try {
-      x = v.AsInt64();
+      x = JsonInt64(v);
     } catch (const std::exception& e) {
       Fail(where + "[\"" + key + "\"]: " + e.what());
     }
@@ -66,7 +66,7 @@ class ConfigReader {
   double Double(const Json& obj, const char* key, const std::string& where) const {
     const Json& v = Get(obj, key, where);
     try {
-      return v.AsDouble();
+      return JsonDouble(v);
     } catch (const std::exception& e) {
       Fail(where + "[\"" + key + "\"]: " + e.what());
     }
@@ -74,13 +74,13 @@ class ConfigReader {
 
   const std::string& String(const Json& obj, const char* key, const std::string& where) const {
     const Json& v = Get(obj, key, where);
-    if (!v.is_string()) Fail(where + "[\"" + key + "\"]: expected a string, got " + Json::TypeName(v.type()));
-    return v.AsString();
+    if (!v.is_string()) Fail(where + "[\"" + key + "\"]: expected a string, got " + JsonTypeName(v));
+    return JsonString(v);
   }
 
   const Json& Object(const Json& obj, const char* key, const std::string& where) const {
     const Json& v = Get(obj, key, where);
-    if (!v.is_object()) Fail(where + "[\"" + key + "\"]: expected an object, got " + Json::TypeName(v.type()));
+    if (!v.is_object()) Fail(where + "[\"" + key + "\"]: expected an object, got " + JsonTypeName(v));
     return v;
   }
 
@@ -173,9 +173,9 @@ SpeechVocab ReadVocab(const ConfigReader& r, const Json& vocab) {
   v.eos = r.Int(vocab, "eos", where);
   const Json& stops = r.Get(vocab, "stop_ids", where);
   if (!stops.is_array()) r.Fail(where + "[\"stop_ids\"]: expected an array of integers");
-  for (const Json& s : stops.AsArray()) {
+  for (const Json& s : stops) {
     try {
-      const int64_t id = s.AsInt64();
+      const int64_t id = JsonInt64(s);
       if (id < 0 || id > std::numeric_limits<int>::max()) throw std::runtime_error("id " + std::to_string(id) + " is out of range");
       v.stop_ids.push_back(static_cast<int>(id));
     } catch (const std::exception& e) {
@@ -208,13 +208,13 @@ CpuBundle LoadCpuBundle(const std::string& dir, int max_session_len, Table::Stor
   const std::string text = ReadSmallFile(config_path);
   Json root;
   try {
-    root = Json::Parse(text);
+    root = ParseJson(text);
   } catch (const std::exception& e) {
     r.Fail(e.what());
   }
   if (!root.is_object()) r.Fail("not a cosyfast CPU bundle config (expected a JSON object)");
-  const Json* format = root.Find("format");
-  if (!format || !format->is_string() || format->AsString() != kBundleFormat) {
+  const Json* format = JsonFind(root, "format");
+  if (!format || !format->is_string() || JsonString(*format) != kBundleFormat) {
     r.Fail(std::string("not a cosyfast CPU bundle config (\"format\" must be \"") + kBundleFormat + "\")");
   }
   const int version = r.Int(root, "format_version", "the config");

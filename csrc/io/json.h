@@ -1,59 +1,41 @@
-// A small JSON reader (RFC 8259) for the two documents a bundle holds: its config.json and the
-// header of its safetensors file. Read-only: parse a text into a tree and query it. No writer, no
-// comments or trailing commas, objects keep their members in file order, duplicate keys are an
-// error (safetensors forbids them, and a config with two values for one key is ambiguous).
-//
-// Numbers keep their source text, so an integer such as a data offset reads back exactly
-// (AsInt64) instead of through a double; AsDouble converts with std::from_chars, which does not
-// depend on the C locale.
+// JSON for the two documents a bundle holds, its config.json and the header of its safetensors
+// file: parsed by nlohmann/json (pinned, header-only: pyproject.toml's build requirement
+// nlohmann-json, or a system install; cmake/deps.cmake). What this file adds is what those
+// readers need on top of it: the limits (nesting depth, no duplicate keys: safetensors forbids
+// them, and a config with two values for one key is ambiguous) and the sentences their errors
+// are made of.
 #pragma once
 
 #include <cstdint>
 #include <string>
 #include <string_view>
-#include <utility>
-#include <vector>
+
+#include <nlohmann/json.hpp>
 
 namespace cosyfast::io {
 
-class Json {
- public:
-  enum class Type { kNull, kBool, kNumber, kString, kArray, kObject };
-  using Member = std::pair<std::string, Json>;
+// Objects keep their members in file order.
+using Json = nlohmann::ordered_json;
 
-  // Parses a whole document (surrounding whitespace allowed). Throws std::runtime_error
-  // "invalid JSON at byte N: <what>" for malformed text, nesting deeper than 64 or a duplicate key.
-  static Json Parse(std::string_view text);
+// The deepest nesting of arrays and objects a document may have.
+constexpr int kMaxJsonDepth = 64;
 
-  Type type() const { return type_; }
-  bool is_null() const { return type_ == Type::kNull; }
-  bool is_bool() const { return type_ == Type::kBool; }
-  bool is_number() const { return type_ == Type::kNumber; }
-  bool is_string() const { return type_ == Type::kString; }
-  bool is_array() const { return type_ == Type::kArray; }
-  bool is_object() const { return type_ == Type::kObject; }
-  static const char* TypeName(Type type);
+// Parses a whole document (surrounding whitespace allowed). Throws std::runtime_error
+// "invalid JSON at byte N (line L, column C: <what>)" for malformed text, and "invalid JSON: ..."
+// for nesting deeper than kMaxJsonDepth or a duplicate key.
+Json ParseJson(std::string_view text);
 
-  // Each accessor throws std::runtime_error when the value has another type (or, for AsInt64,
-  // is not an integer within int64).
-  bool AsBool() const;
-  double AsDouble() const;
-  int64_t AsInt64() const;
-  const std::string& AsString() const;
-  const std::vector<Json>& AsArray() const;
-  const std::vector<Member>& AsObject() const;
+// "null", "a boolean", "a number", "a string", "an array" or "an object".
+const char* JsonTypeName(const Json& v);
 
-  // The member `key` of an object, or nullptr when absent (or when this is not an object).
-  const Json* Find(std::string_view key) const;
+// Typed reads. Each throws std::runtime_error "expected <type>, got <type>" when `v` has another
+// type; JsonInt64 also when `v` is not an integer within int64, JsonDouble when it is not finite.
+int64_t JsonInt64(const Json& v);
+double JsonDouble(const Json& v);
+const std::string& JsonString(const Json& v);
+const Json& JsonArray(const Json& v);  // `v` itself, checked to be an array
 
- private:
-  class Parser;
-
-  Type type_ = Type::kNull;
-  bool bool_ = false;
-  std::string text_;  // a string's value, or a number's source text
-  std::vector<Json> array_;
-  std::vector<Member> object_;
-};
+// The member `key` of an object, or nullptr when absent (or when `obj` is not an object).
+const Json* JsonFind(const Json& obj, std::string_view key);
 
 }  // namespace cosyfast::io

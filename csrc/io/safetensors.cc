@@ -104,38 +104,40 @@ SafetensorsFile::SafetensorsFile(const std::string& path) : path_(path) {
 
   Json root;
   try {
-    root = Json::Parse(header);
+    root = ParseJson(header);
   } catch (const std::exception& e) {
     Fail(std::string("the header is not valid JSON (") + e.what() + "): not a safetensors file, or a corrupt one");
   }
   if (!root.is_object()) Fail("the header is not a JSON object");
 
   std::vector<std::pair<uint64_t, const std::string*>> ranges;  // begin, name (overlap check)
-  for (const auto& [name, entry] : root.AsObject()) {
+  for (const auto& item : root.items()) {
+    const std::string& name = item.key();
+    const Json& entry = item.value();
     if (name == "__metadata__") {
       if (!entry.is_object()) Fail("__metadata__ is not an object");
-      for (const auto& [key, value] : entry.AsObject()) {
-        if (!value.is_string()) Fail("__metadata__[\"" + key + "\"] is not a string");
-        metadata_[key] = value.AsString();
+      for (const auto& member : entry.items()) {
+        if (!member.value().is_string()) Fail("__metadata__[\"" + member.key() + "\"] is not a string");
+        metadata_[member.key()] = JsonString(member.value());
       }
       continue;
     }
     const std::string where = "tensor '" + name + "'";
     TensorInfo info;
     try {
-      const Json* dtype = entry.Find("dtype");
-      const Json* shape = entry.Find("shape");
-      const Json* offsets = entry.Find("data_offsets");
+      const Json* dtype = JsonFind(entry, "dtype");
+      const Json* shape = JsonFind(entry, "shape");
+      const Json* offsets = JsonFind(entry, "data_offsets");
       if (!dtype || !shape || !offsets) throw std::runtime_error("needs dtype, shape and data_offsets");
-      info.dtype = dtype->AsString();
-      for (const Json& d : shape->AsArray()) {
-        const int64_t v = d.AsInt64();
+      info.dtype = JsonString(*dtype);
+      for (const Json& d : JsonArray(*shape)) {
+        const int64_t v = JsonInt64(d);
         if (v < 0) throw std::runtime_error("has a negative dimension");
         info.shape.push_back(v);
       }
-      const auto& range = offsets->AsArray();
+      const Json& range = JsonArray(*offsets);
       if (range.size() != 2) throw std::runtime_error("data_offsets must be [begin, end]");
-      const int64_t begin = range[0].AsInt64(), end = range[1].AsInt64();
+      const int64_t begin = JsonInt64(range[0]), end = JsonInt64(range[1]);
       if (begin < 0 || end < begin) throw std::runtime_error("has data_offsets with end before begin");
       info.begin = static_cast<uint64_t>(begin);
       info.end = static_cast<uint64_t>(end);

@@ -44,17 +44,22 @@ import os
 import secrets
 import shutil
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ._paths import _installed
-from .checkpoint import LAYER_KEYS, LlmWeights, load_checkpoint
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "export_cpu_bundle", "host_program", "load_program",
-           "write_safetensors"]
+if TYPE_CHECKING:
+    from .checkpoint import LlmWeights
+# The checkpoint reader (and torch with it) is imported where it is used: the `cosyfast-host` and
+# `cosyfast-load` commands only exec the programs, and start at once.
+
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_FORMAT_VERSION", "export_cpu_bundle", "host_program", "is_cpu_bundle",
+           "load_program", "read_cpu_bundle", "write_safetensors"]
 
 BUNDLE_FORMAT = "cosyfast-cpu-bundle"
 BUNDLE_FORMAT_VERSION = 1
@@ -74,6 +79,8 @@ def export_cpu_bundle(weights: LlmWeights | str | os.PathLike[str], out_dir: str
     An existing `out_dir` raises FileExistsError unless `overwrite`; then the new bundle replaces
     it (the old one is moved aside, the new one renamed in, the old one deleted).
     """
+    from .checkpoint import LlmWeights, load_checkpoint
+
     if not isinstance(weights, LlmWeights):
         weights = load_checkpoint(weights)
     out = Path(out_dir)
@@ -136,6 +143,77 @@ def load_program() -> Path:
     return _installed_program(LOAD_PROGRAM, "COSYFAST_LOAD")
 
 
+def run_program(name: str, argv: list[str]) -> int:
+    """Run the installed program `name` (cosyfast-host or cosyfast-load) with `argv`; its exit status."""
+    program = host_program() if name == HOST_PROGRAM else load_program()
+    sys.stdout.flush()
+    # Replace this process, so that signals, stdin/stdout and the exit status are the program's own.
+    os.execv(program, [name, *argv])
+    return 1  # not reached
+
+
+def host_main() -> int:
+    """The `cosyfast-host` command on PATH (console entry point): the installed program."""
+    return run_program(HOST_PROGRAM, sys.argv[1:])
+
+
+def load_main() -> int:
+    """The `cosyfast-load` command on PATH (console entry point): the installed program."""
+    return run_program(LOAD_PROGRAM, sys.argv[1:])
+
+
+def is_cpu_bundle(path: str | os.PathLike[str]) -> bool:
+    """True if `path` is a directory whose config.json says it is a cosyfast CPU bundle."""
+    config = Path(path) / CONFIG_NAME
+    if not config.is_file():
+        return False
+    try:
+        return json.loads(config.read_text(encoding="utf-8")).get("format") == BUNDLE_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def read_cpu_bundle(path: str | os.PathLike[str]) -> LlmWeights:
+    """The weights of a CPU bundle (what `export_cpu_bundle` wrote), so that `cosyfast.load(BUNDLE_DIR)`
+    runs it as it runs the checkpoint it came from. Raises CheckpointError naming what is wrong."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    from .checkpoint import LAYER_KEYS, CheckpointError, LlmWeights
+
+    path = Path(path)
+    try:
+        config = json.loads((path / CONFIG_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"cannot read {path / CONFIG_NAME}: {e}") from None
+    if config.get("format") != BUNDLE_FORMAT or config.get("format_version") != BUNDLE_FORMAT_VERSION:
+        raise CheckpointError(f"{path} is not a {BUNDLE_FORMAT} version {BUNDLE_FORMAT_VERSION} "
+                              f"(config.json says {config.get('format')!r} version {config.get('format_version')!r})")
+    weights_path = path / str(config.get("weights", WEIGHTS_NAME))
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path} is not a regular file (the bundle's weights)")
+    try:
+        tensors = load_file(str(weights_path))
+        model, vocab, kind = dict(config["model"]), dict(config["vocab"]), str(config["kind"])
+        layers = [{name: tensors.pop(f"layers.{i}.{name}") for name in LAYER_KEYS}
+                  for i in range(int(model["num_hidden_layers"]))]
+        weights = LlmWeights(kind=kind, config=model, text_embedding=tensors.pop("text_embedding"),
+                             speech_embedding=tensors.pop("speech_embedding"), sos=tensors.pop("sos"),
+                             task_id=tensors.pop("task_id"), decoder_weight=tensors.pop("decoder_weight"),
+                             decoder_bias=tensors.pop("decoder_bias", None), layers=layers,
+                             norm=tensors.pop("norm"), vocab=vocab, source_hash=str(config["source_sha256"]),
+                             source_path=path.resolve())
+    except KeyError as e:
+        raise CheckpointError(f"{path}: the bundle lacks {e.args[0]!r}") from None
+    except (SafetensorError, OSError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{weights_path}: cannot read the bundle's weights: {e}") from None
+    for name, array in [("text_embedding", weights.text_embedding), ("decoder_weight", weights.decoder_weight)]:
+        if array.dtype != np.float32 or array.ndim != 2 or array.shape[1] != model["hidden_size"]:
+            raise CheckpointError(f"{weights_path}: {name} is {array.dtype} {list(array.shape)}, expected "
+                                  f"float32 [rows, {model['hidden_size']}]")
+    return weights
+
+
 def _installed_program(name: str, env_var: str) -> Path:
     """`$env_var` if set, else the program `name` installed in the package, at `cosyfast/bin/<name>`."""
     env = os.environ.get(env_var)
@@ -161,6 +239,8 @@ def _config(w: LlmWeights) -> dict[str, Any]:
 
 
 def _tensors(w: LlmWeights) -> Iterator[tuple[str, np.ndarray]]:
+    from .checkpoint import LAYER_KEYS
+
     yield "text_embedding", w.text_embedding
     yield "speech_embedding", w.speech_embedding
     yield "sos", w.sos

@@ -173,7 +173,12 @@ def load_checkpoint(path: str | os.PathLike[str],
     `CosyVoice-BlankEN/config.json` in the model directory (the file's own directory when `path`
     is a file), else they are inferred (head_dim 64 assumed) with a `CheckpointWarning`.
     Raises `CheckpointError` naming the first missing key, wrong shape or inconsistency.
+    A CPU bundle directory (`cosyfast export-bundle`) is read as the weights it holds.
     """
+    from .bundle import is_cpu_bundle, read_cpu_bundle
+
+    if Path(path).is_dir() and is_cpu_bundle(path):
+        return read_cpu_bundle(path)
     ckpt, model_dir = _resolve(Path(path))
     state = _read_state_dict(ckpt)
     lay = _detect_layout(state, ckpt)

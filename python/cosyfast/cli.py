@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from . import load
     from .synthetic import ensure_default_model
 
+    if args.engine == "turbomind":  # before building a checkpoint: say at once what is missing
+        from .turbomind import check_turbomind
+
+        check_turbomind()
     if args.checkpoint:
         path = Path(args.checkpoint)
     else:
@@ -94,6 +99,23 @@ def _serve(argv: list[str]) -> int:
         return 2
 
 
+def _bench(argv: list[str]) -> int:
+    # The plot is drawn after the runs: a missing matplotlib must stop the command before them.
+    if "--plot" in argv and importlib.util.find_spec("matplotlib") is None:
+        print("cosyfast bench --plot draws with matplotlib, which is not installed: pip install \".[plot]\" "
+              "from a checkout (or pip install matplotlib), or leave out --plot", file=sys.stderr)
+        return 2
+    from .bench import main as bench_main
+
+    return bench_main(argv)
+
+
+def _host_program(name: str, argv: list[str]) -> int:
+    from .bundle import run_program
+
+    return run_program(name, argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cosyfast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,17 +146,21 @@ def main(argv: list[str] | None = None) -> int:
                    add_help=False)
     sub.add_parser("serve", help="the LLM stage as a streaming HTTP service (see `cosyfast serve --help`)",
                    add_help=False)
+    sub.add_parser("host", help="run cosyfast-host, one request on a bundle without Python (also on PATH as "
+                   "cosyfast-host)", add_help=False)
+    sub.add_parser("load", help="run cosyfast-load, many concurrent requests on a bundle (also on PATH as "
+                   "cosyfast-load)", add_help=False)
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["bench"]:
-        from .bench import main as bench_main
-
-        return bench_main(argv[1:])
+        return _bench(argv[1:])
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
+    if argv[:1] in (["host"], ["load"]):
+        return _host_program(f"cosyfast-{argv[0]}", argv[1:])
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ValueError, RuntimeError, FileNotFoundError, ImportError) as e:  # ImportError: an engine not built
         print(f"cosyfast: {e}", file=sys.stderr)
         return 2
 

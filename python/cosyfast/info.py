@@ -110,12 +110,34 @@ def _cuda() -> dict[str, Any]:
     return info
 
 
+# The shared libraries worth naming in a bug report: the engine library and the CUDA libraries it
+# loaded (a wheel finds them in the nvidia-* packages by RPATH; a source build in its toolkit).
+_LIBRARIES = ("libcosyfast_engine.so", "libcudart.so", "libcublas.so", "libcublasLt.so", "libcuda.so")
+
+
+def _libraries() -> dict[str, str]:
+    """Where each of _LIBRARIES was loaded from in this process (Linux: /proc/self/maps), after _core."""
+    found: dict[str, str] = {}
+    try:
+        with open("/proc/self/maps", encoding="utf-8") as maps:
+            for line in maps:
+                path = line.split(maxsplit=5)[-1].strip()
+                name = os.path.basename(path)
+                for lib in _LIBRARIES:
+                    if name.startswith(lib) and lib not in found:
+                        found[lib] = path
+    except OSError:
+        pass
+    return found
+
+
 def _engines(build: dict[str, Any], core: Any, cuda: dict[str, Any]) -> dict[str, Any]:
     cpu_ok = core is not None and hasattr(core, "CpuQwen2Engine")
     engines: dict[str, Any] = {"cpu": dict(available=cpu_ok, reasons=[] if cpu_ok else [build.get("error", "missing")])}
     reasons = []
     if core is None or not (build.get("with_turbomind") or hasattr(core, "TurboMindEngine")):
-        reasons.append("not compiled in (build with -C cmake.define.COSYFAST_TURBOMIND=ON)")
+        reasons.append("not compiled in (install a +cu12/+cu13 wheel, packaging/README.md, or build with "
+                       "-C cmake.define.COSYFAST_TURBOMIND=ON)")
     else:
         try:  # the check engine="auto" makes: the engine compiled in, its bound modules
             from . import turbomind
@@ -141,6 +163,7 @@ def collect() -> dict[str, Any]:
         build=build,
         engines=_engines(build, core, cuda),
         cuda=cuda,
+        libraries=_libraries(),
         versions=dict(python=f"{platform.python_version()} ({platform.python_implementation()})",
                       torch=_module_version("torch"), numpy=_module_version("numpy"),
                       lmdeploy=_dist_version("lmdeploy") or "not installed"),
@@ -172,6 +195,8 @@ def format_text(info: dict[str, Any]) -> str:
     else:
         lines.append(f"CUDA: {NO_CUDA}" + (f" (driver CUDA {c['driver_cuda']})" if c["driver_cuda"] else ""))
     lines += [f"  note: {n}" for n in c["notes"]]
+    if info["libraries"]:
+        lines.append("libraries: " + ", ".join(f"{lib} {path}" for lib, path in info["libraries"].items()))
     lines.append(f"Python {v['python']}, torch {v['torch']}, numpy {v['numpy']}, lmdeploy {v['lmdeploy']}")
     lines.append(f"platform: {info['platform']}")
     return "\n".join(lines)

@@ -70,7 +70,7 @@ def check_turbomind(needs_lmdeploy: bool = False) -> Any:
         import lmdeploy
     except ImportError as e:
         raise ImportError(f"loader='lmdeploy' loads weights with lmdeploy {LMDEPLOY_VERSION}'s converter "
-                          f"(pip install 'cosyfast[turbomind]'); import failed: {e}") from e
+                          f"(pip install '.[turbomind]' from a checkout); import failed: {e}") from e
     version = getattr(lmdeploy, "__version__", "unknown")
     if version != LMDEPLOY_VERSION:
         raise ImportError(f"the turbomind engine was built from lmdeploy {LMDEPLOY_VERSION}'s source and loads "
