@@ -114,7 +114,9 @@ if wants install; then
   if python3 -m venv "$VENV" 2>/dev/null; then VPIP=("$VENV/bin/python" -m pip)
   else rm -rf "$VENV"; python3 -m venv --without-pip "$VENV" || { note "python3 -m venv failed"; exit 1; }
        VPIP=(python3 -m pip --python "$VENV/bin/python"); fi
-  python3 "$REPO/packaging/torch_only_site.py" "$STATE/torch-only" > "$R/torch_only.txt" || { note "no torch to link"; exit 1; }
+  # torch and what it requires, and the machine's numpy beside it (as torch's own environment has
+  # it; 15 MB less to carry: the pack, the e2e pack and the tree must fit one call's 64 MiB).
+  python3 "$REPO/packaging/torch_only_site.py" "$STATE/torch-only" torch numpy > "$R/torch_only.txt" || { note "no torch to link"; exit 1; }
   # The GPU tests' references (transformers, scipy): for the test step only, on its PYTHONPATH.
   python3 "$REPO/packaging/torch_only_site.py" "$STATE/test-deps" transformers scipy --skip torch numpy safetensors tqdm \
     > "$R/test_deps.txt" 2>&1 || note "- transformers/scipy not found: the GPU tests that compare with them will fail"
