@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     import cosyfast
+    from cosyfast._paths import atomic_write
     from cosyfast.bench.hf_reference import HfCosyVoice
     from cosyfast.checkpoint import load_checkpoint
     from cosyfast.synthetic import SIZES, write_model_dir
@@ -95,9 +96,8 @@ def main(argv: list[str] | None = None) -> None:
                            "all_float32_margins_median": statistics.median(x for ms in ref_margins for x in ms)}
                 rows_out.append(summary)
                 print(json.dumps(summary), flush=True)
-    tmp = out / "greedy_divergence.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows_out))
-    tmp.replace(out / "greedy_divergence.jsonl")
+    text = "".join(json.dumps(r) + "\n" for r in rows_out)
+    atomic_write(out / "greedy_divergence.jsonl", lambda tmp: tmp.write_text(text))
 
 
 if __name__ == "__main__":

@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="step-profile")
     args = p.parse_args(argv)
 
+    from cosyfast._paths import atomic_write
     from cosyfast.checkpoint import load_checkpoint
     from cosyfast.synthetic import ensure_default_model
 
@@ -144,9 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             row = profile_path(path, c, args.steps, weights, args.prompt_rows)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    tmp = out / "step_profile.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(out / "step_profile.jsonl")
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    atomic_write(out / "step_profile.jsonl", lambda tmp: tmp.write_text(text))
 
 
 if __name__ == "__main__":

@@ -31,17 +31,12 @@ from typing import Any
 import numpy as np
 import pytest
 
+from gpu_skip import require_gpu_engine
+
 torch = pytest.importorskip("torch")
 ON_CPU = os.environ.get("COSYFAST_E2E_CPU") == "1"
 if not ON_CPU:
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA GPU (COSYFAST_E2E_CPU=1 runs these tests on the CPU engine)", allow_module_level=True)
-    try:
-        from cosyfast.turbomind import check_turbomind
-
-        check_turbomind()
-    except ImportError as e:  # pragma: no cover - depends on the machine
-        pytest.skip(f"the turbomind engine is unavailable: {e}", allow_module_level=True)
+    require_gpu_engine(no_gpu_hint=" (COSYFAST_E2E_CPU=1 runs these tests on the CPU engine)")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "e2e"))
 import upstream  # noqa: E402

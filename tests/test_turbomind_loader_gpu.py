@@ -15,15 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-if not torch.cuda.is_available():
-    pytest.skip("no CUDA GPU", allow_module_level=True)
-try:
-    from cosyfast.turbomind import check_turbomind
+from gpu_skip import require_gpu_engine
 
-    check_turbomind(needs_lmdeploy=True)
-except ImportError as e:  # pragma: no cover - depends on the machine
-    pytest.skip(f"the turbomind engine or its reference converter is unavailable: {e}", allow_module_level=True)
+torch = pytest.importorskip("torch")
+require_gpu_engine(needs_lmdeploy=True)
 
 import cosyfast
 from cosyfast import _core

@@ -305,9 +305,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from cosyfast._paths import atomic_write  # cosyfast's own (temp name, then rename)
+
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def device_name() -> str:
