@@ -33,6 +33,7 @@ endif()
 #   COSYFAST_CLI11_INCLUDE=<dir holding CLI/CLI.hpp> (a cache variable, or the environment
 #     variable: .ci/run and the GPU pack unpack Debian's libcli11-dev there, packaging/get_cli11.sh)
 #   find_package(CLI11 2.1): a system install (Debian/Ubuntu libcli11-dev, conda's cli11, vcpkg)
+#   Debian's libcli11-dev unpacked into the build tree (apt-get download; no install, no root)
 #   the release's source from GitHub at configure time (a machine with network and nothing else)
 set(COSYFAST_CLI11_INCLUDE "$ENV{COSYFAST_CLI11_INCLUDE}" CACHE PATH "a directory holding CLI/CLI.hpp (empty: find it)")
 set(COSYFAST_CLI11_VERSION 2.4.2)
@@ -48,20 +49,36 @@ else()
   if(CLI11_FOUND)
     set_property(TARGET cosyfast_cli11 PROPERTY INTERFACE_LINK_LIBRARIES CLI11::CLI11)
     message(STATUS "cosyfast: CLI11 ${CLI11_VERSION} from ${CLI11_DIR}")
-  elseif(FETCHCONTENT_FULLY_DISCONNECTED)
-    message(FATAL_ERROR "cosyfast needs CLI11's headers (the host programs' flags) and may not download: "
-                        "apt-get install libcli11-dev, or COSYFAST_CLI11_INCLUDE=<dir holding CLI/CLI.hpp> "
-                        "(packaging/get_cli11.sh unpacks Debian's package there)")
   else()
-    message(STATUS "cosyfast: CLI11 not installed (apt-get install libcli11-dev, or -DCOSYFAST_CLI11_INCLUDE=DIR "
-                   "offline): fetching its ${COSYFAST_CLI11_VERSION} release from GitHub")
-    include(FetchContent)
-    # SOURCE_SUBDIR names nothing: only download (its headers are used, not its build).
-    FetchContent_Declare(cosyfast_cli11
-      URL https://github.com/CLIUtils/CLI11/archive/refs/tags/v${COSYFAST_CLI11_VERSION}.tar.gz
-      TIMEOUT 120 INACTIVITY_TIMEOUT 30  # offline: fail with the message above rather than hang
-      SOURCE_SUBDIR cosyfast-download-only)
-    FetchContent_MakeAvailable(cosyfast_cli11)
-    set_property(TARGET cosyfast_cli11 PROPERTY INTERFACE_INCLUDE_DIRECTORIES "${cosyfast_cli11_SOURCE_DIR}/include")
+    # A Debian/Ubuntu machine often reaches its own archive where GitHub is out of reach (this
+    # project's machines, CI): libcli11-dev's headers unpacked into the build tree, nothing installed.
+    set(_cli11_debian "${CMAKE_BINARY_DIR}/cli11/usr/include")
+    find_program(COSYFAST_APT_GET apt-get)
+    find_program(COSYFAST_DPKG_DEB dpkg-deb)
+    if(NOT EXISTS "${_cli11_debian}/CLI/CLI.hpp" AND NOT FETCHCONTENT_FULLY_DISCONNECTED
+       AND COSYFAST_APT_GET AND COSYFAST_DPKG_DEB)
+      message(STATUS "cosyfast: CLI11 not installed: unpacking Debian's libcli11-dev into the build tree")
+      execute_process(COMMAND bash "${PROJECT_SOURCE_DIR}/packaging/get_cli11.sh" "${CMAKE_BINARY_DIR}/cli11"
+                      OUTPUT_QUIET ERROR_QUIET TIMEOUT 180)
+    endif()
+    if(EXISTS "${_cli11_debian}/CLI/CLI.hpp")
+      set_property(TARGET cosyfast_cli11 PROPERTY INTERFACE_INCLUDE_DIRECTORIES "${_cli11_debian}")
+      message(STATUS "cosyfast: CLI11 from Debian's libcli11-dev, unpacked in ${CMAKE_BINARY_DIR}/cli11")
+    elseif(FETCHCONTENT_FULLY_DISCONNECTED)
+      message(FATAL_ERROR "cosyfast needs CLI11's headers (the host programs' flags) and may not download: "
+                          "apt-get install libcli11-dev, or COSYFAST_CLI11_INCLUDE=<dir holding CLI/CLI.hpp> "
+                          "(packaging/get_cli11.sh unpacks Debian's package there)")
+    else()
+      message(STATUS "cosyfast: CLI11 not installed (apt-get install libcli11-dev, or -DCOSYFAST_CLI11_INCLUDE=DIR "
+                     "offline): fetching its ${COSYFAST_CLI11_VERSION} release from GitHub")
+      include(FetchContent)
+      # SOURCE_SUBDIR names nothing: only download (its headers are used, not its build).
+      FetchContent_Declare(cosyfast_cli11
+        URL https://github.com/CLIUtils/CLI11/archive/refs/tags/v${COSYFAST_CLI11_VERSION}.tar.gz
+        TIMEOUT 120 INACTIVITY_TIMEOUT 30  # offline: fail with the message above rather than hang
+        SOURCE_SUBDIR cosyfast-download-only)
+      FetchContent_MakeAvailable(cosyfast_cli11)
+      set_property(TARGET cosyfast_cli11 PROPERTY INTERFACE_INCLUDE_DIRECTORIES "${cosyfast_cli11_SOURCE_DIR}/include")
+    endif()
   endif()
 endif()
