@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     import cosyfast
-    from cosyfast._paths import atomic_write
+    from cosyfast._paths import atomic_write_text
     from cosyfast.bench.hf_reference import HfCosyVoice
     from cosyfast.checkpoint import load_checkpoint
     from cosyfast.synthetic import SIZES, write_model_dir
@@ -96,8 +96,7 @@ def main(argv: list[str] | None = None) -> None:
                            "all_float32_margins_median": statistics.median(x for ms in ref_margins for x in ms)}
                 rows_out.append(summary)
                 print(json.dumps(summary), flush=True)
-    text = "".join(json.dumps(r) + "\n" for r in rows_out)
-    atomic_write(out / "greedy_divergence.jsonl", lambda tmp: tmp.write_text(text))
+    atomic_write_text(out / "greedy_divergence.jsonl", "".join(json.dumps(r) + "\n" for r in rows_out))
 
 
 if __name__ == "__main__":

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="step-profile")
     args = p.parse_args(argv)
 
-    from cosyfast._paths import atomic_write
+    from cosyfast._paths import atomic_write_text
     from cosyfast.checkpoint import load_checkpoint
     from cosyfast.synthetic import ensure_default_model
 
@@ -145,8 +145,7 @@ def main(argv: list[str] | None = None) -> None:
             row = profile_path(path, c, args.steps, weights, args.prompt_rows)
             rows.append(row)
             print(json.dumps(row), flush=True)
-    text = "".join(json.dumps(r) + "\n" for r in rows)
-    atomic_write(out / "step_profile.jsonl", lambda tmp: tmp.write_text(text))
+    atomic_write_text(out / "step_profile.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
 
 
 if __name__ == "__main__":

@@ -305,9 +305,9 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    from cosyfast._paths import atomic_write  # cosyfast's own (temp name, then rename)
+    from cosyfast._paths import atomic_write_text  # at use, as this file's other cosyfast imports
 
-    atomic_write(path, lambda tmp: tmp.write_text(text))
+    atomic_write_text(path, text)
 
 
 def device_name() -> str:

@@ -39,6 +39,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], object]) 
     return path
 
 
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """`text` (UTF-8) into `path` through atomic_write: never half-written."""
+    return atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
 def _installed(relative: str) -> Path:
     """The directory holding `relative` inside the installed package (cmake/package.cmake puts it
     there); in an editable install the package's directories are searched in order."""

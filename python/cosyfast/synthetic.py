@@ -36,7 +36,7 @@ from typing import Any, BinaryIO
 import torch
 from tqdm import tqdm
 
-from ._paths import atomic_write, cache_root
+from ._paths import atomic_write, atomic_write_text, cache_root
 from .checkpoint import CONFIG_RELPATH, LM_HEAD, QWEN, SPEECH_TOKEN_SIZE, TEXT_VOCAB, expected_shapes
 
 __all__ = ["SIZES", "KINDS", "write_model_dir", "ensure_default_model", "write_tokenizer"]
@@ -96,8 +96,8 @@ def write_model_dir(out_dir: str | os.PathLike[str], kind: str = "cosyvoice2",
             torch.save(state, pf)
 
     atomic_write(out / "llm.pt", save)
-    _write_text(out / CONFIG_RELPATH, json.dumps(cfg, indent=2) + "\n")
-    _write_text(out / f"{kind}.yaml", _yaml_text(kind, dims, seed))
+    atomic_write_text(out / CONFIG_RELPATH, json.dumps(cfg, indent=2) + "\n")
+    atomic_write_text(out / f"{kind}.yaml", _yaml_text(kind, dims, seed))
     if _has_tokenizers():
         write_tokenizer(out / Path(CONFIG_RELPATH).parent)
     return out
@@ -198,9 +198,9 @@ def write_tokenizer(out_dir: str | os.PathLike[str]) -> Path:
               "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": None,
               "model_max_length": 32768, "clean_up_tokenization_spaces": False, "errors": "replace",
               "split_special_tokens": False}
-    _write_text(out / "merges.txt", merges)
-    _write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
-    _write_text(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))  # last: it marks the tokenizer done
+    atomic_write_text(out / "merges.txt", merges)
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))  # last: it marks the tokenizer done
     return out
 
 
@@ -308,10 +308,6 @@ def _progress_file(f: BinaryIO, show: bool, desc: str) -> Iterator[Any]:
 
     with tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc=desc) as bar:
         yield _Counting(bar)
-
-
-def _write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def _is_model_dir(path: Path, kind: str) -> bool:

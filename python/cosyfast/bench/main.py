@@ -8,7 +8,7 @@ import platform
 import sys
 from pathlib import Path
 
-from .._paths import atomic_write
+from .._paths import atomic_write_text
 from .metrics import gpu_memory_used_mb, markdown_table, overhead, summarize
 from .workload import Workload
 
@@ -26,10 +26,6 @@ def _device_name() -> str:
     except Exception:  # noqa: BLE001
         pass
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def plot(rows: list[dict], out: Path) -> None:
@@ -200,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     meta = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
             "device": device, "checkpoint": str(ckpt)}
-    _write_atomic(out / "results.jsonl", "".join(json.dumps(r | {"meta": meta}) + "\n" for r in rows))
-    _write_atomic(out / "results.md", f"device: {device}\n\n" + markdown_table(rows) + "\n")
+    atomic_write_text(out / "results.jsonl", "".join(json.dumps(r | {"meta": meta}) + "\n" for r in rows))
+    atomic_write_text(out / "results.md", f"device: {device}\n\n" + markdown_table(rows) + "\n")
     if args.plot:
         plot(rows, out / "results.png")
     print(markdown_table(rows))
