@@ -52,6 +52,10 @@ stop_for_time() { note "- stopped before '$1' ($(left) s left of this call's $BU
 [ -f "$SUMMARY" ] || echo "# GPU wheel check ($(date -u +%F), architectures $ARCHS)" > "$SUMMARY"
 [ -d "$PACK/wheelcheck" ] || { note "no $PACK/wheelcheck: run packaging/make_wheel_pack.sh (after benchmarks/make_gpu_pack.sh) where PyPI is reachable"; exit 1; }
 
+# The system compiler, whatever CC/CXX the image exports (as benchmarks/gpu_run.sh does): a wheel
+# built there with the image's /opt/gcc crashed inside `import torch` once cosyfast's libraries
+# were loaded (H100, 2026-12-06), and a TurboMind built with it crashed at engine creation.
+[ -x /usr/bin/g++ ] && export CC=/usr/bin/gcc CXX=/usr/bin/g++ CUDAHOSTCXX=/usr/bin/g++
 # CLI11's headers for the host programs (cmake/deps.cmake), from the pack unless installed.
 [ -f /usr/include/CLI/CLI.hpp ] || [ ! -d "$PACK/cli11" ] || export COSYFAST_CLI11_INCLUDE=${COSYFAST_CLI11_INCLUDE:-$PACK/cli11/usr/include}
 # Build tools the machine's Python may lack, from the pack, into a folder of their own.
