@@ -130,10 +130,24 @@ if wants install; then
   [ -e "$STATE/torch-only/setuptools" ] && rm -rf "$site"/setuptools "$site"/setuptools-*.dist-info "$site"/_distutils_hack "$site"/distutils-precedence.pth
   note ""
   note "## Install (fresh venv; torch seen through $(head -1 "$R/torch_only.txt"))"
-  env -u LD_LIBRARY_PATH -u CUDA_HOME -u CPATH PATH="$CLEAN_PATH" CC=/bin/false CXX=/bin/false \
-    "${VPIP[@]}" install --isolated --no-index --only-binary=:all: --find-links "$PACK/wheelcheck" "$WHEEL" pytest \
-    > "$R/pip_install.txt" 2>&1 || { tail -20 "$R/pip_install.txt" | tee -a "$SUMMARY"; exit 1; }
-  note "    pip install --no-index $(basename "$WHEEL"): ok; $(grep -o 'Successfully installed.*' "$R/pip_install.txt")"
+  vpip() { env -u LD_LIBRARY_PATH -u CUDA_HOME -u CPATH PATH="$CLEAN_PATH" CC=/bin/false CXX=/bin/false \
+    "${VPIP[@]}" install --isolated --no-index --only-binary=:all: --find-links "$PACK/wheelcheck" "$@"; }
+  if vpip "$WHEEL" pytest > "$R/pip_install.txt" 2>&1; then
+    note "    pip install --no-index $(basename "$WHEEL"): ok; $(grep -o 'Successfully installed.*' "$R/pip_install.txt")"
+  else
+    # pip's resolver also walks torch's own requirements. A torch installed without some of them
+    # (the GPU image's: cuda-toolkit's nvidia-cufft and others are absent) makes every install
+    # with dependencies fail offline, whatever the wheel needs. Then: the wheel's own requirements
+    # (its METADATA, torch left out: it is there), the wheel without dependencies, and pip check
+    # must find nothing missing for cosyfast.
+    tail -3 "$R/pip_install.txt" | sed 's/^/    /' >> "$SUMMARY"
+    own=$(python3 "$REPO/packaging/wheel_requires.py" "$WHEEL" --skip torch | tr "\n" " ") || { note "reading the wheel's requirements failed"; exit 1; }
+    { vpip $own pytest && vpip --no-deps "$WHEEL"; } >> "$R/pip_install.txt" 2>&1 || { tail -20 "$R/pip_install.txt" | tee -a "$SUMMARY"; exit 1; }
+    missing=$(env -u LD_LIBRARY_PATH PATH="$CLEAN_PATH" "${VPIP[@]}" check 2>&1 | grep -i '^cosyfast ')
+    [ -z "$missing" ] || { note "    pip check: $missing"; exit 1; }
+    note "    pip's resolver stopped at torch's own unmet requirements (above): installed the wheel's requirements"
+    note "    ($own, from the pack), then $(basename "$WHEEL") with --no-deps; pip check: nothing missing for cosyfast"
+  fi
   note "    nvcc on the check's PATH: $(PATH=$CLEAN_PATH command -v nvcc || echo none); the venv's packages: $("$VENV/bin/python" -c "import importlib.metadata as m; print(' '.join(sorted(d.metadata['Name'] for d in m.distributions())))")"
   done_step install
 fi
@@ -172,12 +186,20 @@ fi
 # 4. The GPU test modules (and the library layout test) from the venv.
 if wants tests; then
   [ "$(left)" -gt 300 ] || stop_for_time tests
-  (cd /tmp && venv_run env PYTHONPATH="$SITE:$STATE/test-deps" python -m pytest -q -p no:cacheprovider \
+  # The tests' references (lmdeploy's converter beside the engine for the loader module, HF
+  # transformers, scipy) import packages the venv lacks (a clean venv skipped the loader module,
+  # H100 2026-12-06): this step only, the machine's site-packages go after the venv's own (a .pth
+  # appends them), so the wheel and its dependencies are still what the venv imports first.
+  site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+  python3 -c "import sysconfig; print(sysconfig.get_path('purelib'))" > "$site/zz-test-references.pth"
+  (cd /tmp && venv_run env PYTHONPATH="$SITE:$STATE/test-deps" python -m pytest -q -rs -p no:cacheprovider \
      "$REPO/tests/test_turbomind_gpu.py" "$REPO/tests/test_turbomind_loader_gpu.py" "$REPO/tests/test_library_layout.py" 2>&1) \
     | grep -v "^\[TM\]" > "$R/gpu_tests.log"
+  rm -f "$site/zz-test-references.pth"
   note ""
   note "## GPU tests (from the venv)"
   note "    $(tail -1 "$R/gpu_tests.log")"
+  grep '^SKIPPED' "$R/gpu_tests.log" | sed 's/^/    /' >> "$SUMMARY"
   done_step tests
 fi
 

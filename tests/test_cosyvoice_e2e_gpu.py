@@ -9,7 +9,8 @@ run on TurboMind.
 - Bistream: llm_job with a text generator runs through the patched inference_bistream; greedy, its
   tokens equal `Model.bistream`'s fed the same pieces; tts() turns them into audio.
 - tts() streaming from 4 threads: every request yields 960 samples per token (24 kHz, 25
-  tokens/s); offline, where the tokens agree, the audio equals upstream's.
+  tokens/s); offline, tts() hands the flow the tokens llm_job yields, and where those agree with
+  upstream's, the audio equals upstream's.
 
 Skipped without a CUDA GPU or the TurboMind engine, and without the upstream source
 (COSYFAST_E2E_PACK, default .e2epack/). COSYFAST_E2E_CPU=1 runs the same tests on the CPU engine
@@ -125,12 +126,15 @@ class Setup:
         # thread, each request's chunks are the same whatever the other threads did
         self.hop = upstream.PerRequestHop(self.model)
 
-    def offline_audio(self, request: upstream.Request) -> torch.Tensor:
+    def offline_audio(self, request: upstream.Request, handed: list[list[int]] | None = None) -> torch.Tensor:
         """tts(stream=False)'s audio, HiFT's source noise (torch's global RNG, which upstream's
-        LLM sampler also draws from) seeded just before token2wav."""
+        LLM sampler also draws from) seeded just before token2wav; `handed` gets the tokens tts()
+        passed to token2wav, per call."""
         token2wav = self.model.token2wav
 
         def seeded(*args: Any, **kwargs: Any) -> Any:
+            if handed is not None:
+                handed.append([int(t) for t in kwargs["token"].flatten()])
             torch.manual_seed(0)
             return token2wav(*args, **kwargs)
 
@@ -208,18 +212,24 @@ def test_patched_llm_job_greedy_matches_generate_and_upstream(setup: Setup, inde
         assert got == ref
 
 
-def test_offline_audio_equals_upstreams_where_tokens_agree(setup: Setup) -> None:
-    """The flow's noise is fixed (CausalConditionalCFM's rand_noise), so equal tokens give equal mel
-    and audio: the patched LLM hands tts() what upstream's hands it, in order."""
+def test_offline_tts_hands_the_flow_llm_jobs_tokens_and_equal_tokens_give_upstreams_audio(setup: Setup) -> None:
+    """tts(stream=False) hands token2wav exactly the tokens the patched llm_job yields, in order
+    (on any engine: greedy repeats itself). The flow's noise is fixed (CausalConditionalCFM's
+    rand_noise), so where those tokens are upstream's own the audio is upstream's too; bf16 parts
+    the GPU's tokens from upstream's float32 ones early (the near-ties above), so on the GPU that
+    second comparison may find no request to compare."""
     compared = 0
     for request, ref_tokens, ref_audio in zip(setup.requests, setup.upstream_tokens, setup.upstream_audio):
         ours = llm_job_tokens(setup.model, request)
-        audio = setup.offline_audio(request)
+        handed: list[list[int]] = []
+        audio = setup.offline_audio(request, handed)
+        assert handed == [ours], (first_difference(handed[0], ours) if len(handed) == 1 else len(handed))
         assert audio.shape == ref_audio.shape == (1, TOKENS * SAMPLES_PER_TOKEN)
         if ours == ref_tokens:
             compared += 1
             torch.testing.assert_close(audio, ref_audio, rtol=1e-3, atol=1e-3)
-    report(test="e2e_offline_audio", kind=setup.kind, engine=ENGINE, compared=compared)
+    report(test="e2e_offline_audio", kind=setup.kind, engine=ENGINE, handed_equal=len(setup.requests),
+           audio_compared=compared)
     if ON_CPU:
         assert compared == len(setup.requests)
 
