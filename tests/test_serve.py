@@ -115,6 +115,37 @@ def test_ready_tokens_travel_together(model: cosyfast.Model) -> None:
     assert len(batches) == 1 and len(batches[0]) == 200
 
 
+def test_first_tokens_go_at_once_later_ones_together(long_model: cosyfast.Model) -> None:
+    """With a flush interval, the first tokens reach the reader at once; later ones come at most
+    once per interval (the end with the last batch); with none, every engine delivery wakes it."""
+    interval, n = 0.3, 6000
+
+    async def batches(flush_interval_s: float) -> tuple[list[float], list[int]]:
+        service = Service(long_model, flush_interval_s=flush_interval_s)
+        t0 = time.perf_counter()
+        session, _ = service.start(json.dumps(body(min_len=n, max_len=n)))
+        times, sizes = [], []
+        async for b in session.batches():
+            times.append(time.perf_counter() - t0)
+            sizes.append(len(b))
+        return times, sizes
+
+    times, sizes = asyncio.run(batches(interval))
+    assert sum(sizes) == n
+    assert times[0] < interval / 2, times[:3]  # the first token did not wait for a flush
+    assert len(times) >= 3, (times, sizes)  # the run outlasted a flush or two
+    gaps = [b - a for a, b in zip(times, times[1:-1] + [times[-1]])][:-1]
+    assert min(gaps) >= 0.9 * interval, gaps
+    every_step = asyncio.run(batches(0.0))[1]
+    assert sum(every_step) == n and len(every_step) > 2 * len(sizes)
+
+
+def test_flush_interval_is_checked(model: cosyfast.Model) -> None:
+    for bad in (-0.001, 1.5):
+        with pytest.raises(ValueError, match=r"flush_interval_s must be in \[0, 1\] seconds"):
+            Service(model, flush_interval_s=bad)
+
+
 def test_64_concurrent_clients(serve, model: cosyfast.Model) -> None:
     url = serve(max_sessions=64).url
     refs = [model.generate(**body(i, max_len=60)) for i in range(64)]

@@ -14,7 +14,7 @@ import uvicorn
 from ..model import DEFAULTS
 from ..text import NoTokenizer, Tokenizer, load_tokenizer
 from .app import create_app
-from .service import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, Service
+from .service import DEFAULT_FLUSH_INTERVAL_S, DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MAX_BODY_BYTES, Service
 
 
 class DrainingServer(uvicorn.Server):
@@ -105,6 +105,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--idle-timeout", type=float, default=DEFAULT_IDLE_TIMEOUT_S,
                    help="seconds a client may take to send a body, a bistream's first message, or the text its "
                         "session waits for; then 408 / close 1008 and the session is freed")
+    p.add_argument("--flush-ms", type=float, default=DEFAULT_FLUSH_INTERVAL_S * 1e3, metavar="MS",
+                   help="how long a stream's later tokens may wait to go out together (its first tokens go at "
+                        "once); 0 writes every engine step's tokens at once, at more CPU per token")
     g = p.add_argument_group("engine (the options of cosyfast.load)")
     g.add_argument("--max-batch", type=int, default=None, help="engine batch (default: max(256, --max-sessions))")
     g.add_argument("--max-session-len", type=int, default=DEFAULTS["max_session_len"],
@@ -138,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
                  sample_threads=args.sample_threads, devices=devices, table_dtype=args.table_dtype, **extra)
     tokenizer, why = tokenizer_for(path, model.kind)
     service = Service(model, max_sessions=args.max_sessions, drain_timeout_s=args.drain_timeout,
-                      max_body_bytes=args.max_body_size, idle_timeout_s=args.idle_timeout, tokenizer=tokenizer,
+                      max_body_bytes=args.max_body_size, idle_timeout_s=args.idle_timeout,
+                      flush_interval_s=args.flush_ms / 1e3, tokenizer=tokenizer,
                       no_tokenizer_reason=why)
     print(f"cosyfast serve: {model.kind} on {model.engine} ({'demo model' if not args.model else path}), "
           f"text {'by ' + str(tokenizer.source) if tokenizer else 'as ids only: ' + why}, at most "

@@ -36,6 +36,9 @@ ID_FIELDS = ("text_ids", "prompt_text_ids", "prompt_speech_tokens")
 NEED_TEXT: int = _core.Stream.NEED_TEXT  # the event a bistream sends when it waits for text
 DEFAULT_MAX_BODY_BYTES = 4 << 20  # 4 MiB: a 4096-id request is ~40 kB of JSON
 DEFAULT_IDLE_TIMEOUT_S = 60.0
+# A stream's later tokens wait up to this long to go out together (its first ones go at once):
+# 5 ms is an eighth of one speech token's audio (25 Hz), and takes most per-step writes off the loop.
+DEFAULT_FLUSH_INTERVAL_S = 0.005
 disable_created_metrics()  # no *_created series beside every counter and histogram
 
 
@@ -136,7 +139,7 @@ class Metrics:
         self.ttft = Histogram("cosyfast_time_to_first_token_seconds", "From admission to the first token",
                               buckets=self.LATENCY, registry=r)
         self.itl = Histogram("cosyfast_inter_token_latency_seconds",
-                             "Between one session's consecutive deliveries (tokens ready together count once)",
+                             "Between one session's consecutive deliveries of tokens (tokens that go together count once)",
                              buckets=self.LATENCY, registry=r)
         self.request_tokens = Histogram("cosyfast_request_tokens", "Speech tokens per finished request",
                                         buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 4000, 8000), registry=r)
@@ -160,21 +163,34 @@ class Session:
         self.done = False
         self.waits_for_text = False  # a bistream asked for text and none has come since
         self._items: list[int] = []
+        self._fresh = False  # tokens arrived since the last delivery
+        self._delivered = False  # the first tokens have gone out
         self._waiter: asyncio.Future[None] | None = None
 
-    def news(self, tokens: list[int], need_text: bool, finished: bool, now: float) -> None:
-        """From the dispatcher (event loop thread): new tokens, a request for text, the end."""
+    def news(self, tokens: list[int], need_text: bool, finished: bool, now: float) -> bool:
+        """From the dispatcher (event loop thread): new tokens, a request for text, the end.
+        Returns whether the reader must see them now (the first tokens, a request for text, the
+        end) rather than at the dispatcher's next flush."""
+        urgent = need_text or finished
         if tokens:
-            metrics = self.service.metrics
-            (metrics.itl if self.sent else metrics.ttft).observe(now - self.last)
-            self.last = now
+            urgent = urgent or not self.sent
             self.sent += len(tokens)
             self._items += tokens
+            self._fresh = True
         if need_text:
             self._items.append(NEED_TEXT)
             self.waits_for_text = True
         if finished:
             self.done = True
+        return urgent
+
+    def flush(self, now: float) -> None:
+        """Delivers what arrived: wakes the reader (event loop thread). The latency metrics count
+        deliveries, what a client sees, once each (not every engine step's news)."""
+        if self._fresh:
+            metrics = self.service.metrics
+            (metrics.itl if self._delivered else metrics.ttft).observe(now - self.last)
+            self.last, self._fresh, self._delivered = now, False, True
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -206,12 +222,20 @@ class Session:
 
 
 class _Dispatcher:
-    """One TokenMux on one event loop: every session's tokens, one wake per batch of news."""
+    """One TokenMux on one event loop: every session's tokens, one wake per batch of news.
+
+    A session's first tokens, a bistream's request for text and the end reach its reader at once;
+    later tokens wait up to the service's flush_interval_s and go together. Waking a reader and
+    writing its chunk is the event loop's main cost per token, once per session per engine step:
+    at tens of sessions that kept the loop so busy that new requests queued behind the writes
+    (their first token late) and the HTTP throughput fell behind the engine's."""
 
     def __init__(self, service: "Service", loop: asyncio.AbstractEventLoop) -> None:
         self.service, self.loop = service, loop
         self.mux = _core.TokenMux()
         self.sessions: dict[int, Session] = {}
+        self._pending: set[Session] = set()
+        self._flush_timer: asyncio.TimerHandle | None = None
         loop.add_reader(self.mux.fd, self._ready)
 
     def add(self, session: Session) -> None:
@@ -222,17 +246,34 @@ class _Dispatcher:
         news = self.mux.collect()
         now = time.perf_counter()
         total = 0
+        interval = self.service.flush_interval_s
         for key, tokens, need_text, finished in news:
             session = self.sessions[key]
             total += len(tokens)
-            session.news(tokens, need_text, finished, now)
+            if session.news(tokens, need_text, finished, now) or not interval:
+                session.flush(now)
+                self._pending.discard(session)
+            else:
+                self._pending.add(session)
             if finished:
                 del self.sessions[key]
                 self.service._ended(session, now)
         if total:
             self.service.metrics.tokens.inc(total)
+        if self._pending and self._flush_timer is None:
+            self._flush_timer = self.loop.call_later(interval, self._flush)
+
+    def _flush(self) -> None:
+        self._flush_timer = None
+        pending, self._pending = self._pending, set()
+        now = time.perf_counter()
+        for session in pending:
+            session.flush(now)
 
     def close(self) -> None:
+        if self._flush_timer is not None:
+            self._flush_timer.cancel()
+        self._flush()
         if not self.loop.is_closed():
             self.loop.remove_reader(self.mux.fd)
 
@@ -242,12 +283,15 @@ class Service:
     and while draining, requests get 503 with Retry-After (nothing admitted is ever dropped).
     `max_body_bytes` bounds a request body and a WebSocket message; `idle_timeout_s` how long a
     client may take to send a body, a bistream's first message, or the text its session waits
-    for (the session is freed then); `tokenizer` (cosyfast.text)
-    serves the `text` and `prompt_text` fields."""
+    for (the session is freed then); `flush_interval_s` how long a stream's later tokens may wait
+    to go out together (its first tokens, a request for text and the end go at once; 0: each
+    engine step's tokens at once); `tokenizer` (cosyfast.text) serves the `text` and
+    `prompt_text` fields."""
 
     def __init__(self, model: Model, *, max_sessions: int = 256, retry_after_s: int = 1,
                  drain_timeout_s: float = 30.0, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+                 flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S,
                  tokenizer: Tokenizer | None = None, no_tokenizer_reason: str = "none was given",
                  registry: CollectorRegistry | None = None) -> None:
         if max_sessions < 1:
@@ -258,7 +302,10 @@ class Service:
             raise ValueError(f"max_body_bytes must be >= 1024, got {max_body_bytes}")
         if not idle_timeout_s > 0:
             raise ValueError(f"idle_timeout_s must be > 0, got {idle_timeout_s}")
+        if not 0 <= flush_interval_s <= 1:
+            raise ValueError(f"flush_interval_s must be in [0, 1] seconds, got {flush_interval_s}")
         self.idle_timeout_s = idle_timeout_s
+        self.flush_interval_s = flush_interval_s
         self.model = model
         self.max_sessions = max_sessions
         self.retry_after_s = retry_after_s
