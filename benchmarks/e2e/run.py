@@ -262,12 +262,53 @@ TABLE = [("model", "model"), ("config", "config"), ("mode", "mode"), ("concurren
          ("hift_share", "HiFT share"), ("llm_ms_per_token", "LLM ms/token"), ("gpu_mem_peak_mb", "GPU mem MB")]
 
 
+def _point(row: dict[str, Any]) -> tuple[str, str, str, int]:
+    return row["model"], row["config"], row["mode"], row["concurrency"]
+
+
+def load_earlier(paths: Sequence[Path], device: str) -> list[dict[str, Any]]:
+    """The rows of earlier runs' results.jsonl (--merge), each marked with the command that
+    measured it (from the run.json beside it, which must name this run's device: timings compare
+    only on one kind of GPU)."""
+    rows = []
+    for path in paths:
+        if not path.is_file():
+            raise SystemExit(f"--merge: no file {path} (an earlier run's results.jsonl)")
+        meta_path = path.with_name("run.json")
+        if not meta_path.is_file():
+            raise SystemExit(f"--merge: no run.json beside {path}: which device and command measured it?")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("device") != device:
+            raise SystemExit(f"--merge: {path} was measured on {meta.get('device')!r}, this run is on {device!r}")
+        command = meta.get("command", "?")
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            try:
+                row = json.loads(line)
+                _point(row)
+            except (ValueError, KeyError, TypeError):
+                raise SystemExit(f"--merge: {path} line {n} is not a results row") from None
+            rows.append(row | {"measured_by": row.get("measured_by", command)})
+    return rows
+
+
+def merge_rows(earlier: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One table: this run's points, and the earlier runs' points it did not measure (a later
+    file's point replaces an earlier file's), ordered by model, configuration, mode, streams."""
+    by_point = {_point(r): r for r in earlier}
+    by_point.update((_point(r), r) for r in current)
+    return sorted(by_point.values(), key=_point)
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     head = "| " + " | ".join(t for _, t in TABLE) + " |\n|" + "---|" * len(TABLE) + "\n"
     body = "".join("| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k, _ in TABLE) + " |\n" for r in rows)
     note = (f"\n{meta['device']}; upstream {meta['upstream']}; cosyfast {meta['cosyfast_commit']}; "
             f"LLM {meta['size']}, fp16 autocast {meta['fp16']}, engine {meta['engine']}; "
             f"{meta['tokens']} tokens per request; command: `{meta['command']}`\n")
+    merged = sorted({r["measured_by"] for r in rows if "measured_by" in r})
+    if merged:
+        note += "Rows from earlier runs (--merge), each point with its baseline from its own run: " + \
+            "; ".join(f"`{c}`" for c in merged) + "\n"
     return head + body + note
 
 
@@ -369,6 +410,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--deadline", type=float, default=520.0, help="seconds after the start past which no new "
                    "point starts (the skipped ones are listed in run.json), so the outputs are written "
                    "inside a 600 s call")
+    p.add_argument("--merge", type=Path, nargs="*", default=[], metavar="RESULTS_JSONL",
+                   help="earlier runs' results.jsonl: their points join this run's table and plot (a point this "
+                        "run measures replaces theirs; results.jsonl keeps this run's rows only)")
     p.add_argument("--quick", action="store_true", help="CV2 and CV3 at 1 and 4 streams, 40 tokens")
     args = p.parse_args(argv)
     if args.quick:
@@ -455,6 +499,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "hop": args.hop, "fp16": not args.fp32, "torch": torch.__version__,
     }
     rows: list[dict[str, Any]] = []
+    earlier = load_earlier(args.merge, meta["device"])
     jsonl = args.out / "results.jsonl"
     jsonl.unlink(missing_ok=True)
 
@@ -471,9 +516,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     def write_outputs() -> None:
         meta["total_s"] = round(time.perf_counter() - t_start, 1)
         write_atomic(args.out / "run.json", json.dumps(meta, indent=1) + "\n")
-        write_atomic(args.out / "results.md", markdown(rows, meta))
-        if rows:
-            plot(rows, args.out / "results.png")
+        table = merge_rows(earlier, rows)
+        write_atomic(args.out / "results.md", markdown(table, meta))
+        if table:
+            plot(table, args.out / "results.png")
 
     for name in args.models:
         if time.perf_counter() - t_start > args.deadline:

@@ -1,0 +1,51 @@
+"""benchmarks/e2e/run.py --merge: one end-to-end table from several GPU calls (a call's device time
+holds only some of the points), each point with the baseline of its own run."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks" / "e2e"))
+import run  # noqa: E402
+
+
+def _row(model: str, config: str, c: int, rtf: float) -> dict:
+    return {"model": model, "config": config, "mode": "stream", "concurrency": c, "rtf_p50": rtf}
+
+
+def _earlier(folder: Path, rows: list[dict], device: str = "NVIDIA H100", command: str = "run.py --a") -> Path:
+    folder.mkdir()
+    (folder / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "run.json").write_text(json.dumps({"device": device, "command": command}))
+    return folder / "results.jsonl"
+
+
+def test_points_join_and_this_runs_point_wins(tmp_path: Path) -> None:
+    first = _earlier(tmp_path / "a", [_row("cosyvoice2", "upstream", 1, 1.5), _row("cosyvoice2", "upstream", 64, 40.0)])
+    earlier = run.load_earlier([first], "NVIDIA H100")
+    assert {r["measured_by"] for r in earlier} == {"run.py --a"}
+    table = run.merge_rows(earlier, [_row("cosyvoice2", "upstream", 1, 1.4), _row("cosyvoice2", "cosyfast", 1, 0.4)])
+    assert [(r["config"], r["concurrency"], r["rtf_p50"]) for r in table] == [
+        ("cosyfast", 1, 0.4), ("upstream", 1, 1.4), ("upstream", 64, 40.0)]
+    text = run.markdown(table, {"device": "NVIDIA H100", "upstream": {}, "cosyfast_commit": "x", "size": "full",
+                                "fp16": True, "engine": "turbomind", "tokens": 100, "command": "run.py --b"})
+    assert "`run.py --a`" in text and "run.py --b" in text
+
+
+def test_another_device_or_a_bad_file_is_refused(tmp_path: Path) -> None:
+    other = _earlier(tmp_path / "a", [_row("cosyvoice2", "upstream", 1, 1.5)], device="NVIDIA H200")
+    with pytest.raises(SystemExit, match="measured on 'NVIDIA H200', this run is on 'NVIDIA H100'"):
+        run.load_earlier([other], "NVIDIA H100")
+    with pytest.raises(SystemExit, match="no file"):
+        run.load_earlier([tmp_path / "missing.jsonl"], "NVIDIA H100")
+    broken = _earlier(tmp_path / "b", [{"model": "cosyvoice2"}])
+    with pytest.raises(SystemExit, match="line 1 is not a results row"):
+        run.load_earlier([broken], "NVIDIA H100")
+    alone = tmp_path / "c.jsonl"
+    alone.write_text(json.dumps(_row("cosyvoice2", "upstream", 1, 1.5)) + "\n")
+    with pytest.raises(SystemExit, match="no run.json beside"):
+        run.load_earlier([alone], "NVIDIA H100")
