@@ -84,10 +84,13 @@ set(_tm_ours
     "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyvoice_sampling.cc"
     "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyvoice_sampling_kernel.h"
     "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyvoice_sampling_kernel.cu")
-# The decode GEMM hook lives beside LlamaLinear, which calls it.
+# The decode GEMM hook lives beside LlamaLinear, which calls it; the decode graphs beside
+# UnifiedDecoder, which runs them.
 set(_tm_ours_linear
     "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyfast_decode_gemm.h"
-    "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyfast_decode_gemm.cu")
+    "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyfast_decode_gemm.cu"
+    "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyfast_decode_graph.h"
+    "${PROJECT_SOURCE_DIR}/third_party/turbomind/cosyfast_decode_graph.cc")
 set(_tm_patch "${PROJECT_SOURCE_DIR}/third_party/lmdeploy-${COSYFAST_LMDEPLOY_VERSION}-cosyfast.patch")
 set(_tm_stamp_text "${_tm_pristine}")
 foreach(_f ${_tm_patch} ${_tm_ours} ${_tm_ours_linear})

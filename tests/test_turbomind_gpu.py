@@ -303,6 +303,35 @@ def test_concurrent_greedy_equals_solo_up_to_rounding(setup):
     assert sum(p >= 4 for p in parted) >= 3, parted
 
 
+def test_decode_graphs_replay_decode_steps_and_keep_the_tokens(setup):
+    """decode_graphs (experimental, off by default): the engine replays its decode steps' decoder
+    layers from CUDA graphs (the counters show replays, no failed capture), and 16 concurrent
+    greedy streams follow the same model without graphs. The rounded k_max changes the attention's
+    split count (its summation order), so a near-tie may flip late; a graph reading a wrong
+    buffer would part the streams at once."""
+    from cosyfast import _core
+
+    kind, _, weights, _, model = setup
+    reqs = [request(kind, seed=500 + i) for i in range(16)]
+    opts = dict(top_k=1, ras=False, min_len=48, max_len=48)
+    graphs = cosyfast.load(weights, engine="turbomind", max_batch=16, cache_max_entry_count=0.05, decode_graphs=True)
+    try:
+        before = _core._turbomind_decode_graph_counts()
+        got = [s.drain() for s in [graphs.stream(*r, seed=i, **opts) for i, r in enumerate(reqs)]]
+        after = _core._turbomind_decode_graph_counts()
+    finally:
+        graphs.close()
+    want = [s.drain() for s in [model.stream(*r, seed=i, **opts) for i, r in enumerate(reqs)]]
+    replayed, captured, eager, failed = (a - b for a, b in zip(after, before))
+    parted = [next((k for k, (x, y) in enumerate(zip(g, w)) if x != y), 48) for g, w in zip(got, want)]
+    report(test="decode_graphs", kind=kind, replayed=replayed, captured=captured, eager=eager, failed=failed,
+           first_divergence=parted)
+    assert failed == 0 and captured >= 1, (replayed, captured, eager, failed)
+    assert replayed > eager, (replayed, captured, eager)
+    assert all(len(g) == 48 for g in got)
+    assert sum(p >= 8 for p in parted) >= 12, parted
+
+
 def run_bistream(model, text, ptext, pspeech, **options) -> tuple[list[int], str, int]:
     stream = model.bistream(ptext, pspeech, **options)
     pieces = [text[i:i + 7] for i in range(0, len(text), 7)]

@@ -64,6 +64,9 @@ def test_the_cpp_loader_needs_no_lmdeploy(monkeypatch, as_if_built):
 @pytest.mark.parametrize(("options", "match"), [
     (dict(loader="python"), "loader must be one of"),
     (dict(loader="cpp", async_=0), "TurbomindEngineConfig fields, read only with loader='lmdeploy'"),
+    (dict(fast_decode=2), "fast_decode must be True or False, got 2"),
+    (dict(decode_graphs="yes"), "decode_graphs must be True or False, got 'yes'"),
+    (dict(decode_graphs=True, fast_decode=False), "decode_graphs needs fast_decode"),
 ])
 def test_loader_options_are_checked_first(options, match):
     with pytest.raises(ValueError, match=match):

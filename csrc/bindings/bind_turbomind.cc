@@ -20,6 +20,7 @@
 #include "bindings/bind_pool.h"
 #include "bindings/bindings.h"
 #include "src/turbomind/models/llama/cosyfast_decode_gemm.h"
+#include "src/turbomind/models/llama/cosyfast_decode_graph.h"
 
 namespace py = pybind11;
 
@@ -37,9 +38,10 @@ std::shared_ptr<turbomind::TurboMind> CreateTurboMind(std::string model_dir, tur
 }
 
 tm::LoadOptions MakeLoadOptions(int device, int max_batch, int max_session_len, double cache_max_entry_count,
-                                bool fast_decode = true) {
+                                bool fast_decode = true, bool decode_graphs = false) {
   tm::LoadOptions o;
   o.fast_decode = fast_decode;
+  o.decode_graphs = decode_graphs;
   o.device = device;
   o.max_batch = max_batch;
   o.max_session_len = max_session_len;
@@ -83,16 +85,16 @@ void BindTurboMind(py::module_& m) {
       "_load_turbomind",
       [](const py::dict& config, const py::handle& embed_tokens, const py::handle& lm_head, const py::list& layers,
          const py::handle& norm, int device, int max_batch, int max_session_len, double cache_max_entry_count,
-         bool fast_decode) {
+         bool fast_decode, bool decode_graphs) {
         const tm::LoadOptions options =
-            MakeLoadOptions(device, max_batch, max_session_len, cache_max_entry_count, fast_decode);
+            MakeLoadOptions(device, max_batch, max_session_len, cache_max_entry_count, fast_decode, decode_graphs);
         const Qwen2Model model = Qwen2FromPython(config, embed_tokens, lm_head, layers, norm, max_session_len);
         py::gil_scoped_release release;
         return OwnedReleasingGil(tm::LoadTurboMind(model.config, model.weights, options).release());
       },
       py::arg("config"), py::arg("embed_tokens"), py::arg("lm_head"), py::arg("layers"), py::arg("norm"), py::kw_only(),
       py::arg("device"), py::arg("max_batch"), py::arg("max_session_len"), py::arg("cache_max_entry_count"),
-      py::arg("fast_decode") = true,
+      py::arg("fast_decode") = true, py::arg("decode_graphs") = false,
       "A TurboMind with the weights loaded from C++ (no lmdeploy converter), its engine created: the "
       "arguments as CpuQwen2Engine's (the vocabulary tables unpadded).");
   m.def(
@@ -110,6 +112,20 @@ void BindTurboMind(py::module_& m) {
              return std::make_unique<turbomind::cosyfast::FastDecodeScope>(on);
            }),
            py::arg("on"));
+  py::class_<turbomind::cosyfast::DecodeGraphScope>(m, "_DecodeGraphScope",
+                                                    "Engines created while it lives replay decode steps from CUDA graphs or not.")
+      .def(py::init([](bool on) {
+             py::gil_scoped_release release;
+             return std::make_unique<turbomind::cosyfast::DecodeGraphScope>(on);
+           }),
+           py::arg("on"));
+  m.def(
+      "_turbomind_decode_graph_counts",
+      [] {
+        const auto c = turbomind::cosyfast::GetDecodeGraphCounts();
+        return py::make_tuple(c.replayed, c.captured, c.eager, c.failed);
+      },
+      "(decode steps replayed, captured, run eagerly, failed captures) in this process, engines with decode_graphs on.");
   m.def(
       "_turbomind_decode_gemm_counts",
       [] {

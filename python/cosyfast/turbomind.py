@@ -164,6 +164,7 @@ def make_turbomind_engine(
     device: int = 0,
     loader: str = "cpp",
     fast_decode: bool = True,
+    decode_graphs: bool = False,
     **engine_config: Any,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Loads the checkpoint into a TurboMind on `device` and wraps it for the C++ core.
@@ -175,9 +176,14 @@ def make_turbomind_engine(
     TurboMind's KV cache takes (0 < x < 1). Returns the core engine, the TurboMind object
     (lmdeploy's wrapper with loader="lmdeploy") and the memory report (budget, its split, what
     the load took). fast_decode: decode-sized GEMMs (<= 256 rows) run through cuBLASLt (cosyfast's
-    hook in the patch); False keeps TurboMind's own GEMM kernels, as lmdeploy ships them."""
-    if not isinstance(fast_decode, (bool, int)) or fast_decode not in (0, 1):
-        raise ValueError(f"fast_decode must be True or False, got {fast_decode!r}")
+    hook in the patch); False keeps TurboMind's own GEMM kernels, as lmdeploy ships them.
+    decode_graphs (experimental, off): decode steps replay their decoder layers from CUDA graphs
+    (third_party/turbomind/CUDA_GRAPHS.md); needs fast_decode."""
+    for name, value in (("fast_decode", fast_decode), ("decode_graphs", decode_graphs)):
+        if not isinstance(value, (bool, int)) or value not in (0, 1):
+            raise ValueError(f"{name} must be True or False, got {value!r}")
+    if decode_graphs and not fast_decode:
+        raise ValueError("decode_graphs needs fast_decode (its CUDA graphs capture the decode GEMM hook's kernels)")
     if loader not in LOADERS:
         raise ValueError(f"loader must be one of {LOADERS}, got {loader!r}")
     if loader == "cpp" and engine_config:
@@ -200,19 +206,22 @@ def make_turbomind_engine(
     if loader == "cpp":
         tm = _core._load_turbomind(weights.config, weights.speech_embedding, weights.decoder_weight, weights.layers,
                                    weights.norm, device=device, max_batch=max_batch, max_session_len=max_session_len,
-                                   cache_max_entry_count=cache_max_entry_count, fast_decode=bool(fast_decode))
+                                   cache_max_entry_count=cache_max_entry_count, fast_decode=bool(fast_decode),
+                                   decode_graphs=bool(decode_graphs))
         model = tm
     else:
-        scope = _core._FastDecodeScope(bool(fast_decode))  # lmdeploy's Python creates the context
+        # lmdeploy's Python creates the context and the engine: the switches are held around its load
+        scopes = (_core._FastDecodeScope(bool(fast_decode)), _core._DecodeGraphScope(bool(decode_graphs)))
         try:
             tm = _load_with_lmdeploy(weights, export_cache, device=device, max_batch=max_batch,
                                      max_session_len=max_session_len, cache_max_entry_count=cache_max_entry_count,
                                      **engine_config)
         finally:
-            del scope
+            del scopes
         model = tm.model_comm
     engine = _core.TurboMindEngine(model=model, hidden_size=int(weights.config["hidden_size"]),
                                    vocab_size=weights.padded_vocab(), max_session_len=max_session_len)
     report["fast_decode"] = bool(fast_decode)
+    report["decode_graphs"] = bool(decode_graphs)
     report["loaded_mb"] = round((free - _device_memory(device)[0]) / (1 << 20), 1)  # weights + cache + workspace
     return engine, tm, report

@@ -18,6 +18,7 @@
 #include "src/turbomind/models/ffn_weight.h"
 #include "src/turbomind/models/linear_weight.h"
 #include "src/turbomind/models/llama/cosyfast_decode_gemm.h"
+#include "src/turbomind/models/llama/cosyfast_decode_graph.h"
 #include "src/turbomind/models/model_weight.h"
 #include "src/turbomind/models/norm_weight.h"
 #include "src/turbomind/utils/cuda_utils.h"
@@ -160,6 +161,9 @@ void LoadOptions::Validate() const {
     throw std::invalid_argument("the KV cache's share of free GPU memory must be in (0, 1), got " +
                                 std::to_string(cache_max_entry_count));
   }
+  if (decode_graphs && !fast_decode) {
+    throw std::invalid_argument("decode_graphs needs fast_decode (its CUDA graphs capture the decode GEMM hook's kernels)");
+  }
 }
 
 ft::EngineConfig MakeEngineConfig(const LoadOptions& o) {
@@ -241,6 +245,7 @@ std::unique_ptr<ft::TurboMind> LoadTurboMind(const CpuQwen2Config& config, const
   CheckTurboMindLayout(config, gate_up);
   // The context's LlamaLinear reads the switch when it is made (CreateContext).
   ft::cosyfast::FastDecodeScope fast_decode(options.fast_decode);
+  ft::cosyfast::DecodeGraphScope decode_graphs(options.decode_graphs);  // read when the engine is made
   auto model = std::make_unique<ft::TurboMind>("", engine_config, NoFfiContext());
   model->CreateContext(0);
   core::Module* root = model->CreateRoot(0);
