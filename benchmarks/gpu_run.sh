@@ -71,8 +71,11 @@ if [[ $STAGES == *fastdecode* ]]; then
   fd() { python3 -m cosyfast.bench --concurrency "$FD_SWEEP" --new-tokens 500 --repeats 3 "$@" 2>&1 | grep -E "^  [a-z]|^bench"; }
   fd --paths cosyfast --out /tmp/fd-on
   fd --paths cosyfast,turbomind-native --label cosyfast-shipped --engine-option fast_decode=0 --out /tmp/fd-off
-  cat /tmp/fd-on/results.jsonl /tmp/fd-off/results.jsonl > "$OUT/fast_decode_bench.jsonl"
-  python3 "$OLDPWD/benchmarks/step_profile.py" --concurrency "${FD_PROFILE:-1,64}" --out /tmp/fd-prof 2>&1 | grep '^{' |
+  # decode_graphs (experimental): the decode steps' layers replayed from CUDA graphs
+  [ -n "${FD_GRAPHS-1}" ] && fd --paths cosyfast --label cosyfast-graphs --engine-option decode_graphs=1 --out /tmp/fd-graphs
+  cat /tmp/fd-on/results.jsonl /tmp/fd-off/results.jsonl /tmp/fd-graphs/results.jsonl > "$OUT/fast_decode_bench.jsonl" 2>/dev/null
+  python3 "$OLDPWD/benchmarks/step_profile.py" --concurrency "${FD_PROFILE:-1,64}" \
+    --paths "${FD_PROFILE_PATHS:-cosyfast,cosyfast-graphs,cosyfast-shipped,turbomind-native}" --out /tmp/fd-prof 2>&1 | grep '^{' |
     python3 -c "import json,sys; [print(json.dumps({k: r[k] for k in ('path','concurrency','wall_ms_per_step','gpu_busy_ms_per_step','launch_gap_share','gpu_ops_per_step','families_ms_per_step','decode_gemm')})) for r in map(json.loads, sys.stdin)]"
   cp /tmp/fd-prof/step_profile.jsonl "$OUT/"
   [ -n "${FD_DIVERGENCE-1}" ] && python3 "$OLDPWD/benchmarks/greedy_divergence.py" --out /tmp/fd-div 2>&1 | grep '"summary"' &&
