@@ -59,10 +59,7 @@ int RoundKMax(int k_max, int session_len)
 // capture it refuses, so that nothing else can come to rely on it.
 class DecodeGraphs::Arena: public core::AllocatorImpl {
 public:
-    explicit Arena(ssize_t bytes): size_{bytes}
-    {
-        TM_CUDA_CHECK(cudaMalloc(&base_, bytes));
-    }
+    Arena(void* base, ssize_t bytes): base_{base}, size_{bytes} {}
     ~Arena() override
     {
         cudaFree(base_);
@@ -70,7 +67,8 @@ public:
 
     void* allocate(ssize_t size) override
     {
-        const ssize_t n = (size + kAlignment - 1) / kAlignment * kAlignment;
+        // at least one unit: blocks of size 0 would share an address with the next one
+        const ssize_t n = std::max<ssize_t>(kAlignment, (size + kAlignment - 1) / kAlignment * kAlignment);
         if (!capturing_ || top_ + n > size_) {
             throw std::bad_alloc{};  // the capture fails and its key stays eager
         }
@@ -114,19 +112,35 @@ private:
     bool                 capturing_ = false;
 };
 
-DecodeGraphs::DecodeGraphs(int hidden, int rows, DataType dtype)
+std::unique_ptr<DecodeGraphs> DecodeGraphs::Make(int hidden, int rows, DataType dtype)
 {
     const ssize_t bytes = byte_size(dtype, (ssize_t)hidden * rows);
+    // A layer's temporaries at `rows`: ~15 MiB at 256 rows for Qwen2-0.5B (QKV, attention output,
+    // the fused gate/up in bf16 and its fp32 accumulation), with room for larger models.
+    const ssize_t arena_bytes = ((ssize_t)16 << 20) + (ssize_t)rows * (128 << 10);
     void*         residual{};
-    void*         out{};
-    TM_CUDA_CHECK(cudaMalloc(&residual, bytes));
-    TM_CUDA_CHECK(cudaMalloc(&out, bytes));
+    void*         hidden_states{};
+    void*         arena{};
+    // After the KV cache took its share of the free memory: no room is a warning, not an abort.
+    if (cudaMalloc(&residual, bytes) != cudaSuccess || cudaMalloc(&hidden_states, bytes) != cudaSuccess
+        || cudaMalloc(&arena, arena_bytes) != cudaSuccess) {
+        (void)cudaGetLastError();
+        cudaFree(residual);
+        cudaFree(hidden_states);
+        TM_LOG_WARNING("cosyfast decode graphs: no room for {} MB of buffers; decode steps run eagerly",
+                       (2 * bytes + arena_bytes) >> 20);
+        return nullptr;
+    }
     // Owned here (freed with the decoder), handed out as views of `rows` rows.
-    residual_ = Tensor{std::shared_ptr<void>(residual, cudaFree), {rows, hidden}, dtype, kDEVICE};
-    hidden_   = Tensor{std::shared_ptr<void>(out, cudaFree), {rows, hidden}, dtype, kDEVICE};
-    // A layer's temporaries at `rows` (QKV, attention output, the fused gate/up in bf16 and its
-    // fp32 accumulation for Qwen2-0.5B's 4864-wide FFN: ~120 KB a row), with room for larger models.
-    arena_ = std::make_shared<Arena>(((ssize_t)64 << 20) + (ssize_t)rows * (256 << 10));
+    return std::unique_ptr<DecodeGraphs>(
+        new DecodeGraphs(Tensor{std::shared_ptr<void>(residual, cudaFree), {rows, hidden}, dtype, kDEVICE},
+                         Tensor{std::shared_ptr<void>(hidden_states, cudaFree), {rows, hidden}, dtype, kDEVICE},
+                         std::make_shared<Arena>(arena, arena_bytes)));
+}
+
+DecodeGraphs::DecodeGraphs(Tensor residual, Tensor hidden, std::shared_ptr<Arena> arena):
+    residual_{std::move(residual)}, hidden_{std::move(hidden)}, arena_{std::move(arena)}
+{
 }
 
 DecodeGraphs::~DecodeGraphs()
@@ -164,7 +178,7 @@ bool DecodeGraphs::Capture(Entry& entry, cudaStream_t stream, const std::functio
         try {
             layers();
         }
-        catch (const std::exception&) {
+        catch (const std::bad_alloc&) {  // the arena's shortfall; CUDA errors abort inside TurboMind
             ok = false;
         }
         ok = cudaStreamEndCapture(stream, &graph) == cudaSuccess && ok && graph;

@@ -14,7 +14,9 @@
 // the attention's k_max (rounded up to a power of two from 64, which only tunes the split count:
 // lengths are read from device memory) and the addresses of the per-step buffers the attention
 // borrows. A key's first step runs eagerly (cuBLASLt plans, kernel attributes and the like are made
-// then), its second is captured and launched, later ones replay.
+// then), its second is captured and launched, later ones replay. A capture the arena cannot hold
+// runs eagerly instead (and its key stays eager); a CUDA error during a capture ends the process,
+// as TurboMind's checks end it for any CUDA error.
 //
 // Experimental: off unless a DecodeGraphScope(true) is alive when the engine is created (cosyfast's
 // loader, decode_graphs=); lmdeploy's own use of this build never sets it.
@@ -49,7 +51,8 @@ private:
 bool DecodeGraphsOn();
 
 // Process-wide, since the start: decode steps replayed, captured, run eagerly (a key's first step,
-// or a step no graph may serve) and captures that failed (then that key stays eager).
+// a key past the graph limit, or a key whose capture failed) and captures that failed. Replayed
+// steps' GEMMs are not in GetDecodeGemmCounts (no host code runs for them).
 struct DecodeGraphCounts {
     int64_t replayed;
     int64_t captured;
@@ -67,8 +70,9 @@ public:
     // kernels the capture was reasoned about with.
     static constexpr int kMaxRows = 256;
 
-    // hidden: the model's hidden size; rows: the engine's max batch; dtype: the activations'.
-    DecodeGraphs(int hidden, int rows, DataType dtype);
+    // hidden: the model's hidden size; rows: the engine's max batch; dtype: the activations'. Null,
+    // with a warning, when the GPU has no room left for the buffers (the engine then runs eagerly).
+    static std::unique_ptr<DecodeGraphs> Make(int hidden, int rows, DataType dtype);
     ~DecodeGraphs();
     DecodeGraphs(const DecodeGraphs&)            = delete;
     DecodeGraphs& operator=(const DecodeGraphs&) = delete;
@@ -114,6 +118,7 @@ private:
         bool            broken = false;
     };
 
+    DecodeGraphs(Tensor residual, Tensor hidden, std::shared_ptr<Arena> arena);
     bool Capture(Entry& entry, cudaStream_t stream, const std::function<void()>& layers);
 
     Tensor                 residual_;
