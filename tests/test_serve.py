@@ -401,6 +401,19 @@ def test_bench_serve_path(tiny_cv2_dir: Path, tmp_path: Path) -> None:
         assert r["extra"]["client_cpu_s"] >= 0 and r["extra"]["server_cpu_s"] >= 0
 
 
+def test_bench_serve_rows_per_flush_interval(tiny_cv2_dir: Path, tmp_path: Path) -> None:
+    """--serve-flush-ms 0 --serve-flush-ms 5: the old behaviour and the default, in one call."""
+    from cosyfast.bench.main import main
+
+    out = tmp_path / "bench"
+    assert main(["--checkpoint", str(tiny_cv2_dir), "--engine", "cpu", "--paths", "cosyfast,serve",
+                 "--concurrency", "2", "--new-tokens", "6", "--prompt-rows", "8", "--client-procs", "1",
+                 "--serve-flush-ms", "0", "--serve-flush-ms", "5", "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in rows] == ["cosyfast", "serve-flush0ms", "serve-flush5ms"]
+    assert all(r["tokens"] == 12 for r in rows)
+
+
 def test_openapi_shows_the_request_models(serve) -> None:
     url = serve().url
     with httpx.Client(base_url=url, timeout=30) as c:

@@ -98,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--client-procs", type=int, default=None,
                    help="serve path: client processes the requests are spread over (default: min(concurrency, 8, "
                         "cores / 2)); their CPU time is recorded")
+    p.add_argument("--serve-flush-ms", type=float, action="append", default=None, metavar="MS",
+                   help="serve path: the service's --flush-ms (repeatable: one row set per value, labelled "
+                        "serve-flush<MS>ms; default: the service's default, rows labelled serve)")
     p.add_argument("--out", default="bench-out", help="directory for results.jsonl, results.md, results.png")
     p.add_argument("--plot", action="store_true")
     args = p.parse_args(argv)
@@ -183,9 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     if "serve" in paths:
         from .serve_path import serve_results
 
-        for res in serve_results(model, work, weights.kind, sweep, lambda fn: median_run(fn, args.repeats),
-                                 args.client_procs):
-            record_against_inprocess(res)
+        for flush_ms in args.serve_flush_ms or [None]:
+            for res in serve_results(model, work, weights.kind, sweep, lambda fn: median_run(fn, args.repeats),
+                                     args.client_procs, flush_ms):
+                record_against_inprocess(res)
     if "host" in paths:
         from .host_path import host_results, model_flags
 

@@ -86,18 +86,23 @@ def run_serve(url: str, work: Workload, requests: list[Request], procs: int) -> 
 
 
 def serve_results(model: "Model", work: Workload, kind: str, sweep: list[int],
-                  median_run: Callable[[Callable[[], tuple]], tuple], client_procs: int | None = None) -> list[RunResult]:
+                  median_run: Callable[[Callable[[], tuple]], tuple], client_procs: int | None = None,
+                  flush_ms: float | None = None) -> list[RunResult]:
     """The serve rows over the sweep (one server for all of them, an untimed warm-up first).
-    client_procs: client processes per run (default: default_client_procs of the concurrency)."""
+    client_procs: client processes per run (default: default_client_procs of the concurrency);
+    flush_ms: the service's flush interval (default its own; rows then labelled serve, else
+    serve-flush<ms>ms)."""
     from ..serve import BackgroundServer, Service
 
     results = []
-    with BackgroundServer(Service(model, max_sessions=max(sweep))) as url:
+    options = {} if flush_ms is None else {"flush_interval_s": flush_ms / 1e3}
+    label = "serve" if flush_ms is None else f"serve-flush{flush_ms:g}ms"
+    with BackgroundServer(Service(model, max_sessions=max(sweep), **options)) as url:
         warm = Workload(prompt_rows=work.prompt_rows, new_tokens=8)
         run_serve(url, warm, warm.requests(min(8, max(sweep)), kind), 1)
         for c in sweep:
             reqs = work.requests(c, kind)
             procs = client_procs or default_client_procs(c)
             wall, arrivals, cpu = median_run(lambda: run_serve(url, work, reqs, procs))
-            results.append(summarize("serve", c, wall, arrivals, None, **cpu))
+            results.append(summarize(label, c, wall, arrivals, None, **cpu))
     return results
