@@ -93,11 +93,12 @@ def serve_results(model: "Model", work: Workload, kind: str, sweep: list[int],
     flush_ms: the service's flush interval (default its own; rows then labelled serve, else
     serve-flush<ms>ms)."""
     from ..serve import BackgroundServer, Service
+    from ..serve.service import DEFAULT_FLUSH_INTERVAL_S
 
     results = []
-    options = {} if flush_ms is None else {"flush_interval_s": flush_ms / 1e3}
+    flush_s = DEFAULT_FLUSH_INTERVAL_S if flush_ms is None else flush_ms / 1e3
     label = "serve" if flush_ms is None else f"serve-flush{flush_ms:g}ms"
-    with BackgroundServer(Service(model, max_sessions=max(sweep), **options)) as url:
+    with BackgroundServer(Service(model, max_sessions=max(sweep), flush_interval_s=flush_s)) as url:
         warm = Workload(prompt_rows=work.prompt_rows, new_tokens=8)
         run_serve(url, warm, warm.requests(min(8, max(sweep)), kind), 1)
         for c in sweep:
