@@ -98,6 +98,8 @@ foreach(_f ${_tm_patch} ${_tm_ours} ${_tm_ours_linear})
   string(APPEND _tm_stamp_text " ${_h}")
 endforeach()
 string(SHA256 _tm_stamp "${_tm_stamp_text}")
+# A plain `cmake --build` of an existing tree re-runs this check when any of them changes.
+set_property(DIRECTORY APPEND PROPERTY CMAKE_CONFIGURE_DEPENDS ${_tm_patch} ${_tm_ours} ${_tm_ours_linear})
 set(_tm_src "${_tm_work}/src-${COSYFAST_LMDEPLOY_VERSION}")
 set(_tm_done "")
 if(EXISTS "${_tm_src}/.cosyfast-stamp")

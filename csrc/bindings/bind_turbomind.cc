@@ -104,21 +104,15 @@ void BindTurboMind(py::module_& m) {
       },
       py::kw_only(), py::arg("device"), py::arg("max_batch"), py::arg("max_session_len"),
       py::arg("cache_max_entry_count"), "The turbomind.EngineConfig the C++ loader uses (tests compare it).");
-  // loader="lmdeploy": lmdeploy's Python creates the context, so the switch is held around its load.
-  py::class_<turbomind::cosyfast::FastDecodeScope>(m, "_FastDecodeScope",
-                                                   "Engines created while it lives take the decode GEMM hook or not.")
-      .def(py::init([](bool on) {
+  // loader="lmdeploy": lmdeploy's Python creates the context and the engine, so the switches are
+  // held around its load.
+  py::class_<turbomind::cosyfast::DecodeScope>(
+      m, "_DecodeScope", "Engines created while it lives take the decode GEMM hook and the decode graphs or not.")
+      .def(py::init([](bool fast_decode, bool decode_graphs) {
              py::gil_scoped_release release;  // another thread's load may hold the scope
-             return std::make_unique<turbomind::cosyfast::FastDecodeScope>(on);
+             return std::make_unique<turbomind::cosyfast::DecodeScope>(fast_decode, decode_graphs);
            }),
-           py::arg("on"));
-  py::class_<turbomind::cosyfast::DecodeGraphScope>(m, "_DecodeGraphScope",
-                                                    "Engines created while it lives replay decode steps from CUDA graphs or not.")
-      .def(py::init([](bool on) {
-             py::gil_scoped_release release;
-             return std::make_unique<turbomind::cosyfast::DecodeGraphScope>(on);
-           }),
-           py::arg("on"));
+           py::arg("fast_decode"), py::arg("decode_graphs"));
   m.def(
       "_turbomind_decode_graph_counts",
       [] {

@@ -211,13 +211,13 @@ def make_turbomind_engine(
         model = tm
     else:
         # lmdeploy's Python creates the context and the engine: the switches are held around its load
-        scopes = (_core._FastDecodeScope(bool(fast_decode)), _core._DecodeGraphScope(bool(decode_graphs)))
+        scope = _core._DecodeScope(bool(fast_decode), bool(decode_graphs))
         try:
             tm = _load_with_lmdeploy(weights, export_cache, device=device, max_batch=max_batch,
                                      max_session_len=max_session_len, cache_max_entry_count=cache_max_entry_count,
                                      **engine_config)
         finally:
-            del scopes
+            del scope
         model = tm.model_comm
     engine = _core.TurboMindEngine(model=model, hidden_size=int(weights.config["hidden_size"]),
                                    vocab_size=weights.padded_vocab(), max_session_len=max_session_len)

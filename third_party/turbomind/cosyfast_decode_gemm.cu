@@ -15,6 +15,7 @@ namespace {
 
 std::mutex           g_scope_mutex;
 std::atomic<bool>    g_fast_decode{false};
+std::atomic<bool>    g_decode_graphs{false};
 std::atomic<int64_t> g_taken{0};
 std::atomic<int64_t> g_left{0};
 
@@ -64,16 +65,27 @@ __global__ void GatedSiluKernel(T* out, int ld_out, const float* acc, int ld_acc
 
 }  // namespace
 
-FastDecodeScope::FastDecodeScope(bool on): lock_{g_scope_mutex}, previous_{g_fast_decode.exchange(on)} {}
-
-FastDecodeScope::~FastDecodeScope()
+DecodeScope::DecodeScope(bool fast_decode, bool decode_graphs):
+    lock_{g_scope_mutex},
+    previous_fast_decode_{g_fast_decode.exchange(fast_decode)},
+    previous_decode_graphs_{g_decode_graphs.exchange(decode_graphs)}
 {
-    g_fast_decode = previous_;
+}
+
+DecodeScope::~DecodeScope()
+{
+    g_fast_decode   = previous_fast_decode_;
+    g_decode_graphs = previous_decode_graphs_;
 }
 
 bool FastDecode()
 {
     return g_fast_decode.load();
+}
+
+bool DecodeGraphsOn()
+{
+    return g_decode_graphs.load();
 }
 
 DecodeGemmCounts GetDecodeGemmCounts()

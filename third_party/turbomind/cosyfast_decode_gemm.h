@@ -30,20 +30,23 @@
 
 namespace turbomind::cosyfast {
 
-// Engines created while a FastDecodeScope is alive take the decode GEMM path when `on`. Scopes
-// serialise (one load at a time decides); outside any scope new engines do not take it.
-class FastDecodeScope {
+// Engines created while a DecodeScope is alive take the decode GEMM path when `fast_decode`, and
+// replay their decode steps from CUDA graphs when `decode_graphs` (cosyfast_decode_graph.h).
+// Scopes serialise (one load at a time decides); outside any scope new engines take neither.
+class DecodeScope {
 public:
-    explicit FastDecodeScope(bool on);
-    ~FastDecodeScope();
-    FastDecodeScope(const FastDecodeScope&)            = delete;
-    FastDecodeScope& operator=(const FastDecodeScope&) = delete;
+    DecodeScope(bool fast_decode, bool decode_graphs);
+    ~DecodeScope();
+    DecodeScope(const DecodeScope&)            = delete;
+    DecodeScope& operator=(const DecodeScope&) = delete;
 
 private:
     std::unique_lock<std::mutex> lock_;
-    bool                         previous_;
+    bool                         previous_fast_decode_;
+    bool                         previous_decode_graphs_;
 };
 bool FastDecode();
+bool DecodeGraphsOn();
 
 // GEMMs taken by the hook and left to TurboMind, process-wide, since the start (for tests and the
 // bench: they show the switch works and how often a step falls back).

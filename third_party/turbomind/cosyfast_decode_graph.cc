@@ -13,9 +13,6 @@ namespace turbomind::cosyfast {
 
 namespace {
 
-std::mutex        g_scope_mutex;
-std::atomic<bool> g_on{false};
-
 std::atomic<int64_t> g_replayed{0};
 std::atomic<int64_t> g_captured{0};
 std::atomic<int64_t> g_eager{0};
@@ -25,18 +22,6 @@ std::atomic<int64_t> g_failed{0};
 constexpr size_t kMaxGraphs = 512;
 
 }  // namespace
-
-DecodeGraphScope::DecodeGraphScope(bool on): lock_{g_scope_mutex}, previous_{g_on.exchange(on)} {}
-
-DecodeGraphScope::~DecodeGraphScope()
-{
-    g_on = previous_;
-}
-
-bool DecodeGraphsOn()
-{
-    return g_on;
-}
 
 DecodeGraphCounts GetDecodeGraphCounts()
 {

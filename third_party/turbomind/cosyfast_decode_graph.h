@@ -18,37 +18,23 @@
 // runs eagerly instead (and its key stays eager); a CUDA error during a capture ends the process,
 // as TurboMind's checks end it for any CUDA error.
 //
-// Experimental: off unless a DecodeGraphScope(true) is alive when the engine is created (cosyfast's
-// loader, decode_graphs=); lmdeploy's own use of this build never sets it.
+// Experimental: off unless a DecodeScope with decode_graphs is alive when the engine is created
+// (cosyfast_decode_gemm.h; cosyfast's loader, decode_graphs=); lmdeploy's own use of this build
+// never sets it.
 #pragma once
 
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <tuple>
 
 #include <cuda_runtime.h>
 
 #include "src/turbomind/core/core.h"
+#include "src/turbomind/models/llama/cosyfast_decode_gemm.h"  // DecodeScope, DecodeGraphsOn
 
 namespace turbomind::cosyfast {
-
-// Engines created while a DecodeGraphScope is alive replay their decode steps from CUDA graphs when
-// `on`. Scopes serialise; outside any scope new engines run every step eagerly.
-class DecodeGraphScope {
-public:
-    explicit DecodeGraphScope(bool on);
-    ~DecodeGraphScope();
-    DecodeGraphScope(const DecodeGraphScope&)            = delete;
-    DecodeGraphScope& operator=(const DecodeGraphScope&) = delete;
-
-private:
-    std::unique_lock<std::mutex> lock_;
-    bool                         previous_;
-};
-bool DecodeGraphsOn();
 
 // Process-wide, since the start: decode steps replayed, captured, run eagerly (a key's first step,
 // a key past the graph limit, or a key whose capture failed) and captures that failed. Replayed

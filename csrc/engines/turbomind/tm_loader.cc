@@ -18,7 +18,6 @@
 #include "src/turbomind/models/ffn_weight.h"
 #include "src/turbomind/models/linear_weight.h"
 #include "src/turbomind/models/llama/cosyfast_decode_gemm.h"
-#include "src/turbomind/models/llama/cosyfast_decode_graph.h"
 #include "src/turbomind/models/model_weight.h"
 #include "src/turbomind/models/norm_weight.h"
 #include "src/turbomind/utils/cuda_utils.h"
@@ -243,9 +242,9 @@ std::unique_ptr<ft::TurboMind> LoadTurboMind(const CpuQwen2Config& config, const
   // capability (9, 0).
   const GateUpLayout gate_up = ft::getSMVersion() == 90 ? GateUpLayout::kBlocks64 : GateUpLayout::kConcatenated;
   CheckTurboMindLayout(config, gate_up);
-  // The context's LlamaLinear reads the switch when it is made (CreateContext).
-  ft::cosyfast::FastDecodeScope fast_decode(options.fast_decode);
-  ft::cosyfast::DecodeGraphScope decode_graphs(options.decode_graphs);  // read when the engine is made
+  // The context's LlamaLinear reads fast_decode when it is made (CreateContext), the engine's
+  // decoder decode_graphs (CreateEngine, below).
+  ft::cosyfast::DecodeScope decode(options.fast_decode, options.decode_graphs);
   auto model = std::make_unique<ft::TurboMind>("", engine_config, NoFfiContext());
   model->CreateContext(0);
   core::Module* root = model->CreateRoot(0);
