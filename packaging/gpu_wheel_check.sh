@@ -109,6 +109,7 @@ WHEEL=$(ls -t "$STATE/dist-$KEY"/cosyfast-*.whl 2>/dev/null | head -1)
 # included), through a .pth to a folder of links; the wheel and its other dependencies from the
 # pack, no index, binaries only.
 VENV=$STATE/venv-$KEY
+purelib() { "$1" -c "import sysconfig; print(sysconfig.get_path('purelib'))"; }  # a Python's site-packages
 CLEAN_PATH=$VENV/bin:/usr/bin:/bin
 if wants install; then
   [ "$(left)" -gt 90 ] || stop_for_time install
@@ -124,7 +125,7 @@ if wants install; then
   # The GPU tests' references (transformers, scipy): for the test step only, on its PYTHONPATH.
   python3 "$REPO/packaging/torch_only_site.py" "$STATE/test-deps" transformers scipy --skip torch numpy safetensors tqdm \
     > "$R/test_deps.txt" 2>&1 || note "- transformers/scipy not found: the GPU tests that compare with them will fail"
-  site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
+  site=$(purelib "$VENV/bin/python")
   echo "$STATE/torch-only" > "$site/torch-only.pth"
   # A venv of Python <= 3.11 comes with its own setuptools, which would shadow the one torch requires.
   [ -e "$STATE/torch-only/setuptools" ] && rm -rf "$site"/setuptools "$site"/setuptools-*.dist-info "$site"/_distutils_hack "$site"/distutils-precedence.pth
@@ -190,8 +191,8 @@ if wants tests; then
   # transformers, scipy) import packages the venv lacks (a clean venv skipped the loader module,
   # H100 2026-12-06): this step only, the machine's site-packages go after the venv's own (a .pth
   # appends them), so the wheel and its dependencies are still what the venv imports first.
-  site=$("$VENV/bin/python" -c "import sysconfig; print(sysconfig.get_path('purelib'))")
-  python3 -c "import sysconfig; print(sysconfig.get_path('purelib'))" > "$site/zz-test-references.pth"
+  site=$(purelib "$VENV/bin/python")
+  purelib python3 > "$site/zz-test-references.pth"
   (cd /tmp && venv_run env PYTHONPATH="$SITE:$STATE/test-deps" python -m pytest -q -rs -p no:cacheprovider \
      "$REPO/tests/test_turbomind_gpu.py" "$REPO/tests/test_turbomind_loader_gpu.py" "$REPO/tests/test_library_layout.py" 2>&1) \
     | grep -v "^\[TM\]" > "$R/gpu_tests.log"

@@ -17,13 +17,27 @@ import sys
 from pathlib import Path
 
 
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def linux_requirement(req: str) -> tuple[str, str] | None:
+    """(the normalized name, the specifier as written) of one Requires-Dist line, or None for a
+    requirement of an extra or of another platform."""
+    spec, _, marker = req.partition(";")
+    if "extra ==" in marker or ("sys_platform" in marker and "linux" not in marker):
+        return None
+    name = re.match(r"[A-Za-z0-9_.\-]+", spec.strip())
+    return None if name is None else (normalized(name.group(0)), spec.strip())
+
+
 def _closure(roots: list[str], skip: set[str]) -> list[md.Distribution]:
     """The roots and their requirements, recursively (requirements of extras and of other platforms,
     and the distributions in `skip`, left out)."""
     seen: dict[str, md.Distribution] = {}
     todo = list(roots)
     while todo:
-        name = re.sub(r"[-_.]+", "-", todo.pop()).lower()
+        name = normalized(todo.pop())
         if name in seen or name in skip:
             continue
         try:
@@ -31,17 +45,13 @@ def _closure(roots: list[str], skip: set[str]) -> list[md.Distribution]:
         except md.PackageNotFoundError:
             continue  # an optional or other-platform requirement, absent here
         seen[name] = dist
-        for req in dist.requires or []:
-            spec, _, marker = req.partition(";")
-            if "extra ==" in marker or ("sys_platform" in marker and "linux" not in marker):
-                continue
-            todo.append(re.match(r"[A-Za-z0-9_.\-]+", spec.strip()).group(0))
+        todo += [r[0] for r in map(linux_requirement, dist.requires or []) if r is not None]
     return list(seen.values())
 
 
 def main() -> int:
     args = sys.argv[1:]
-    skip = {re.sub(r"[-_.]+", "-", n).lower() for n in args[args.index("--skip") + 1:]} if "--skip" in args else set()
+    skip = {normalized(n) for n in args[args.index("--skip") + 1:]} if "--skip" in args else set()
     args = args[:args.index("--skip")] if "--skip" in args else args
     dest, roots = Path(args[0]), args[1:] or ["torch"]
     dest.mkdir(parents=True, exist_ok=True)

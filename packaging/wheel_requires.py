@@ -12,6 +12,8 @@ import sys
 import zipfile
 from email.parser import Parser
 
+from torch_only_site import linux_requirement, normalized  # this folder's: the same reading of requirements
+
 
 def requires(wheel: str, skip: set[str]) -> list[str]:
     with zipfile.ZipFile(wheel) as z:
@@ -19,16 +21,8 @@ def requires(wheel: str, skip: set[str]) -> list[str]:
         if len(names) != 1:
             raise SystemExit(f"{wheel}: expected one .dist-info/METADATA, found {len(names)}")
         meta = Parser().parsestr(z.read(names[0]).decode())
-    out = []
-    for req in meta.get_all("Requires-Dist") or []:
-        spec, _, marker = req.partition(";")
-        if "extra ==" in marker or ("sys_platform" in marker and "linux" not in marker):
-            continue
-        name = re.match(r"[A-Za-z0-9_.\-]+", spec.strip())
-        if name is None or re.sub(r"[-_.]+", "-", name.group(0)).lower() in skip:
-            continue
-        out.append(spec.strip().replace(" ", ""))
-    return out
+    wanted = [r for r in map(linux_requirement, meta.get_all("Requires-Dist") or []) if r is not None]
+    return [spec.replace(" ", "") for name, spec in wanted if name not in skip]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("wheel")
     p.add_argument("--skip", nargs="*", default=[], help="distribution names to leave out")
     args = p.parse_args(argv)
-    print("\n".join(requires(args.wheel, {re.sub(r"[-_.]+", "-", s).lower() for s in args.skip})))
+    print("\n".join(requires(args.wheel, {normalized(s) for s in args.skip})))
     return 0
 
 
