@@ -48,27 +48,27 @@ def _ids(values: Any, name: str) -> list[int]:
     if type(values) is list and all(type(v) is int for v in values):
         # a JSON body's ids (the server's every request): no round trip through numpy, which
         # costs several times this on a few hundred ids
-        if values and (min(values) < -_INT32_MAX - 1 or max(values) > _INT32_MAX):
-            bad = max(values) if max(values) > _INT32_MAX else min(values)
-            raise ValueError(f"{name}: id {bad} is outside the token id range [0, 2**31)")
-        return values
-    if hasattr(values, "detach"):  # a torch tensor, as CosyVoice passes them
-        values = values.detach().cpu().numpy()
-    try:
-        arr = np.asarray(values)
-    except (ValueError, TypeError):  # ragged nesting
-        raise ValueError(f"{name} must be a flat sequence of integer token ids, got {values!r:.80}") from None
-    if arr.size == 0:
-        return []
-    if not np.issubdtype(arr.dtype, np.integer):  # bool, float, str and object are not ids
-        raise ValueError(f"{name} must be integer token ids, got an array of {arr.dtype} "
-                         f"({arr.reshape(-1)[0]!r}, ...)")
-    flat = arr.reshape(-1)
-    low, high = flat.min(), flat.max()
+        ids: list[int] = values
+        low, high = min(values, default=0), max(values, default=0)
+    else:
+        if hasattr(values, "detach"):  # a torch tensor, as CosyVoice passes them
+            values = values.detach().cpu().numpy()
+        try:
+            arr = np.asarray(values)
+        except (ValueError, TypeError):  # ragged nesting
+            raise ValueError(f"{name} must be a flat sequence of integer token ids, got {values!r:.80}") from None
+        if arr.size == 0:
+            return []
+        if not np.issubdtype(arr.dtype, np.integer):  # bool, float, str and object are not ids
+            raise ValueError(f"{name} must be integer token ids, got an array of {arr.dtype} "
+                             f"({arr.reshape(-1)[0]!r}, ...)")
+        flat = arr.reshape(-1)
+        low, high = int(flat.min()), int(flat.max())
+        ids = flat.astype(np.int64).tolist()
     if low < -_INT32_MAX - 1 or high > _INT32_MAX:
-        bad = int(high if high > _INT32_MAX else low)
+        bad = high if high > _INT32_MAX else low
         raise ValueError(f"{name}: id {bad} is outside the token id range [0, 2**31)")
-    return flat.astype(np.int64).tolist()
+    return ids
 
 
 def _int(name: str, value: Any, low: int = _INT32_MIN, high: int = _INT32_MAX) -> int:
