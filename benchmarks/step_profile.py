@@ -6,8 +6,9 @@ batch size.
                                       [--concurrency 1,64] [--steps 300] [--out DIR]
 
 Paths (one engine each, loaded in turn, the same workload):
-  cosyfast           the default engine (fast_decode on: decode GEMMs through cuBLASLt), RAS sampler
-  cosyfast-graphs    the default engine with decode_graphs (experimental): decode steps' layers from CUDA graphs
+  cosyfast           the default engine (fast_decode: decode GEMMs through cuBLASLt; decode_graphs: the decode
+                     steps' layers replayed from CUDA graphs), RAS sampler
+  cosyfast-nographs  fast_decode on, decode_graphs off: every launch from the host
   cosyfast-shipped   fast_decode off: TurboMind's own GEMMs, RAS sampler
   turbomind-native   fast_decode off and TurboMind's own top-k/top-p sampler: TurboMind as shipped
 
@@ -68,7 +69,7 @@ def profile_path(path: str, concurrency: int, steps: int, weights, prompt_rows: 
     from cosyfast.bench.workload import Workload
 
     model = cosyfast.load(weights, engine="turbomind", max_batch=max(concurrency, 8),
-                          fast_decode=path in ("cosyfast", "cosyfast-graphs"), decode_graphs=path == "cosyfast-graphs")
+                          fast_decode=path in ("cosyfast", "cosyfast-nographs"), decode_graphs=path == "cosyfast")
     try:
         run = run_turbomind_native if path == "turbomind-native" else run_cosyfast
         warm = Workload(prompt_rows=prompt_rows, new_tokens=16)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
 
     paths = [x for x in args.paths.split(",") if x]
     for x in paths:
-        if x not in ("cosyfast", "cosyfast-graphs", "cosyfast-shipped", "turbomind-native"):
+        if x not in ("cosyfast", "cosyfast-nographs", "cosyfast-shipped", "turbomind-native"):
             p.error(f"unknown path {x!r}")
     weights = load_checkpoint(Path(args.checkpoint) if args.checkpoint else
                               ensure_default_model(kind=args.kind, size="full"))

@@ -156,9 +156,13 @@ fi
 # What every later step runs in: the venv, no CUDA toolkit on PATH, no LD_LIBRARY_PATH (the
 # libraries must be found by their RPATH).
 venv_run() { env -u LD_LIBRARY_PATH -u CUDA_HOME -u CPATH PATH="$CLEAN_PATH" "$@"; }
+# The later steps run from the venv: without it (the install step not run, or stopped) they would
+# run the machine's Python instead and be marked done (H100 2026-12-06: "No module named pytest").
+need_venv() { is_done install && [ -x "$VENV/bin/python" ] || { note "- '$1' needs the install step's venv: run with install in COSYFAST_CHECK_STEPS"; exit 1; }; }
 
 # 3. cosyfast info, and which CUDA libraries the engine loaded (the nvidia-* wheels', by RPATH).
 if wants info; then
+  need_venv info
   [ "$(left)" -gt 60 ] || stop_for_time info
   (cd /tmp && venv_run cosyfast info) > "$R/info.txt" 2>&1
   note ""
@@ -186,6 +190,7 @@ fi
 
 # 4. The GPU test modules (and the library layout test) from the venv.
 if wants tests; then
+  need_venv tests
   [ "$(left)" -gt 300 ] || stop_for_time tests
   # The tests' references (lmdeploy's converter beside the engine for the loader module, HF
   # transformers, scipy) import packages the venv lacks (a clean venv skipped the loader module,
@@ -206,6 +211,7 @@ fi
 
 # 5. A short bench point: the Python API and the C host (cosyfast-load through libcosyfast.so).
 if wants bench; then
+  need_venv bench
   [ "$(left)" -gt 150 ] || stop_for_time bench
   (cd /tmp && venv_run cosyfast bench --paths cosyfast,host --concurrency 1,64 --new-tokens 500 --out "$R/bench-out" 2>&1) \
     | grep -v "^\[TM\]" | tail -20 > "$R/bench.txt"

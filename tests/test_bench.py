@@ -32,6 +32,15 @@ def test_round_breakdown_iterations_per_round() -> None:
     assert "iterations_per_round" not in round_breakdown({"rounds": 0}, {"rounds": 4})
 
 
+def test_round_breakdown_turbomind_counts_graph_steps_in_the_run() -> None:
+    before = {"engine_iterations": 5, "decode_graph_steps": {"replayed": 10, "captured": 2, "eager": 3, "failed": 0}}
+    after = {"engine_iterations": 25, "decode_graph_steps": {"replayed": 28, "captured": 3, "eager": 4, "failed": 0}}
+    out = round_breakdown(before, after)
+    assert out == {"engine_iterations": 20, "decode_graph_steps": {"replayed": 18, "captured": 1, "eager": 1, "failed": 0}}
+    # graphs off (the counters did not move): no graph entry
+    assert round_breakdown(before, dict(before)) == {"engine_iterations": 0}
+
+
 def test_bench_cpu_rows_and_files(tiny_cv2_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "bench"
     assert main(["--checkpoint", str(tiny_cv2_dir), "--engine", "cpu", "--paths", "cosyfast", "--concurrency", "1,3",

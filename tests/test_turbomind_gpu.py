@@ -308,38 +308,39 @@ import json, sys
 import cosyfast
 from cosyfast import _core
 from cosyfast.checkpoint import load_checkpoint
-reqs, opts = json.loads(sys.argv[2]), json.loads(sys.argv[3])
-with cosyfast.load(load_checkpoint(sys.argv[1]), engine="turbomind", max_batch=16, cache_max_entry_count=0.05,
-                   decode_graphs=True) as m:
-    before = _core._turbomind_decode_graph_counts()
-    got = [s.drain() for s in [m.stream(*r, seed=i, **opts) for i, r in enumerate(reqs)]]
-    after = _core._turbomind_decode_graph_counts()
-print(json.dumps({"tokens": got, "counts": [a - b for a, b in zip(after, before)]}))
+weights, reqs, opts = load_checkpoint(sys.argv[1]), json.loads(sys.argv[2]), json.loads(sys.argv[3])
+out = {}
+for graphs in (False, True):
+    with cosyfast.load(weights, engine="turbomind", max_batch=16, cache_max_entry_count=0.05, decode_graphs=graphs) as m:
+        before = _core._turbomind_decode_graph_counts()
+        out[str(graphs)] = [s.drain() for s in [m.stream(*r, seed=i, **opts) for i, r in enumerate(reqs)]]
+        out["counts" + str(graphs)] = [a - b for a, b in zip(_core._turbomind_decode_graph_counts(), before)]
+print(json.dumps(out))
 """
 
 
 def test_decode_graphs_replay_decode_steps_and_keep_the_tokens(setup):
-    """decode_graphs (experimental, off by default): the engine replays its decode steps' decoder
-    layers from CUDA graphs (the counters show replays, no failed capture), and 16 concurrent
-    greedy streams follow the same model without graphs. The rounded k_max changes the attention's
-    split count (its summation order), so a near-tie may flip late; a graph reading a wrong
-    buffer would part the streams at once. In a process of its own: a capture that goes wrong
-    may abort the process, which then fails this test alone."""
+    """decode_graphs (the default, with fast_decode): the engine replays its decode steps'
+    decoder layers from CUDA graphs (the counters show replays, no failed capture; none with
+    graphs off), and 16 concurrent greedy streams follow the same model without graphs. The
+    rounded k_max changes the attention's split count (its summation order), so a near-tie may
+    flip late; a graph reading a wrong buffer would part the streams at once. In a process of its
+    own: a capture that goes wrong may abort the process, which then fails this test alone."""
     import subprocess
     import sys
 
-    kind, model_dir, _, _, model = setup
+    kind, model_dir, _, _, _ = setup
     reqs = [request(kind, seed=500 + i) for i in range(16)]
     opts = dict(top_k=1, ras=False, min_len=48, max_len=48)
     child = subprocess.run([sys.executable, "-c", GRAPHS_CHILD, str(model_dir), json.dumps(reqs), json.dumps(opts)],
                            capture_output=True, text=True, timeout=600)
     assert child.returncode == 0, child.stderr[-3000:]
     out = json.loads(child.stdout.strip().splitlines()[-1])
-    got, (replayed, captured, eager, failed) = out["tokens"], out["counts"]
-    want = [s.drain() for s in [model.stream(*r, seed=i, **opts) for i, r in enumerate(reqs)]]
+    got, want, (replayed, captured, eager, failed) = out["True"], out["False"], out["countsTrue"]
     parted = [next((k for k, (x, y) in enumerate(zip(g, w)) if x != y), 48) for g, w in zip(got, want)]
     report(test="decode_graphs", kind=kind, replayed=replayed, captured=captured, eager=eager, failed=failed,
            first_divergence=parted)
+    assert out["countsFalse"] == [0, 0, 0, 0], f"graphs ran with decode_graphs=False: {out['countsFalse']}"
     assert failed == 0 and captured >= 1, (replayed, captured, eager, failed)
     assert replayed >= 20, (replayed, captured, eager)  # 16 sessions x 48 tokens: most steps replay
     assert all(len(g) == 48 for g in got)

@@ -67,6 +67,8 @@ def test_the_cpp_loader_needs_no_lmdeploy(monkeypatch, as_if_built):
     (dict(fast_decode=2), "fast_decode must be True or False, got 2"),
     (dict(decode_graphs="yes"), "decode_graphs must be True or False, got 'yes'"),
     (dict(decode_graphs=True, fast_decode=False), "decode_graphs needs fast_decode"),
+    # fast_decode off alone is fine: decode_graphs follows it by default (the loader check comes next)
+    (dict(fast_decode=False, loader="python"), "loader must be one of"),
 ])
 def test_loader_options_are_checked_first(options, match):
     with pytest.raises(ValueError, match=match):

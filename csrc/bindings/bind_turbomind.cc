@@ -38,7 +38,8 @@ std::shared_ptr<turbomind::TurboMind> CreateTurboMind(std::string model_dir, tur
 }
 
 tm::LoadOptions MakeLoadOptions(int device, int max_batch, int max_session_len, double cache_max_entry_count,
-                                bool fast_decode = true, bool decode_graphs = false) {
+                                bool fast_decode = tm::LoadOptions{}.fast_decode,
+                                bool decode_graphs = tm::LoadOptions{}.decode_graphs) {
   tm::LoadOptions o;
   o.fast_decode = fast_decode;
   o.decode_graphs = decode_graphs;
@@ -94,7 +95,7 @@ void BindTurboMind(py::module_& m) {
       },
       py::arg("config"), py::arg("embed_tokens"), py::arg("lm_head"), py::arg("layers"), py::arg("norm"), py::kw_only(),
       py::arg("device"), py::arg("max_batch"), py::arg("max_session_len"), py::arg("cache_max_entry_count"),
-      py::arg("fast_decode") = true, py::arg("decode_graphs") = false,
+      py::arg("fast_decode") = tm::LoadOptions{}.fast_decode, py::arg("decode_graphs") = tm::LoadOptions{}.decode_graphs,
       "A TurboMind with the weights loaded from C++ (no lmdeploy converter), its engine created: the "
       "arguments as CpuQwen2Engine's (the vocabulary tables unpadded).");
   m.def(

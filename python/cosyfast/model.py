@@ -343,9 +343,14 @@ class Model:
         (finished_stop_token, finished_max_len, finished_cancelled, finished_error) and
         engine_iterations, the iterations TurboMind's own loop has run, and gpu_memory: per engine
         its budget and split (budget_mb, weights_mb, kv_cache_mb, kv_needed_mb, workspace_mb) and
-        loaded_mb, the GPU memory its load took (measured)."""
+        loaded_mb, the GPU memory its load took (measured); decode_graph_steps: decode steps
+        replayed from CUDA graphs, captured, run eagerly and failed captures (process-wide, since
+        the start; decode_graphs=True)."""
         gens = self._live()
         total: dict[str, Any] = {k: sum(g.stats[k] for g in gens) for k in gens[0].stats}
+        if self.engine == "turbomind" and hasattr(_core, "_turbomind_decode_graph_counts"):
+            total["decode_graph_steps"] = dict(zip(("replayed", "captured", "eager", "failed"),
+                                                   _core._turbomind_decode_graph_counts()))
         if self.gpu_memory:
             total["gpu_memory"] = [dict(m) for m in self.gpu_memory]
         return total

@@ -164,7 +164,7 @@ def make_turbomind_engine(
     device: int = 0,
     loader: str = "cpp",
     fast_decode: bool = True,
-    decode_graphs: bool = False,
+    decode_graphs: bool | None = None,
     **engine_config: Any,
 ) -> tuple[Any, Any, dict[str, Any]]:
     """Loads the checkpoint into a TurboMind on `device` and wraps it for the C++ core.
@@ -177,8 +177,10 @@ def make_turbomind_engine(
     (lmdeploy's wrapper with loader="lmdeploy") and the memory report (budget, its split, what
     the load took). fast_decode: decode-sized GEMMs (<= 256 rows) run through cuBLASLt (cosyfast's
     hook in the patch); False keeps TurboMind's own GEMM kernels, as lmdeploy ships them.
-    decode_graphs (experimental, off): decode steps replay their decoder layers from CUDA graphs
-    (third_party/turbomind/CUDA_GRAPHS.md); needs fast_decode."""
+    decode_graphs: decode steps replay their decoder layers from CUDA graphs
+    (third_party/turbomind/CUDA_GRAPHS.md); default: with fast_decode (True needs it)."""
+    if decode_graphs is None:
+        decode_graphs = fast_decode
     for name, value in (("fast_decode", fast_decode), ("decode_graphs", decode_graphs)):
         if not isinstance(value, (bool, int)) or value not in (0, 1):
             raise ValueError(f"{name} must be True or False, got {value!r}")

@@ -68,7 +68,7 @@ __global__ void GatedSiluKernel(T* out, int ld_out, const float* acc, int ld_acc
 DecodeScope::DecodeScope(bool fast_decode, bool decode_graphs):
     lock_{g_scope_mutex},
     previous_fast_decode_{g_fast_decode.exchange(fast_decode)},
-    previous_decode_graphs_{g_decode_graphs.exchange(decode_graphs)}
+    previous_decode_graphs_{g_decode_graphs.exchange(fast_decode && decode_graphs)}  // graphs only over the hook's GEMMs
 {
 }
 

@@ -31,7 +31,8 @@
 namespace turbomind::cosyfast {
 
 // Engines created while a DecodeScope is alive take the decode GEMM path when `fast_decode`, and
-// replay their decode steps from CUDA graphs when `decode_graphs` (cosyfast_decode_graph.h).
+// replay their decode steps from CUDA graphs when `decode_graphs` too (cosyfast_decode_graph.h:
+// the capture was reasoned about with the hook's GEMMs, so no graphs without fast_decode).
 // Scopes serialise (one load at a time decides); outside any scope new engines take neither.
 class DecodeScope {
 public:

@@ -18,9 +18,9 @@
 // runs eagerly instead (and its key stays eager); a CUDA error during a capture ends the process,
 // as TurboMind's checks end it for any CUDA error.
 //
-// Experimental: off unless a DecodeScope with decode_graphs is alive when the engine is created
-// (cosyfast_decode_gemm.h; cosyfast's loader, decode_graphs=); lmdeploy's own use of this build
-// never sets it.
+// Off unless a DecodeScope with fast_decode and decode_graphs is alive when the engine is created
+// (cosyfast_decode_gemm.h; cosyfast's loader turns both on by default); lmdeploy's own use of this
+// build never sets it.
 #pragma once
 
 #include <cstdint>

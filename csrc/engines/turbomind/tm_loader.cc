@@ -160,9 +160,6 @@ void LoadOptions::Validate() const {
     throw std::invalid_argument("the KV cache's share of free GPU memory must be in (0, 1), got " +
                                 std::to_string(cache_max_entry_count));
   }
-  if (decode_graphs && !fast_decode) {
-    throw std::invalid_argument("decode_graphs needs fast_decode (its CUDA graphs capture the decode GEMM hook's kernels)");
-  }
 }
 
 ft::EngineConfig MakeEngineConfig(const LoadOptions& o) {

@@ -24,10 +24,11 @@ struct LoadOptions {
   // Decode-sized GEMMs (M <= 256) through cuBLASLt instead of TurboMind's own kernels (the
   // cosyfast_decode_gemm hook of the patch); false gives TurboMind's GEMMs as lmdeploy ships them.
   bool fast_decode = true;
-  // Experimental, off by default: decode steps replay their decoder layers from CUDA graphs (the
-  // cosyfast_decode_graph hook of the patch; third_party/turbomind/CUDA_GRAPHS.md). Needs
-  // fast_decode (the capture was reasoned about with its GEMMs).
-  bool decode_graphs = false;
+  // Decode steps replay their decoder layers from CUDA graphs (the cosyfast_decode_graph hook of
+  // the patch; third_party/turbomind/CUDA_GRAPHS.md). Only together with fast_decode (the capture
+  // was reasoned about with its GEMMs): fast_decode = false is TurboMind as lmdeploy ships it,
+  // graphs or not.
+  bool decode_graphs = true;
   // Throws std::invalid_argument naming the first bad field.
   void Validate() const;
 };

@@ -9,9 +9,15 @@ send (first-token latency as a client sees it); the wall time runs from the firs
 last token, and each run records the CPU time the client processes and the server process used:
 client_cpu_s (all clients), client_busiest_cpu_share (the busiest client's CPU time over the wall
 time: near 1 means a client was the bottleneck), server_cpu_s (the bench process: the server's
-event loop and the engine's threads) over server_cpu_window_s."""
+event loop and the engine's threads) over server_cpu_window_s, and server_loop_cpu_s (the event
+loop's thread alone). Where the first token's time goes, from the moment the clients were told to
+go, p50 and p90 over the run's requests in ms (first_token_timeline_ms): the request reaches the
+handler (received), its session starts (admitted), the engine has its first token (engine_first),
+the event loop hands it to the response (first_delivered); the client's own first-token latency is
+the row's first_token_ms."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
 import resource
@@ -22,11 +28,15 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
+from .. import _core
 from .metrics import RunResult, summarize
 from .workload import Request, Workload
 
 if TYPE_CHECKING:
     from ..model import Model
+    from ..serve import Service
 
 CLIENT = Path(__file__).with_name("serve_client.py")
 
@@ -42,8 +52,30 @@ def default_client_procs(concurrency: int) -> int:
     return max(1, min(concurrency, 8, (os.cpu_count() or 2) // 2))
 
 
-def run_serve(url: str, work: Workload, requests: list[Request], procs: int) -> tuple[float, list[list[float]], dict]:
-    """(wall seconds, per request the seconds from its send to each token, CPU figures)."""
+def _loop_cpu(service: "Service") -> float | None:
+    """CPU seconds of the service's event-loop thread so far (None before its first request)."""
+    d = service._dispatcher
+    if d is None or d.loop.is_closed():
+        return None
+    box: concurrent.futures.Future[float] = concurrent.futures.Future()
+    d.loop.call_soon_threadsafe(lambda: box.set_result(time.thread_time()))
+    return box.result(timeout=30)
+
+
+def first_token_timeline(timelines: list[dict[str, float | None]], go: float) -> dict[str, list[float]]:
+    """Per stage of the timelines (Service.timelines), [p50, p90] ms after `go`."""
+    out = {}
+    for stage in ("received", "admitted", "engine_first", "first_delivered"):
+        values = [(t[stage] - go) * 1000 for t in timelines if t[stage] is not None]  # type: ignore[operator]
+        if values:
+            out[stage] = [round(float(np.percentile(values, q)), 2) for q in (50, 90)]
+    return out
+
+
+def run_serve(url: str, work: Workload, requests: list[Request], procs: int,
+              service: "Service | None" = None) -> tuple[float, list[list[float]], dict]:
+    """(wall seconds, per request the seconds from its send to each token, CPU figures and, with
+    the service, its event loop's CPU and the first token's timeline)."""
     bodies = [asdict(r) | work.length_options() for r in requests]
     procs = max(1, min(procs, len(bodies)))
     shares = [bodies[i::procs] for i in range(procs)]
@@ -58,6 +90,9 @@ def run_serve(url: str, work: Workload, requests: list[Request], procs: int) -> 
             assert child.stdout is not None
             if child.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"a serve client failed to start: {child.communicate()[1].strip()[-2000:]}")
+        if service is not None:
+            service.timelines, loop0 = [], _loop_cpu(service)
+            _core._record_arrivals(True)
         cpu0, t0 = _cpu(), time.perf_counter()
         for child in children:
             assert child.stdin is not None
@@ -66,6 +101,8 @@ def run_serve(url: str, work: Workload, requests: list[Request], procs: int) -> 
         outs = [child.communicate() for child in children]
         cpu1, t1 = _cpu(), time.perf_counter()
     finally:
+        if service is not None:
+            _core._record_arrivals(False)
         for child in children:
             if child.poll() is None:
                 child.kill()
@@ -82,6 +119,12 @@ def run_serve(url: str, work: Workload, requests: list[Request], procs: int) -> 
     cpu = {"client_procs": procs, "client_cpu_s": round(client_cpu, 3),
            "client_busiest_cpu_share": round(max(r["cpu_s"] for r in results) / max(wall, 1e-9), 3),
            "server_cpu_s": round(server_cpu, 3), "server_cpu_window_s": round(t1 - t0, 3)}
+    if service is not None:
+        loop1 = _loop_cpu(service)
+        if loop0 is not None and loop1 is not None:
+            cpu["server_loop_cpu_s"] = round(loop1 - loop0, 3)
+        cpu["first_token_timeline_ms"] = first_token_timeline(service.timelines or [], min(r["start"] for r in results))
+        service.timelines = None
     return wall, arrivals, cpu
 
 
@@ -98,12 +141,13 @@ def serve_results(model: "Model", work: Workload, kind: str, sweep: list[int],
     results = []
     flush_s = DEFAULT_FLUSH_INTERVAL_S if flush_ms is None else flush_ms / 1e3
     label = "serve" if flush_ms is None else f"serve-flush{flush_ms:g}ms"
-    with BackgroundServer(Service(model, max_sessions=max(sweep), flush_interval_s=flush_s)) as url:
+    service = Service(model, max_sessions=max(sweep), flush_interval_s=flush_s)
+    with BackgroundServer(service) as url:
         warm = Workload(prompt_rows=work.prompt_rows, new_tokens=8)
         run_serve(url, warm, warm.requests(min(8, max(sweep)), kind), 1)
         for c in sweep:
             reqs = work.requests(c, kind)
             procs = client_procs or default_client_procs(c)
-            wall, arrivals, cpu = median_run(lambda: run_serve(url, work, reqs, procs))
+            wall, arrivals, cpu = median_run(lambda: run_serve(url, work, reqs, procs, service))
             results.append(summarize(label, c, wall, arrivals, None, **cpu))
     return results

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Callable
 
@@ -136,8 +137,10 @@ def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
 
 async def speech_tokens(service: Service, request: Request) -> Response:
     """POST /v1/speech_tokens: the streamed (or whole) answer, or the error."""
+    received = time.perf_counter()
     try:
-        session, body = service.start(await read_body(request, service.max_body_bytes, service.idle_timeout_s))
+        session, body = service.start(await read_body(request, service.max_body_bytes, service.idle_timeout_s),
+                                      received=received)
     except RequestError as e:
         return _error(e)
     if not body.stream:

@@ -159,6 +159,8 @@ class Session:
     def __init__(self, service: "Service", stream: Any, key: int) -> None:
         self.service, self.stream, self.key = service, stream, key
         self.started = self.last = time.perf_counter()
+        self.received = self.started  # when its request reached the handler (Service.start's caller says)
+        self.first_delivered: float | None = None
         self.sent = 0
         self.done = False
         self.waits_for_text = False  # a bistream asked for text and none has come since
@@ -190,6 +192,8 @@ class Session:
         if self._fresh:
             metrics = self.service.metrics
             (metrics.itl if self._delivered else metrics.ttft).observe(now - self.last)
+            if not self._delivered:
+                self.first_delivered = now
             self.last, self._fresh, self._delivered = now, False, True
         w = self._waiter
         if w is not None and not w.done():
@@ -318,18 +322,26 @@ class Service:
         self._lock = threading.Lock()
         self._keys = itertools.count(1)
         self._dispatcher: _Dispatcher | None = None
+        # The bench's view of where a first token's time goes: when set to a list, every ended
+        # session appends its timeline (perf_counter seconds: received, admitted, engine_first,
+        # first_delivered; engine_first needs _core._record_arrivals on when it started).
+        self.timelines: list[dict[str, float | None]] | None = None
 
     @property
     def admitted(self) -> int:
         with self._lock:
             return len(self._sessions)
 
-    def start(self, raw: bytes | str, *, bistream: bool = False) -> tuple[Session, Any]:
+    def start(self, raw: bytes | str, *, bistream: bool = False, received: float | None = None) -> tuple[Session, Any]:
         """Admits and starts one request from its JSON body; returns the session and the parsed
-        body. Raises RequestError (4xx, or 503 when full or draining)."""
+        body. Raises RequestError (4xx, or 503 when full or draining). `received`: when the
+        request reached the caller (time.perf_counter), for the session's timeline."""
         try:
             body = parse_body(BistreamStart if bistream else SpeechTokensRequest, raw)
-            return self._start(body, bistream), body
+            session = self._start(body, bistream)
+            if received is not None:
+                session.received = received
+            return session, body
         except RequestError as e:
             if e.status < 500:
                 self.metrics.rejected.labels("invalid").inc()
@@ -403,6 +415,11 @@ class Service:
         m.finished.labels(session.stream.finish_reason or "error").inc()
         m.request_tokens.observe(session.sent)
         m.duration.observe(now - session.started)
+        if self.timelines is not None:
+            arrivals = session.stream.arrival_seconds
+            self.timelines.append({"received": session.received, "admitted": session.started,
+                                   "engine_first": session.started + arrivals[0] if len(arrivals) else None,
+                                   "first_delivered": session.first_delivered})
 
     async def drain(self, timeout_s: float | None = None) -> int:
         """Stops admitting, lets live sessions finish up to the timeout, then cancels the rest.
