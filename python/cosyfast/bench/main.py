@@ -56,11 +56,11 @@ def round_breakdown(before: dict, after: dict) -> dict:
     run and, where the engine counts them, its iterations per round (1 when every round's requests
     share one iteration), between two `Model.stats` snapshots."""
     if "rounds" not in after:  # TurboMind runs its own loop: no rounds, only its iterations
-        out = {"engine_iterations": after.get("engine_iterations", 0) - before.get("engine_iterations", 0)}
+        tm: dict = {"engine_iterations": after.get("engine_iterations", 0) - before.get("engine_iterations", 0)}
         graphs_after, graphs_before = after.get("decode_graph_steps"), before.get("decode_graph_steps")
         if graphs_after and graphs_before and graphs_after != graphs_before:  # how often a step ran eagerly
-            out["decode_graph_steps"] = {k: graphs_after[k] - graphs_before[k] for k in graphs_after}
-        return out
+            tm["decode_graph_steps"] = {k: graphs_after[k] - graphs_before[k] for k in graphs_after}
+        return tm
     rounds = after["rounds"] - before["rounds"]
     out: dict = {"rounds": rounds, "replicas": len(after.get("engine_profiles", [])) or 1}
     if "engine_iterations" in after and "engine_iterations" in before and rounds > 0:
