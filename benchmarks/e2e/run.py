@@ -425,17 +425,33 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def run_config(args: argparse.Namespace, kind: str, config: str, model: Any, timers: Timers,
                hop: upstream.PerRequestHop | None, requests: list[upstream.Request], concurrencies: list[int],
                meta: dict[str, Any], emit: Callable[[dict[str, Any]], None], t_start: float) -> None:
-    """Every mode and concurrency of one configuration (patching the model first for "cosyfast")."""
+    """Every mode and concurrency of one configuration. For "cosyfast" the model is patched first,
+    its torch LLM parked on the CPU meanwhile (out of the GPU memory figures), and put back after,
+    so that upstream's configuration may run after it (--configs cosyfast,upstream: the patched
+    points first when upstream's may not finish in the call)."""
     cuda = model.device.type == "cuda"
+    original = None
     if config == "cosyfast":
         import cosyfast.cosyvoice
 
         t1 = time.perf_counter()
+        original = model.llm
         cosyfast.cosyvoice.patch(model, args.engine, max_batch=args.max_batch or max(max(concurrencies), 8))
+        original.to("cpu")
         if cuda:
             torch.cuda.empty_cache()
         meta.setdefault("patch_s", {})[kind] = round(time.perf_counter() - t1, 1)
         meta["engine"] = model.llm.model.engine
+    run_points(args, kind, config, model, timers, hop, requests, concurrencies, meta, emit, t_start)
+    if original is not None:  # only after every point ended: a failed point stops the model instead
+        model.llm.close()
+        model.llm = original.to(model.device)
+
+
+def run_points(args: argparse.Namespace, kind: str, config: str, model: Any, timers: Timers,
+               hop: upstream.PerRequestHop | None, requests: list[upstream.Request], concurrencies: list[int],
+               meta: dict[str, Any], emit: Callable[[dict[str, Any]], None], t_start: float) -> None:
+    cuda = model.device.type == "cuda"
     # one untimed request per mode (CUDA kernels, allocator, TurboMind's first batch)
     for mode in args.modes:
         run_point(model, timers, hop, requests, 1, mode == "stream", args.timeout)
