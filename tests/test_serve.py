@@ -402,7 +402,8 @@ def test_bench_serve_path(tiny_cv2_dir: Path, tmp_path: Path) -> None:
         assert 0 < r["extra"]["server_loop_cpu_s"] <= r["extra"]["server_cpu_s"]
         # where the first token's time went, p50 and p90 ms after the go: each stage after the one before
         stages = r["extra"]["first_token_timeline_ms"]
-        assert list(stages) == ["received", "admitted", "engine_first", "first_delivered"]
+        assert list(stages) == ["client_sent", "received", "admitted", "engine_first", "first_delivered",
+                                "client_first"]
         p50s = [stages[k][0] for k in stages]
         assert p50s == sorted(p50s) and p50s[0] >= 0, stages
         assert all(p50 <= p90 for p50, p90 in stages.values())

@@ -160,6 +160,7 @@ class Session:
         self.service, self.stream, self.key = service, stream, key
         self.started = self.last = time.perf_counter()
         self.received = self.started  # when its request reached the handler (Service.start's caller says)
+        self.submitted = self.started  # when the engine was handed the request (Service._start says)
         self.first_delivered: float | None = None
         self.sent = 0
         self.done = False
@@ -323,8 +324,9 @@ class Service:
         self._keys = itertools.count(1)
         self._dispatcher: _Dispatcher | None = None
         # The bench's view of where a first token's time goes: when set to a list, every ended
-        # session appends its timeline (perf_counter seconds: received, admitted, engine_first,
-        # first_delivered; engine_first needs _core._record_arrivals on when it started).
+        # session appends its timeline (perf_counter seconds: received by the handler, admitted =
+        # handed to the engine, engine_first, first_delivered to the response; engine_first needs
+        # _core._record_arrivals on when the session started).
         self.timelines: list[dict[str, float | None]] | None = None
 
     @property
@@ -364,6 +366,7 @@ class Service:
                 why = "the server is shutting down" if self.draining else \
                     f"the server is at its limit of {self.max_sessions} live sessions"
                 raise RequestError(503, f"{why}; retry later", headers={"Retry-After": str(self.retry_after_s)})
+            submitted = time.perf_counter()  # the engine's clock for the session starts about here
             try:
                 if bistream:
                     stream = self.model.bistream(ids["prompt_text_ids"], ids["prompt_speech_tokens"],
@@ -381,6 +384,7 @@ class Service:
                 raise RequestError(422, msg, field) from None
             dispatcher = self._dispatcher_for(loop)
             session = Session(self, stream, next(self._keys))
+            session.submitted = submitted
             self._sessions.add(session)
             dispatcher.add(session)
         self.metrics.admitted.inc()
@@ -417,8 +421,10 @@ class Service:
         m.duration.observe(now - session.started)
         if self.timelines is not None:
             arrivals = session.stream.arrival_seconds
-            self.timelines.append({"received": session.received, "admitted": session.started,
-                                   "engine_first": session.started + arrivals[0] if len(arrivals) else None,
+            # arrivals count from the core's start of the session, a little after `submitted`: so
+            # engine_first is at most the true moment, never after the delivery
+            self.timelines.append({"received": session.received, "admitted": session.submitted,
+                                   "engine_first": session.submitted + arrivals[0] if len(arrivals) else None,
                                    "first_delivered": session.first_delivered})
 
     async def drain(self, timeout_s: float | None = None) -> int:
