@@ -67,19 +67,22 @@ if [[ $STAGES == *fastdecode* ]]; then
   # Issue 22's comparison, one engine build: cosyfast (the default: fast_decode and decode_graphs
   # on) against cosyfast with fast_decode off and TurboMind as shipped (fast_decode off, its own
   # sampler), and without graphs; then the per-step kernel breakdown and the greedy-divergence study.
+  # FD_PARTS picks them (default sweep,profile,divergence: a call that cannot hold all runs some).
+  FD_PARTS=${FD_PARTS:-sweep,profile,divergence}
   FD_SWEEP=${FD_SWEEP:-1,16,64,128,256}
-  fd() { python3 -m cosyfast.bench --concurrency "$FD_SWEEP" --new-tokens 500 --repeats 3 "$@" 2>&1 | grep -E "^  [a-z]|^bench"; }
-  fd --paths cosyfast --out /tmp/fd-on
-  fd --paths cosyfast,turbomind-native --label cosyfast-shipped --engine-option fast_decode=0 --out /tmp/fd-off
-  # fast_decode without decode_graphs: every launch from the host
-  [ -n "${FD_NOGRAPHS-1}" ] && fd --paths cosyfast --label cosyfast-nographs --engine-option decode_graphs=0 --out /tmp/fd-nographs
-  cat /tmp/fd-on/results.jsonl /tmp/fd-off/results.jsonl /tmp/fd-nographs/results.jsonl > "$OUT/fast_decode_bench.jsonl" 2>/dev/null
-  python3 "$OLDPWD/benchmarks/step_profile.py" --concurrency "${FD_PROFILE:-1,64}" \
-    --paths "${FD_PROFILE_PATHS:-cosyfast,cosyfast-nographs,cosyfast-shipped,turbomind-native}" --out /tmp/fd-prof 2>&1 | grep '^{' |
+  if [[ $FD_PARTS == *sweep* ]]; then
+    fd() { python3 -m cosyfast.bench --concurrency "$FD_SWEEP" --new-tokens 500 --repeats 3 "$@" 2>&1 | grep -E "^  [a-z]|^bench"; }
+    fd --paths cosyfast --out /tmp/fd-on
+    fd --paths cosyfast,turbomind-native --label cosyfast-shipped --engine-option fast_decode=0 --out /tmp/fd-off
+    # fast_decode without decode_graphs: every launch from the host
+    [ -n "${FD_NOGRAPHS-1}" ] && fd --paths cosyfast --label cosyfast-nographs --engine-option decode_graphs=0 --out /tmp/fd-nographs
+    cat /tmp/fd-on/results.jsonl /tmp/fd-off/results.jsonl /tmp/fd-nographs/results.jsonl > "$OUT/fast_decode_bench.jsonl" 2>/dev/null
+  fi
+  # step_profile.jsonl and greedy_divergence.jsonl are written straight to $OUT (a cut call keeps them)
+  [[ $FD_PARTS == *profile* ]] && python3 "$OLDPWD/benchmarks/step_profile.py" --concurrency "${FD_PROFILE:-1,64}" \
+    --paths "${FD_PROFILE_PATHS:-cosyfast,cosyfast-nographs,cosyfast-shipped,turbomind-native}" --out "$OUT" 2>&1 | grep '^{' |
     python3 -c "import json,sys; [print(json.dumps({k: r[k] for k in ('path','concurrency','wall_ms_per_step','gpu_busy_ms_per_step','launch_gap_share','gpu_ops_per_step','families_ms_per_step','decode_gemm')})) for r in map(json.loads, sys.stdin)]"
-  cp /tmp/fd-prof/step_profile.jsonl "$OUT/"
-  [ -n "${FD_DIVERGENCE-1}" ] && python3 "$OLDPWD/benchmarks/greedy_divergence.py" --out /tmp/fd-div 2>&1 | grep '"summary"' &&
-    cp /tmp/fd-div/greedy_divergence.jsonl "$OUT/"
+  [[ $FD_PARTS == *divergence* ]] && python3 "$OLDPWD/benchmarks/greedy_divergence.py" --out "$OUT" 2>&1 | grep '"summary"'
 fi
 if [[ $STAGES == *compare* ]]; then
   # lmdeploy's own loops, 0.16.0 (this build, CosyVoice sampling off) and 0.14.0 (its CUDA-12

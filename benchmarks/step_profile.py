@@ -60,31 +60,34 @@ def busy_union_us(intervals: list[tuple[float, float]]) -> float:
     return total
 
 
-def profile_path(path: str, concurrency: int, steps: int, weights, prompt_rows: int) -> dict:
+def load_path(path: str, weights, max_batch: int):
+    """The engine a path runs on (one load serves every batch size of the path)."""
+    import cosyfast
+
+    return cosyfast.load(weights, engine="turbomind", max_batch=max(max_batch, 8),
+                         fast_decode=path in ("cosyfast", "cosyfast-nographs"), decode_graphs=path == "cosyfast")
+
+
+def profile_path(path: str, model, concurrency: int, steps: int, weights, prompt_rows: int) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    import cosyfast
     from cosyfast.bench.runs import run_cosyfast, run_turbomind_native
     from cosyfast.bench.workload import Workload
 
-    model = cosyfast.load(weights, engine="turbomind", max_batch=max(concurrency, 8),
-                          fast_decode=path in ("cosyfast", "cosyfast-nographs"), decode_graphs=path == "cosyfast")
-    try:
-        run = run_turbomind_native if path == "turbomind-native" else run_cosyfast
-        warm = Workload(prompt_rows=prompt_rows, new_tokens=16)
-        run(model, warm, warm.requests(min(concurrency, 8), weights.kind))  # untimed: first-use setup
-        work = Workload(prompt_rows=prompt_rows, new_tokens=steps)
-        reqs = work.requests(concurrency, weights.kind)
-        counts0 = _gemm_counts()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            t0 = time.perf_counter()
-            run(model, work, reqs)
-            wall_us = (time.perf_counter() - t0) * 1e6
-        counts1 = _gemm_counts()
-        torch.cuda.synchronize()
-    finally:
-        model.close()
+    run = run_turbomind_native if path == "turbomind-native" else run_cosyfast
+    warm = Workload(prompt_rows=prompt_rows, new_tokens=16)
+    # untimed: first-use setup (and, with graphs, the captures of this batch size)
+    run(model, warm, warm.requests(concurrency, weights.kind))
+    work = Workload(prompt_rows=prompt_rows, new_tokens=steps)
+    reqs = work.requests(concurrency, weights.kind)
+    counts0 = _gemm_counts()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t0 = time.perf_counter()
+        run(model, work, reqs)
+        wall_us = (time.perf_counter() - t0) * 1e6
+    counts1 = _gemm_counts()
+    torch.cuda.synchronize()
     events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     by_family: dict[str, float] = {}
     by_kernel: dict[str, float] = {}
@@ -142,12 +145,18 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for c in (int(x) for x in args.concurrency.split(",")):
-        for path in paths:
-            row = profile_path(path, c, args.steps, weights, args.prompt_rows)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    atomic_write_text(out / "step_profile.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    sweep = [int(x) for x in args.concurrency.split(",")]
+    for path in paths:
+        model = load_path(path, weights, max(sweep))
+        try:
+            for c in sweep:
+                row = profile_path(path, model, c, args.steps, weights, args.prompt_rows)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                # after every row: a call cut short by its time limit keeps what it measured
+                atomic_write_text(out / "step_profile.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        finally:
+            model.close()
 
 
 if __name__ == "__main__":
