@@ -37,6 +37,7 @@ class _Response:
         self.times: list[float] = []
         self.pending = b""  # a line's start, until its newline arrives
         self.status = 0
+        self.error: Any = None  # a stream's {"error": ...} line (httptools would wrap a raise here)
         self.done = False
         self.parser = httptools.HttpResponseParser(self)
 
@@ -52,7 +53,7 @@ class _Response:
         for line in lines:
             msg = json.loads(line) if line else {}
             if "error" in msg:
-                raise RuntimeError(f"stream failed: {msg['error']}")
+                self.error = msg["error"]
             self.times.extend([now - self.start] * len(msg.get("tokens", ())))
 
     def on_message_complete(self) -> None:
@@ -86,6 +87,8 @@ class _Connection:
             response.parser.feed_data(chunk)
         if response.status != 200:
             raise RuntimeError(f"HTTP {response.status}: {response.pending[:2000]!r}")
+        if response.error is not None:
+            raise RuntimeError(f"stream failed: {response.error}")
         return response.times
 
     def close(self) -> None:
