@@ -11,7 +11,6 @@ import json
 import math
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys
@@ -32,25 +31,31 @@ EOP = 151646
 INT32_MAX = 2**31 - 1
 
 
+# The address-space cap is set by the child itself, before it execs what it runs: a preexec_fn
+# runs Python between fork and exec, which can deadlock when the test process has other threads
+# (it did, once in a few full CI runs: the Ctrl-C test's child hung before printing anything).
+_CAPPED = "import os, resource, sys; n = int(sys.argv[1]); " \
+    "n and resource.setrlimit(resource.RLIMIT_AS, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
+
+
+def _capped(argv: list[str], mem_gb: float | None) -> list[str]:
+    return [sys.executable, "-c", _CAPPED, str(int(mem_gb * 2**30) if mem_gb else 0), *argv]
+
+
 def _script(code: str, *args: str, timeout: float = 60, mem_gb: float | None = None) -> subprocess.CompletedProcess:
     """Runs `code` in a fresh interpreter (optionally under an address-space cap)."""
-    def cap() -> None:
-        if mem_gb:
-            limit = int(mem_gb * 2**30)
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
     env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE", OMP_NUM_THREADS="1")
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *args], capture_output=True, text=True,
-                          timeout=timeout, env=env, preexec_fn=cap)
+    argv = [sys.executable, "-c", textwrap.dedent(code), *args]
+    return subprocess.run(_capped(argv, mem_gb) if mem_gb else argv, capture_output=True, text=True,
+                          timeout=timeout, env=env)
 
 
 def _host(bundle: Path, *args: str, timeout: float = 60, mem_gb: float | None = None) -> subprocess.CompletedProcess:
-    def cap() -> None:
-        if mem_gb and "ASAN_OPTIONS" not in os.environ:  # AddressSanitizer's shadow memory needs no cap
-            resource.setrlimit(resource.RLIMIT_AS, (int(mem_gb * 2**30),) * 2)
-
-    return subprocess.run([str(host_program()), str(bundle), "--text", "1,2,3", *args], capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=cap, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
+    if "ASAN_OPTIONS" in os.environ:  # AddressSanitizer's shadow memory needs no cap
+        mem_gb = None
+    argv = [str(host_program()), str(bundle), "--text", "1,2,3", *args]
+    return subprocess.run(_capped(argv, mem_gb) if mem_gb else argv, capture_output=True, text=True,
+                          timeout=timeout, env=dict(os.environ, OMP_WAIT_POLICY="PASSIVE"))
 
 
 def _host_fails(bundle: Path, pattern: str, *args: str, **kw) -> None:
