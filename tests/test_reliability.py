@@ -32,8 +32,8 @@ INT32_MAX = 2**31 - 1
 
 
 # The address-space cap is set by the child itself, before it execs what it runs: a preexec_fn
-# runs Python between fork and exec, which can deadlock when the test process has other threads
-# (it did, once in a few full CI runs: the Ctrl-C test's child hung before printing anything).
+# runs Python between fork and exec, which the subprocess docs call unsafe in a process with
+# threads (the test process has engine and OpenMP threads).
 _CAPPED = "import os, resource, sys; n = int(sys.argv[1]); " \
     "n and resource.setrlimit(resource.RLIMIT_AS, (n, n)); os.execv(sys.argv[2], sys.argv[2:])"
 
@@ -490,6 +490,9 @@ def test_ctrl_c_interrupts_generate_and_cancels_the_session(tiny_cv2_dir):
     proc = _script("""
         import os, signal, sys, threading, time, cosyfast
         m = cosyfast.load(sys.argv[1], engine="cpu", max_session_len=40000)
+        # Python's own Ctrl-C handler, whatever this process inherited: a shell starts background
+        # jobs with SIGINT ignored, and Python then installs none (CI run with `&` hung here).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         start = time.monotonic()
         threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGINT)).start()
         try:
