@@ -13,7 +13,7 @@ from .workload import Request, Workload, prompt_rows
 
 
 @contextmanager
-def _arrivals_recorded() -> Iterator[None]:
+def arrivals_recorded() -> Iterator[None]:
     """Requests started inside record each token's arrival time (off elsewhere: the per-token
     path reads no clock)."""
     _core._record_arrivals(True)
@@ -26,7 +26,7 @@ def _arrivals_recorded() -> Iterator[None]:
 def run_cosyfast(model: Model, work: Workload, requests: list[Request], **sampling: object) -> tuple[float, list[list[float]]]:
     """Every request started at once; the C++ core records each token's arrival."""
     t0 = time.perf_counter()
-    with _arrivals_recorded():
+    with arrivals_recorded():
         streams = [model.stream(r.text_ids, r.prompt_text_ids, r.prompt_speech_tokens, seed=r.seed,
                                 **work.length_options(), **sampling) for r in requests]
     for s in streams:
@@ -45,7 +45,7 @@ def run_turbomind_native(model: Model, work: Workload, requests: list[Request]) 
     gens = model._live()
     t0 = time.perf_counter()
     streams = []
-    with _arrivals_recorded():
+    with arrivals_recorded():
         for i, r in enumerate(requests):
             gen = gens[i % len(gens)]
             options = request_options(seed=r.seed, top_k=25, top_p=0.8, ras=False, **work.length_options())
@@ -117,4 +117,4 @@ def run_hf(weights: LlmWeights, work: Workload, request: Request, device: str = 
     return wall, [times]
 
 
-__all__ = ["run_cosyfast", "run_hf", "run_turbomind_native"]
+__all__ = ["arrivals_recorded", "run_cosyfast", "run_hf", "run_turbomind_native"]

@@ -70,14 +70,13 @@ class _Connection:
                      "Content-Type: application/json\r\nAccept: application/x-ndjson\r\n")
         self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
-    async def request(self, body: dict[str, Any], sends: list[float] | None = None) -> list[float]:
+    async def request(self, body: dict[str, Any]) -> tuple[float, list[float]]:
+        """(when it was sent, the seconds from then to each token)"""
         if self.streams is None:
             self.streams = await asyncio.open_connection(self.host, self.port)
         reader, writer = self.streams
         data = json.dumps(body, separators=(",", ":")).encode()
         start = time.perf_counter()
-        if sends is not None:
-            sends.append(start)
         writer.write(f"{self.head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
         response = _Response(start)
         while not response.done:
@@ -89,7 +88,7 @@ class _Connection:
             raise RuntimeError(f"HTTP {response.status}: {response.pending[:2000]!r}")
         if response.error is not None:
             raise RuntimeError(f"stream failed: {response.error}")
-        return response.times
+        return start, response.times
 
     def close(self) -> None:
         if self.streams is not None:
@@ -111,10 +110,10 @@ async def _run(url: str, bodies: list[dict[str, Any]]) -> dict[str, Any]:
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         cpu0, start = _cpu(), time.perf_counter()
-        sends: list[float] = []  # in the order the coroutines start: the order of bodies
-        arrivals = await asyncio.gather(*(c.request(b, sends) for c, b in zip(connections, bodies)))
+        answers = await asyncio.gather(*(c.request(b) for c, b in zip(connections, bodies)))
         end = time.perf_counter()
-        return {"start": start, "end": end, "sends": sends, "arrivals": arrivals, "cpu_s": _cpu() - cpu0}
+        return {"start": start, "end": end, "sends": [s for s, _ in answers], "arrivals": [a for _, a in answers],
+                "cpu_s": _cpu() - cpu0}
     finally:
         for c in connections:
             c.close()

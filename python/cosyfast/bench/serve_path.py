@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from .. import _core
 from .metrics import RunResult, summarize
+from .runs import arrivals_recorded
 from .workload import Request, Workload
 
 if TYPE_CHECKING:
@@ -100,17 +100,15 @@ def run_serve(url: str, work: Workload, requests: list[Request], procs: int,
                 raise RuntimeError(f"a serve client failed to start: {child.communicate()[1].strip()[-2000:]}")
         if service is not None:
             service.timelines, loop0 = [], _loop_cpu(service)
-            _core._record_arrivals(True)
-        cpu0, t0 = _cpu(), time.perf_counter()
-        for child in children:
-            assert child.stdin is not None
-            child.stdin.write("go\n")
-            child.stdin.flush()
-        outs = [child.communicate() for child in children]
-        cpu1, t1 = _cpu(), time.perf_counter()
+        with arrivals_recorded():  # the engine's first-token times, as the in-process path records them
+            cpu0, t0 = _cpu(), time.perf_counter()
+            for child in children:
+                assert child.stdin is not None
+                child.stdin.write("go\n")
+                child.stdin.flush()
+            outs = [child.communicate() for child in children]
+            cpu1, t1 = _cpu(), time.perf_counter()
     finally:
-        if service is not None:
-            _core._record_arrivals(False)
         for child in children:
             if child.poll() is None:
                 child.kill()

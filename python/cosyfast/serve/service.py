@@ -161,13 +161,12 @@ class Session:
         self.started = self.last = time.perf_counter()
         self.received = self.started  # when its request reached the handler (Service.start's caller says)
         self.submitted = self.started  # when the engine was handed the request (Service._start says)
-        self.first_delivered: float | None = None
+        self.first_delivered: float | None = None  # when its first tokens went out
         self.sent = 0
         self.done = False
         self.waits_for_text = False  # a bistream asked for text and none has come since
         self._items: list[int] = []
         self._fresh = False  # tokens arrived since the last delivery
-        self._delivered = False  # the first tokens have gone out
         self._waiter: asyncio.Future[None] | None = None
 
     def news(self, tokens: list[int], need_text: bool, finished: bool, now: float) -> bool:
@@ -192,10 +191,12 @@ class Session:
         deliveries, what a client sees, once each (not every engine step's news)."""
         if self._fresh:
             metrics = self.service.metrics
-            (metrics.itl if self._delivered else metrics.ttft).observe(now - self.last)
-            if not self._delivered:
+            if self.first_delivered is None:
+                metrics.ttft.observe(now - self.last)
                 self.first_delivered = now
-            self.last, self._fresh, self._delivered = now, False, True
+            else:
+                metrics.itl.observe(now - self.last)
+            self.last, self._fresh = now, False
         w = self._waiter
         if w is not None and not w.done():
             w.set_result(None)
