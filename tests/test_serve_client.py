@@ -44,3 +44,22 @@ def test_an_error_answer_is_kept_whole_for_the_message() -> None:
     r = _Response(start=0.0)
     r.parser.feed_data(raw)
     assert r.done and r.status == 422 and r.pending == body and r.times == []
+
+
+def test_a_result_larger_than_the_pipe_arrives_whole_from_a_non_blocking_stdout() -> None:
+    """The GPU machine's 256-stream run: the children's stdout was non-blocking after their event
+    loop, the parent read them one after another, and a result line over 64 KiB arrived cut."""
+    import subprocess
+    import sys
+    import time
+
+    child_code = ("import os, sys\n"
+                  "from cosyfast.bench.serve_client import write_result\n"
+                  "os.set_blocking(sys.stdout.fileno(), False)\n"
+                  "write_result({'arrivals': [[0.123456789] * 500] * 64})\n")
+    child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(0.5)  # the pipe fills while the parent reads another child
+    out, err = child.communicate(timeout=60)
+    assert child.returncode == 0, err.decode()[-2000:]
+    assert len(out) > 65536
+    assert json.loads(out)["arrivals"][63][499] == 0.123456789

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import resource
 import sys
 import time
@@ -119,6 +120,14 @@ async def _run(url: str, bodies: list[dict[str, Any]]) -> dict[str, Any]:
             c.close()
 
 
+def write_result(result: dict[str, Any]) -> None:
+    """The result line, whole. stdout can be non-blocking by now (on the GPU machine it was, after
+    the event loop): a write then stops at the first full pipe (64 KiB) without an error, and the
+    parent, which reads the children one after another, got a cut line. So: write it blocking."""
+    os.set_blocking(sys.stdout.fileno(), True)
+    print(json.dumps(result), flush=True)
+
+
 if __name__ == "__main__":
     job = json.loads(sys.stdin.readline())
     try:
@@ -126,4 +135,4 @@ if __name__ == "__main__":
         result = uvloop.run(_run(job["url"], job["bodies"]))
     except ImportError:
         result = asyncio.run(_run(job["url"], job["bodies"]))
-    print(json.dumps(result), flush=True)
+    write_result(result)
