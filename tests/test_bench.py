@@ -80,3 +80,23 @@ def test_bench_host_path_rows(tiny_cv2_dir: Path, tmp_path: Path, monkeypatch: p
 def test_bench_rejects_unknown_path(tmp_path: Path) -> None:
     with pytest.raises(SystemExit):
         main(["--paths", "cosyfast,warp-drive", "--out", str(tmp_path)])
+
+
+def test_a_failing_serve_path_keeps_the_rows_measured_and_fails_the_run(
+        tiny_cv2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A serve client broke at the last point of a GPU call and every row of it was lost: rows are
+    written as they are measured, and a failing out-of-process path is reported, not fatal."""
+    import cosyfast.bench.serve_path as serve_path
+
+    def broken(model, work, kind, sweep, median_run, procs, flush_ms):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a serve client failed: cut result line")
+        yield  # a generator, as serve_results is
+
+    monkeypatch.setattr(serve_path, "serve_results", broken)
+    out = tmp_path / "bench"
+    assert main(["--checkpoint", str(tiny_cv2_dir), "--engine", "cpu", "--paths", "cosyfast,serve", "--concurrency",
+                 "1,2", "--new-tokens", "4", "--prompt-rows", "8", "--out", str(out)]) == 1
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert [(r["path"], r["concurrency"]) for r in rows] == [("cosyfast", 1), ("cosyfast", 2)]
+    assert "the serve: RuntimeError: a serve client failed: cut result line" in capsys.readouterr().err
+    assert not list(out.glob("*.tmp*"))

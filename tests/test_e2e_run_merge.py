@@ -49,3 +49,48 @@ def test_another_device_or_a_bad_file_is_refused(tmp_path: Path) -> None:
     alone.write_text(json.dumps(_row("cosyvoice2", "upstream", 1, 1.5)) + "\n")
     with pytest.raises(SystemExit, match="no run.json beside"):
         run.load_earlier([alone], "NVIDIA H100")
+
+
+class _SlowModel:
+    """tts() as upstream's: chunks of audio; request 0 ends at once, the others stall after one chunk."""
+
+    def __init__(self, timers: "_Timers") -> None:
+        self.release = __import__("threading").Event()
+        self.timers = timers
+
+    def tts(self, uuid: str, stream: bool):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        self.timers.local.uuid = uuid  # as run.Timers' wrapper of llm_job records it
+        yield {"tts_speech": np.zeros((1, run.upstream.SAMPLE_RATE // 2))}  # half a second
+        if uuid != "r0":
+            self.release.wait(30)
+
+
+class _Request:
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def tts_kwargs(self) -> dict:
+        return {"uuid": f"r{self.i}"}
+
+
+class _Timers:
+    def __init__(self) -> None:
+        self.local = __import__("threading").local()
+
+
+def test_a_point_past_its_timeout_reports_how_far_it_got(tmp_path: Path) -> None:
+    """Upstream's 64-stream point never ended within a call: its row now says what it produced."""
+    timers = _Timers()
+    model = _SlowModel(timers)
+    with pytest.raises(run.PointCut) as cut:
+        run.run_point(model, timers, None, [_Request(i) for i in range(4)], 4, True, timeout=0.5)
+    model.release.set()
+    row = cut.value.row
+    assert row["cut_after_s"] == 0.5 and row["first_chunks"] == 4 and row["requests"] == 4
+    assert row["audio_s_by_cut"] == 2.0 and 0 < row["audio_s_per_wall_s"] <= 4.0
+    full = {"model": "cosyvoice2", "config": "upstream", "mode": "stream", "concurrency": 4, **row}
+    text = run.markdown([full], {"device": "NVIDIA H100", "upstream": {}, "cosyfast_commit": "x", "size": "full",
+                                 "fp16": True, "engine": "turbomind", "tokens": 100, "command": "run.py"})
+    assert "cut at 0.5 s: 4 of 4 with a first chunk, 2 s of audio" in text

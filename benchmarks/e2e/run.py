@@ -156,11 +156,22 @@ def _busy(intervals: Sequence[tuple[float, float]]) -> float:
     return sum(b - a for a, b in intervals)
 
 
+class PointCut(TimeoutError):
+    """A point that ran past --timeout: `row` is what it had produced by then (see cut_summary)."""
+
+    def __init__(self, message: str, row: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.row = row
+
+
 def run_point(model: Any, timers: Timers, hop: upstream.PerRequestHop | None, requests: list[upstream.Request],
               concurrency: int, stream: bool, timeout: float) -> dict[str, Any]:
-    """`concurrency` threads start together, each drives one model.tts() to its end."""
+    """`concurrency` threads start together, each drives one model.tts() to its end. Past
+    `timeout` raises PointCut with what the requests had produced by then."""
     barrier = threading.Barrier(concurrency)
     done: list[dict[str, Any] | None] = [None] * concurrency
+    # each request's progress as it goes (start, first chunk, samples so far): a cut point's figures
+    progress: list[dict[str, Any]] = [{"start": None, "first": None, "samples": 0} for _ in range(concurrency)]
     errors: list[BaseException] = []
 
     def worker(i: int) -> None:
@@ -170,11 +181,15 @@ def run_point(model: Any, timers: Timers, hop: upstream.PerRequestHop | None, re
             if hop is not None:
                 hop.reset()
             t0 = time.perf_counter()
+            mine = progress[i]
+            mine["start"] = t0
             first = None
             samples = chunks = 0
             for out in model.tts(**kwargs, stream=stream):
                 first = first or time.perf_counter()
+                mine["first"] = first
                 samples += int(out["tts_speech"].shape[1])
+                mine["samples"] = samples
                 chunks += 1
             done[i] = dict(start=t0, first=first, end=time.perf_counter(), samples=samples, chunks=chunks,
                            uuid=timers.local.uuid)
@@ -190,14 +205,31 @@ def run_point(model: Any, timers: Timers, hop: upstream.PerRequestHop | None, re
         t.join(max(0.0, deadline - time.monotonic()))
     if errors:
         raise RuntimeError(f"a request failed: {errors[0]!r}") from errors[0]
-    if any(t.is_alive() for t in threads):
-        raise TimeoutError(f"{sum(t.is_alive() for t in threads)} of {concurrency} requests still ran after {timeout} s")
+    running = sum(t.is_alive() for t in threads)
+    if running:
+        raise PointCut(f"{running} of {concurrency} requests still ran after {timeout} s",
+                       cut_summary(progress, time.perf_counter(), timeout))
     reqs = [r for r in done if r is not None]
     for r in reqs:
         trace = timers.take(r["uuid"])
         r.update(tokens=trace.tokens, llm_s=_busy(trace.llm), token2wav_s=_busy(trace.token2wav),
                  flow_s=_busy(trace.flow), hift_s=_busy(trace.hift), flow_calls=len(trace.flow))
     return summarize(reqs)
+
+
+def cut_summary(progress: list[dict[str, Any]], now: float, timeout: float) -> dict[str, Any]:
+    """A point stopped at its timeout: how many requests had ended and had a first chunk, the
+    first chunks' latency among those that had one, and the audio produced per wall second while
+    it ran (a measured rate, where the full point's figure is out of reach)."""
+    starts = [p["start"] for p in progress if p["start"] is not None]
+    t0 = min(starts) if starts else now
+    first_ms = [(p["first"] - p["start"]) * 1000 for p in progress if p["first"] is not None]
+    audio = sum(p["samples"] for p in progress) / upstream.SAMPLE_RATE
+    return {"cut_after_s": timeout, "requests": sum(p["samples"] > 0 for p in progress),
+            "first_chunks": len(first_ms),
+            "first_chunk_ms_p50": round(_pct(first_ms, 50), 1) if first_ms else None,
+            "first_chunk_ms_p90": round(_pct(first_ms, 90), 1) if first_ms else None,
+            "audio_s_by_cut": round(audio, 3), "audio_s_per_wall_s": round(audio / max(now - t0, 1e-9), 3)}
 
 
 def _pct(values: Sequence[float], q: float) -> float:
@@ -299,9 +331,17 @@ def merge_rows(earlier: list[dict[str, Any]], current: list[dict[str, Any]]) -> 
     return sorted(by_point.values(), key=_point)
 
 
+def _cell(row: dict[str, Any], key: str) -> str:
+    if key == "tokens_max" and "cut_after_s" in row:  # a point stopped at its timeout (cut_summary)
+        return (f"cut at {row['cut_after_s']:g} s: {row['first_chunks']} of {row['concurrency']} with a first "
+                f"chunk, {row['audio_s_by_cut']:g} s of audio")
+    value = row.get(key)
+    return "" if value is None else str(value)
+
+
 def markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     head = "| " + " | ".join(t for _, t in TABLE) + " |\n|" + "---|" * len(TABLE) + "\n"
-    body = "".join("| " + " | ".join("" if r.get(k) is None else str(r.get(k)) for k, _ in TABLE) + " |\n" for r in rows)
+    body = "".join("| " + " | ".join(_cell(r, k) for k, _ in TABLE) + " |\n" for r in rows)
     note = (f"\n{meta['device']}; upstream {meta['upstream']}; cosyfast {meta['cosyfast_commit']}; "
             f"LLM {meta['size']}, fp16 autocast {meta['fp16']}, engine {meta['engine']}; "
             f"{meta['tokens']} tokens per request; command: `{meta['command']}`\n")
@@ -326,7 +366,7 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     for ax, (key, title, mode) in zip(axes.flat, panels):
         series: dict[str, list[tuple[int, float]]] = defaultdict(list)
         for r in rows:
-            if r["mode"] == mode and r.get(key) is not None:
+            if r["mode"] == mode and r.get(key) is not None and "cut_after_s" not in r:  # a cut point: the table's
                 series[f"{r['model']} {r['config']}"].append((r["concurrency"], r[key]))
         for label, pts in sorted(series.items()):
             pts.sort()
@@ -464,7 +504,11 @@ def run_points(args: argparse.Namespace, kind: str, config: str, model: Any, tim
             rows = []
             for rep in range(args.repeats):
                 with MemoryPeak(cuda) as mem:
-                    row = run_point(model, timers, hop, requests, c, mode == "stream", args.timeout)
+                    try:
+                        row = run_point(model, timers, hop, requests, c, mode == "stream", args.timeout)
+                    except PointCut as cut:  # the point's row says how far it got; the model stops here
+                        emit({"model": kind, "config": config, "mode": mode, "concurrency": c, **cut.row})
+                        raise
                 rows.append({"model": kind, "config": config, "mode": mode, "concurrency": c, "repeat": rep,
                              **row, **mem.row(),
                              "host_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)})
@@ -523,18 +567,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         rows.append(row)
         with open(jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
-        print(f"  {row['model']} {row['config']:8s} {row['mode']:7s} c={row['concurrency']:<3d} "
-              f"first chunk p50 {row['first_chunk_ms_p50']:8.1f} ms  RTF p50 {row['rtf_p50']:.3f}  "
-              f"audio/wall {row['audio_s_per_wall_s']:7.2f}  LLM share {row['llm_share']:.2f}  "
-              f"flow {row['flow_share']:.2f}  hift {row['hift_share']:.2f}  tokens {row['tokens_max']}  "
-              f"mem {row['gpu_mem_peak_mb']}", flush=True)
+        if "cut_after_s" in row:
+            print(f"  {row['model']} {row['config']:8s} {row['mode']:7s} c={row['concurrency']:<3d} "
+                  f"cut at {row['cut_after_s']:g} s: {row['requests']} requests with audio, {row['first_chunks']} "
+                  f"first chunks (p50 {row['first_chunk_ms_p50']} ms), audio/wall {row['audio_s_per_wall_s']:.2f}",
+                  flush=True)
+        else:
+            print(f"  {row['model']} {row['config']:8s} {row['mode']:7s} c={row['concurrency']:<3d} "
+                  f"first chunk p50 {row['first_chunk_ms_p50']:8.1f} ms  RTF p50 {row['rtf_p50']:.3f}  "
+                  f"audio/wall {row['audio_s_per_wall_s']:7.2f}  LLM share {row['llm_share']:.2f}  "
+                  f"flow {row['flow_share']:.2f}  hift {row['hift_share']:.2f}  tokens {row['tokens_max']}  "
+                  f"mem {row['gpu_mem_peak_mb']}", flush=True)
+        write_outputs(with_plot=False)  # run.json and the table after every point: a killed call keeps them
 
-    def write_outputs() -> None:
+    def write_outputs(with_plot: bool = True) -> None:
         meta["total_s"] = round(time.perf_counter() - t_start, 1)
         write_atomic(args.out / "run.json", json.dumps(meta, indent=1) + "\n")
         table = merge_rows(earlier, rows)
         write_atomic(args.out / "results.md", markdown(table, meta))
-        if table:
+        if table and with_plot:
             plot(table, args.out / "results.png")
 
     for name in args.models:

@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import sys
+import traceback
 from pathlib import Path
 
 from .._paths import atomic_write_text
@@ -134,12 +135,20 @@ def main(argv: list[str] | None = None) -> int:
           f"{work.new_tokens} tokens per request; paths {paths}; sweep {sweep}", flush=True)
 
     rows: list[dict] = []
+    out = Path(args.out)
+    meta = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
+            "device": device, "checkpoint": str(ckpt)}
+
+    def write_rows() -> None:
+        atomic_write_text(out / "results.jsonl", "".join(json.dumps(r | {"meta": meta}) + "\n" for r in rows))
+        atomic_write_text(out / "results.md", f"device: {device}\n\n" + markdown_table(rows) + "\n")
 
     def record(res) -> None:
         row = res.row() | {"engine": model.engine, "device": device, "kind": weights.kind,
                            "gpu_memory": getattr(model, "gpu_memory", []),
                            "prompt_rows": work.prompt_rows, "new_tokens_per_request": res.tokens // res.concurrency}
         rows.append(row)
+        write_rows()  # after every row: a run cut short (a time limit, a failing path) keeps what it measured
         print(f"  {res.path:17s} conc {res.concurrency:4d}: {res.tok_per_s:9.1f} tok/s  "
               f"{res.ms_per_token_p50:7.2f} ms/tok p50  first {res.first_token_ms_p50:8.1f} ms  rtf {res.rtf:.4f}"
               + (f"  iterations/round {res.extra['iterations_per_round']}" if "iterations_per_round" in res.extra else "")
@@ -187,27 +196,35 @@ def main(argv: list[str] | None = None) -> int:
             res.extra.update(overhead(res.row(), inprocess[res.concurrency]))
         record(res)
 
+    failed: list[str] = []  # the out-of-process paths: one that fails leaves the others to run
+
     if "serve" in paths:
         from .serve_path import serve_results
 
-        for flush_ms in args.serve_flush_ms or [None]:
-            for res in serve_results(model, work, weights.kind, sweep, lambda fn: median_run(fn, args.repeats),
-                                     args.client_procs, flush_ms):
-                record_against_inprocess(res)
+        try:
+            for flush_ms in args.serve_flush_ms or [None]:
+                for res in serve_results(model, work, weights.kind, sweep, lambda fn: median_run(fn, args.repeats),
+                                         args.client_procs, flush_ms):
+                    record_against_inprocess(res)
+        except Exception as e:  # reported below and in the exit status (traceback now)
+            traceback.print_exc()
+            failed.append(f"serve: {type(e).__name__}: {e}")
     if "host" in paths:
         from .host_path import host_results, model_flags
 
         flags = model_flags(model.engine, max(args.max_batch, max(sweep)), model.replicas, devices, args.gpu_memory)
-        for res in host_results(weights, work, sweep, flags, lambda fn: median_run(fn, args.repeats)):
-            record_against_inprocess(res)
+        try:
+            for res in host_results(weights, work, sweep, flags, lambda fn: median_run(fn, args.repeats)):
+                record_against_inprocess(res)
+        except Exception as e:
+            traceback.print_exc()
+            failed.append(f"host: {type(e).__name__}: {e}")
 
-    out = Path(args.out)
-    meta = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-            "device": device, "checkpoint": str(ckpt)}
-    atomic_write_text(out / "results.jsonl", "".join(json.dumps(r | {"meta": meta}) + "\n" for r in rows))
-    atomic_write_text(out / "results.md", f"device: {device}\n\n" + markdown_table(rows) + "\n")
+    write_rows()
     if args.plot:
         plot(rows, out / "results.png")
     print(markdown_table(rows))
+    for why in failed:
+        print(f"bench: the {why}", file=sys.stderr)
     model.close()
-    return 0
+    return 1 if failed else 0
