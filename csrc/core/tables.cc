@@ -93,7 +93,7 @@ void PromptTables::Validate() const {
 
 std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab& vocab,
                                   const std::vector<int32_t>& text_ids,
-                                  const std::vector<int32_t>& prompt_speech_tokens) {
+                                  const std::vector<int32_t>& prompt_speech_tokens, bool speech_rows) {
   if (vocab.required_text_id >= 0 &&
       std::find(text_ids.begin(), text_ids.end(), vocab.required_text_id) == text_ids.end()) {
     throw std::invalid_argument(vocab.name + " needs the text to contain id " + std::to_string(vocab.required_text_id) +
@@ -110,7 +110,9 @@ std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab&
   rows.push_back({PromptRow::Kind::kSos});
   for (int32_t t : text_ids) rows.push_back({PromptRow::Kind::kText, t});
   rows.push_back({PromptRow::Kind::kTaskId});
-  for (int32_t t : prompt_speech_tokens) rows.push_back({PromptRow::Kind::kSpeech, t});
+  if (speech_rows) {
+    for (int32_t t : prompt_speech_tokens) rows.push_back({PromptRow::Kind::kSpeech, t});
+  }
   std::vector<float> out;
   AppendRows(tables, rows, out);
   return out;

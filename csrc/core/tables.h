@@ -74,10 +74,12 @@ struct PromptRow {
 void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<float>& out);
 
 // Builds the prompt rows [sos, text_ids..., task_id, speech_embedding[prompt_speech]...] as
-// float32, (2 + text + speech) x hidden. `text_ids` is prompt text followed by text.
+// float32, (2 + text + speech) x hidden. `text_ids` is prompt text followed by text. Without
+// `speech_rows` the speech rows are left out (still checked): an engine that embeds speech ids
+// itself takes them as ids.
 // Throws std::invalid_argument for an id outside its table or a missing required id.
 std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab& vocab,
                                   const std::vector<int32_t>& text_ids,
-                                  const std::vector<int32_t>& prompt_speech_tokens);
+                                  const std::vector<int32_t>& prompt_speech_tokens, bool speech_rows = true);
 
 }  // namespace cosyfast

@@ -6,14 +6,15 @@
 namespace cosyfast {
 
 PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
-                      int session_limit, bool fed_back_last) {
+                      int session_limit, bool fed_back_last, bool speech_as_ids) {
   request.options.Validate();
   if (request.text_ids.empty()) throw std::invalid_argument("the text is empty: give at least one text id");
   std::vector<int32_t> all_text = request.prompt_text_ids;
   all_text.insert(all_text.end(), request.text_ids.begin(), request.text_ids.end());
   PromptPlan plan;
-  plan.rows = AssemblePrompt(tables, vocab, all_text, request.prompt_speech_tokens);
-  plan.prompt_len = static_cast<int>(plan.rows.size() / tables.hidden());
+  plan.rows = AssemblePrompt(tables, vocab, all_text, request.prompt_speech_tokens, /*speech_rows=*/!speech_as_ids);
+  if (speech_as_ids) plan.speech_ids = request.prompt_speech_tokens;
+  plan.prompt_len = static_cast<int>(plan.rows.size() / tables.hidden() + plan.speech_ids.size());
   if (plan.prompt_len >= session_limit) {
     throw std::invalid_argument("the prompt has " + std::to_string(plan.prompt_len) +
                                 " rows (sos + prompt text + text + task_id + prompt speech), which leaves no room under the "

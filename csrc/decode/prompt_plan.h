@@ -29,7 +29,10 @@ struct BistreamRequest {
 
 struct PromptPlan {
   std::vector<float> rows;  // [sos, prompt text + text, task_id, prompt speech] x hidden
-  int prompt_len = 0;
+  // With PlanPrompt's speech_as_ids: the prompt speech tokens, which then follow the rows as ids
+  // (rows holds [sos, prompt text + text, task_id] only).
+  std::vector<int32_t> speech_ids;
+  int prompt_len = 0;       // every position: rows, then speech_ids
   int text_len = 0;         // text ids without the prompt text: sets min_len and max_len
   int min_len = 0, max_len = 0;
   RequestOptions options;   // max_len capped to the room the engine leaves
@@ -38,9 +41,10 @@ struct PromptPlan {
 // Throws std::invalid_argument naming what is wrong. `session_limit`: the engine's positions per
 // session; `fed_back_last`: whether the engine must also hold the last emitted token (a round
 // engine feeds every token back before it samples the next; TurboMind's loop does not feed the
-// last one).
+// last one); `speech_as_ids`: the prompt speech goes as ids (an engine whose token embedding is
+// the speech embedding looks them up itself).
 PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
-                      int session_limit, bool fed_back_last);
+                      int session_limit, bool fed_back_last, bool speech_as_ids = false);
 
 // The checks of a bistream request's start (its text pieces are checked as they come).
 void CheckBistream(const PromptTables& tables, const SpeechVocab& vocab, const BistreamRequest& request);

@@ -234,12 +234,19 @@ std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request
                                                 bool native) {
   if (!sink) throw std::invalid_argument("a request needs a token sink");
   const EngineOptions& o = engine_->options();
-  PromptPlan plan = PlanPrompt(*tables_, vocab_, request, o.max_session_len, /*fed_back_last=*/false);
+  // The prompt speech goes as ids: TurboMind's token embedding is the speech embedding (tm_loader,
+  // the same bf16 bytes as these rows would be), so only sos, the text and task_id travel as rows.
+  // Why: TurboMind copies every row through a pinned staging buffer on its engine thread before
+  // the prefill (input_processor.cc, Setup), and the voice prompt's speech is most of a prompt.
+  PromptPlan plan =
+      PlanPrompt(*tables_, vocab_, request, o.max_session_len, /*fed_back_last=*/false, /*speech_as_ids=*/true);
+  const int row_positions = plan.prompt_len - static_cast<int>(plan.speech_ids.size());
 
   RequestSpec spec;
-  spec.ids.assign(plan.prompt_len, 0);  // placeholders: every position takes its row below
+  spec.ids.assign(row_positions, 0);  // placeholders: these positions take their rows below
+  spec.ids.insert(spec.ids.end(), plan.speech_ids.begin(), plan.speech_ids.end());
   spec.rows = ToBFloat16(plan.rows);
-  spec.row_ranges = {{0, plan.prompt_len}};
+  spec.row_ranges = {{0, row_positions}};
   spec.max_new_tokens = plan.max_len;
   spec.seed = plan.options.seed;
   const SamplingOptions& s = plan.options.sampling;
