@@ -96,7 +96,27 @@ def main(argv: list[str] | None = None) -> None:
                            "all_float32_margins_median": statistics.median(x for ms in ref_margins for x in ms)}
                 rows_out.append(summary)
                 print(json.dumps(summary), flush=True)
+    for name in sorted({r["stream"] for r in rows_out if r["stream"].startswith("engine")}):
+        row = paired(rows_out, name, "hf-bfloat16", n)
+        rows_out.append(row)
+        print(json.dumps(row), flush=True)
     atomic_write_text(out / "greedy_divergence.jsonl", "".join(json.dumps(r) + "\n" for r in rows_out))
+
+
+def paired(rows: list[dict], stream: str, reference: str, tokens: int) -> dict:
+    """The question of the study, over every (layers, prompt) taken together: does `stream` part
+    from float32 no earlier than `reference` does? Prompt by prompt: later, earlier, the same
+    token (a stream that never parts counts as `tokens`)."""
+    def parts(name: str) -> dict[tuple[int, int], int]:
+        return {(r["layers"], r["prompt"]): tokens if r["parts_at"] is None else r["parts_at"]
+                for r in rows if r.get("stream") == name and "prompt" in r}
+
+    mine, ref = parts(stream), parts(reference)
+    pairs = [(mine[k], ref[k]) for k in sorted(mine) if k in ref]
+    return {"paired": True, "stream": stream, "vs": reference, "prompts": len(pairs),
+            "later": sum(a > b for a, b in pairs), "earlier": sum(a < b for a, b in pairs),
+            "same": sum(a == b for a, b in pairs), "sum_parts_at": sum(a for a, _ in pairs),
+            "sum_parts_at_vs": sum(b for _, b in pairs), "no_earlier": sum(a for a, _ in pairs) >= sum(b for _, b in pairs)}
 
 
 if __name__ == "__main__":
