@@ -85,18 +85,23 @@ def test_bench_rejects_unknown_path(tmp_path: Path) -> None:
 def test_a_failing_serve_path_keeps_the_rows_measured_and_fails_the_run(
         tiny_cv2_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     """A serve client broke at the last point of a GPU call and every row of it was lost: rows are
-    written as they are measured, and a failing out-of-process path is reported, not fatal."""
+    written as they are measured (the serve rows too: serve_results yields each), and a failing
+    out-of-process path is reported, not fatal."""
     import cosyfast.bench.serve_path as serve_path
 
-    def broken(model, work, kind, sweep, median_run, procs, flush_ms):  # type: ignore[no-untyped-def]
-        raise RuntimeError("a serve client failed: cut result line")
-        yield  # a generator, as serve_results is
+    real = serve_path.run_serve
 
-    monkeypatch.setattr(serve_path, "serve_results", broken)
+    def breaks_at_two_streams(url, work, reqs, procs, service=None):  # type: ignore[no-untyped-def]
+        if len(reqs) == 2 and service is not None:  # the timed runs at 2 streams (not the warm-up)
+            raise RuntimeError("a serve client failed: cut result line")
+        return real(url, work, reqs, procs, service)
+
+    monkeypatch.setattr(serve_path, "run_serve", breaks_at_two_streams)
     out = tmp_path / "bench"
     assert main(["--checkpoint", str(tiny_cv2_dir), "--engine", "cpu", "--paths", "cosyfast,serve", "--concurrency",
                  "1,2", "--new-tokens", "4", "--prompt-rows", "8", "--out", str(out)]) == 1
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    assert [(r["path"], r["concurrency"]) for r in rows] == [("cosyfast", 1), ("cosyfast", 2)]
-    assert "the serve: RuntimeError: a serve client failed: cut result line" in capsys.readouterr().err
+    assert [(r["path"], r["concurrency"]) for r in rows] == [("cosyfast", 1), ("cosyfast", 2), ("serve", 1)]
+    err = capsys.readouterr().err
+    assert "the serve path failed: RuntimeError: a serve client failed: cut result line" in err
     assert not list(out.glob("*.tmp*"))

@@ -88,9 +88,13 @@ def test_a_point_past_its_timeout_reports_how_far_it_got(tmp_path: Path) -> None
         run.run_point(model, timers, None, [_Request(i) for i in range(4)], 4, True, timeout=0.5)
     model.release.set()
     row = cut.value.row
-    assert row["cut_after_s"] == 0.5 and row["first_chunks"] == 4 and row["requests"] == 4
+    assert row["cut_after_s"] == 0.5 and row["first_chunks"] == 4 and row["requests"] == 4 and row["ended"] == 1
     assert row["audio_s_by_cut"] == 2.0 and 0 < row["audio_s_per_wall_s"] <= 4.0
     full = {"model": "cosyvoice2", "config": "upstream", "mode": "stream", "concurrency": 4, **row}
     text = run.markdown([full], {"device": "NVIDIA H100", "upstream": {}, "cosyfast_commit": "x", "size": "full",
                                  "fp16": True, "engine": "turbomind", "tokens": 100, "command": "run.py"})
-    assert "cut at 0.5 s: 4 of 4 with a first chunk, 2 s of audio" in text
+    assert "cut at 0.5 s: 1 of 4 ended, 4 with a first chunk, 2 s of audio" in text
+    # a cut point never replaces a whole one of an earlier run; a whole one replaces a cut one
+    whole = {"model": "cosyvoice2", "config": "upstream", "mode": "stream", "concurrency": 4, "rtf_p50": 9.0}
+    assert run.merge_rows([whole], [full]) == [whole]
+    assert run.merge_rows([full], [whole]) == [whole]

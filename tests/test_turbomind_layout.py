@@ -107,29 +107,33 @@ def test_vocabulary_tables_are_padded_to_64_rows(vocab):
     assert np.array_equal(out[:, :vocab], bf16(lm_head.T)) and not out[:, vocab:].any()
 
 
+@pytest.mark.parametrize("table_dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("kind", ["cosyvoice2", "cosyvoice3"])
-def test_prompt_speech_as_ids_gives_turbomind_the_bytes_the_rows_held(kind: str, tiny_dirs: dict) -> None:
+def test_prompt_speech_as_ids_gives_turbomind_the_bytes_the_rows_held(kind: str, table_dtype: str,
+                                                                      tiny_dirs: dict) -> None:
     """TurboMind's generator sends the voice prompt's speech tokens as ids (its token embedding is
-    the speech embedding) and only sos, the text and task_id as rows: the prompt TurboMind embeds
-    must be, byte for byte, the all-rows prompt it was sent before (bf16), with the same lengths."""
+    the speech embedding) and only sos, the text and task_id as rows (engines/turbomind_inputs.h):
+    what TurboMind embeds, position by position (a row where the rows reach, else tok_embeddings at
+    the id), must be byte for byte the all-rows request it was sent before, with the same lengths."""
     from cosyfast.checkpoint import load_checkpoint
 
     w = load_checkpoint(tiny_dirs[kind])
     tables = _core.PromptTables(text_embedding=w.text_embedding, speech_embedding=w.speech_embedding, sos=w.sos,
-                                task_id=w.task_id, table_dtype="float32")
+                                task_id=w.task_id, table_dtype=table_dtype)
     rng = np.random.default_rng(7)
     text = rng.integers(0, 1000, 12).tolist() + ([151646] if kind == "cosyvoice3" else [])
     prompt_text = rng.integers(0, 1000, 5).tolist()
     speech = rng.integers(0, w.vocab["speech_token_size"], 40).tolist()
-    plan = [_core.testing.plan_prompt(tables, w.vocab, text, prompt_text, speech, 512, as_ids) for as_ids in (False, True)]
-    rows, ids = plan
-    assert ids["prompt_len"] == rows["prompt_len"] == 2 + len(prompt_text) + len(text) + len(speech)
-    assert (ids["min_len"], ids["max_len"]) == (rows["min_len"], rows["max_len"])
-    assert rows["speech_ids"] == [] and ids["speech_ids"] == speech
-    n = ids["prompt_len"] - len(speech)
-    np.testing.assert_array_equal(ids["rows"], rows["rows"][:n])
+    before, now = (_core.testing.turbomind_prompt(tables, w.vocab, text, prompt_text, speech, 512, as_ids)
+                   for as_ids in (False, True))
+    length = 2 + len(prompt_text) + len(text) + len(speech)
+    assert before["prompt_len"] == now["prompt_len"] == length == len(before["ids"]) == len(now["ids"])
+    assert (now["min_len"], now["max_len"]) == (before["min_len"], before["max_len"])
+    assert before["row_positions"] == length and now["row_positions"] == length - len(speech)
+    assert now["ids"] == [0] * now["row_positions"] + speech
     tok_embeddings, _ = _core.testing.turbomind_vocab_layout(w.speech_embedding, w.speech_embedding)
-    np.testing.assert_array_equal(tok_embeddings[speech], bf16(rows["rows"][n:]))
+    embedded = np.concatenate([now["rows"], tok_embeddings[now["ids"][now["row_positions"]:]]])
+    np.testing.assert_array_equal(embedded, before["rows"])
     # a speech token outside the table is still refused when it goes as an id
     with pytest.raises(ValueError, match="prompt speech token"):
-        _core.testing.plan_prompt(tables, w.vocab, text, prompt_text, [w.vocab["speech_token_size"]], 512, True)
+        _core.testing.turbomind_prompt(tables, w.vocab, text, prompt_text, [w.vocab["speech_token_size"]], 512, True)

@@ -208,7 +208,7 @@ def run_point(model: Any, timers: Timers, hop: upstream.PerRequestHop | None, re
     running = sum(t.is_alive() for t in threads)
     if running:
         raise PointCut(f"{running} of {concurrency} requests still ran after {timeout} s",
-                       cut_summary(progress, time.perf_counter(), timeout))
+                       cut_summary(progress, time.perf_counter(), timeout) | {"ended": concurrency - running})
     reqs = [r for r in done if r is not None]
     for r in reqs:
         trace = timers.take(r["uuid"])
@@ -218,9 +218,9 @@ def run_point(model: Any, timers: Timers, hop: upstream.PerRequestHop | None, re
 
 
 def cut_summary(progress: list[dict[str, Any]], now: float, timeout: float) -> dict[str, Any]:
-    """A point stopped at its timeout: how many requests had ended and had a first chunk, the
-    first chunks' latency among those that had one, and the audio produced per wall second while
-    it ran (a measured rate, where the full point's figure is out of reach)."""
+    """A point stopped at its timeout: how many requests had audio and a first chunk, the first
+    chunks' latency among those that had one, and the audio produced per wall second while it ran
+    (a measured rate, where the full point's figure is out of reach)."""
     starts = [p["start"] for p in progress if p["start"] is not None]
     t0 = min(starts) if starts else now
     first_ms = [(p["first"] - p["start"]) * 1000 for p in progress if p["first"] is not None]
@@ -325,16 +325,20 @@ def load_earlier(paths: Sequence[Path], device: str) -> list[dict[str, Any]]:
 
 def merge_rows(earlier: list[dict[str, Any]], current: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """One table: this run's points, and the earlier runs' points it did not measure (a later
-    file's point replaces an earlier file's), ordered by model, configuration, mode, streams."""
-    by_point = {_point(r): r for r in earlier}
-    by_point.update((_point(r), r) for r in current)
+    file's point replaces an earlier file's, except that a point cut at its timeout never replaces
+    a whole one), ordered by model, configuration, mode, streams."""
+    by_point: dict[tuple[str, str, str, int], dict[str, Any]] = {}
+    for r in [*earlier, *current]:
+        held = by_point.get(_point(r))
+        if held is None or "cut_after_s" not in r or "cut_after_s" in held:
+            by_point[_point(r)] = r
     return sorted(by_point.values(), key=_point)
 
 
 def _cell(row: dict[str, Any], key: str) -> str:
     if key == "tokens_max" and "cut_after_s" in row:  # a point stopped at its timeout (cut_summary)
-        return (f"cut at {row['cut_after_s']:g} s: {row['first_chunks']} of {row['concurrency']} with a first "
-                f"chunk, {row['audio_s_by_cut']:g} s of audio")
+        return (f"cut at {row['cut_after_s']:g} s: {row.get('ended', 0)} of {row['concurrency']} ended, "
+                f"{row['first_chunks']} with a first chunk, {row['audio_s_by_cut']:g} s of audio (audio/wall: while it ran)")
     value = row.get(key)
     return "" if value is None else str(value)
 
@@ -569,8 +573,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f.write(json.dumps(row) + "\n")
         if "cut_after_s" in row:
             print(f"  {row['model']} {row['config']:8s} {row['mode']:7s} c={row['concurrency']:<3d} "
-                  f"cut at {row['cut_after_s']:g} s: {row['requests']} requests with audio, {row['first_chunks']} "
-                  f"first chunks (p50 {row['first_chunk_ms_p50']} ms), audio/wall {row['audio_s_per_wall_s']:.2f}",
+                  f"cut at {row['cut_after_s']:g} s: {row['ended']} ended, {row['first_chunks']} with a first chunk"
+                  + (f" (p50 {row['first_chunk_ms_p50']} ms)" if row["first_chunks"] else "")
+                  + f", audio/wall while it ran {row['audio_s_per_wall_s']:.2f}",
                   flush=True)
         else:
             print(f"  {row['model']} {row['config']:8s} {row['mode']:7s} c={row['concurrency']:<3d} "

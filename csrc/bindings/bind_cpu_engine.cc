@@ -18,6 +18,9 @@
 
 #include "engines/cpu_qwen2.h"
 #include "engines/engine.h"
+#include "core/tables.h"
+#include "decode/prompt_plan.h"
+#include "engines/turbomind_inputs.h"
 #include "engines/turbomind_layout.h"
 #include "bindings/bindings.h"
 
@@ -233,6 +236,28 @@ void BindTurboMindLayout(py::module_& testing) {
       },
       py::arg("embed_tokens"), py::arg("lm_head"),
       "(tok_embeddings [padded, hidden], output [hidden, padded]) in TurboMind's layout (bf16 bits).");
+  testing.def(
+      "turbomind_prompt",
+      [](std::shared_ptr<PromptTables> tables, const py::dict& vocab, std::vector<int32_t> text_ids,
+         std::vector<int32_t> prompt_text_ids, std::vector<int32_t> prompt_speech_tokens, int session_limit,
+         bool speech_as_ids) {
+        GenerationRequest request{std::move(text_ids), std::move(prompt_text_ids), std::move(prompt_speech_tokens), {}};
+        const PromptPlan plan = PlanPrompt(*tables, VocabFromDict(vocab), request, session_limit,
+                                           /*fed_back_last=*/false, speech_as_ids);
+        const TurboMindPromptInputs in = TurboMindPrompt(plan);
+        py::dict out;
+        out["ids"] = in.ids;
+        out["rows"] = Bf16Array(in.rows, {in.row_positions, tables->hidden()});
+        out["row_positions"] = in.row_positions;
+        out["prompt_len"] = plan.prompt_len;
+        out["min_len"] = plan.min_len;
+        out["max_len"] = plan.max_len;
+        return out;
+      },
+      py::arg("tables"), py::arg("vocab"), py::arg("text_ids"), py::arg("prompt_text_ids"),
+      py::arg("prompt_speech_tokens"), py::arg("session_limit"), py::arg("speech_as_ids"),
+      "What TurboMind's generator sends for a whole-text request (engines/turbomind_inputs.h): ids, bf16 rows "
+      "for [0, row_positions), and the plan's lengths.");
 }
 
 void BindCpuEngine(py::module_& m) {

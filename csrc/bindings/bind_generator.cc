@@ -299,29 +299,4 @@ void BindGenerator(py::module_& m) {
       });
 }
 
-void BindPromptPlan(py::module_& testing) {
-  testing.def(
-      "plan_prompt",
-      [](std::shared_ptr<PromptTables> tables, const py::dict& vocab, std::vector<int32_t> text_ids,
-         std::vector<int32_t> prompt_text_ids, std::vector<int32_t> prompt_speech_tokens, int session_limit,
-         bool speech_as_ids) {
-        GenerationRequest request{std::move(text_ids), std::move(prompt_text_ids), std::move(prompt_speech_tokens), {}};
-        const PromptPlan plan = PlanPrompt(*tables, MakeVocab(vocab), request, session_limit,
-                                           /*fed_back_last=*/false, speech_as_ids);
-        const py::ssize_t hidden = tables->hidden();
-        py::array_t<float> rows({static_cast<py::ssize_t>(plan.rows.size()) / hidden, hidden});
-        std::copy(plan.rows.begin(), plan.rows.end(), rows.mutable_data());
-        py::dict out;
-        out["rows"] = rows;
-        out["speech_ids"] = plan.speech_ids;
-        out["prompt_len"] = plan.prompt_len;
-        out["min_len"] = plan.min_len;
-        out["max_len"] = plan.max_len;
-        return out;
-      },
-      py::arg("tables"), py::arg("vocab"), py::arg("text_ids"), py::arg("prompt_text_ids"),
-      py::arg("prompt_speech_tokens"), py::arg("session_limit"), py::arg("speech_as_ids"),
-      "A whole-text request's plan (TurboMind's generator plans with speech_as_ids): rows, speech ids, lengths.");
-}
-
 }  // namespace cosyfast::python

@@ -27,7 +27,6 @@ void BindGpuMemory(pybind11::module_& m);  // the TurboMind memory plan (core/gp
 // one reader in cpu_qwen2.h reads it (bind_cpu_engine.cc).
 CpuQwen2Config ConfigFromDict(const pybind11::dict& config, int max_session_len);
 void BindTurboMindLayout(pybind11::module_& testing);  // cosyfast._core.testing: the weight layouts
-void BindPromptPlan(pybind11::module_& testing);       // cosyfast._core.testing: decode/prompt_plan.h
 
 // A Qwen2 model handed over from Python (cosyfast's normalised config, the vocabulary tables and
 // one dict of Hugging Face layer tensors per layer), every shape checked: what the CPU engine and

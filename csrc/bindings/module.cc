@@ -19,5 +19,4 @@ PYBIND11_MODULE(_core, m) {
   auto testing = m.def_submodule("testing", "Test-only entry points (the sampler alone); no public API uses them.");
   cosyfast::python::BindTesting(testing);
   cosyfast::python::BindTurboMindLayout(testing);
-  cosyfast::python::BindPromptPlan(testing);
 }

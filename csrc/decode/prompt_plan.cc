@@ -17,7 +17,7 @@ PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, cons
   plan.prompt_len = static_cast<int>(plan.rows.size() / tables.hidden() + plan.speech_ids.size());
   if (plan.prompt_len >= session_limit) {
     throw std::invalid_argument("the prompt has " + std::to_string(plan.prompt_len) +
-                                " rows (sos + prompt text + text + task_id + prompt speech), which leaves no room under the "
+                                " positions (sos + prompt text + text + task_id + prompt speech), which leaves no room under the "
                                 "session limit of " + std::to_string(session_limit) + " positions");
   }
   plan.options = request.options;

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "decode/bistream.h"
+#include "engines/turbomind_inputs.h"
 
 namespace cosyfast::tm {
 namespace {
@@ -234,19 +235,15 @@ std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request
                                                 bool native) {
   if (!sink) throw std::invalid_argument("a request needs a token sink");
   const EngineOptions& o = engine_->options();
-  // The prompt speech goes as ids: TurboMind's token embedding is the speech embedding (tm_loader,
-  // the same bf16 bytes as these rows would be), so only sos, the text and task_id travel as rows.
-  // Why: TurboMind copies every row through a pinned staging buffer on its engine thread before
-  // the prefill (input_processor.cc, Setup), and the voice prompt's speech is most of a prompt.
+  // The prompt speech as ids, the rest as rows: engines/turbomind_inputs.h says why.
   PromptPlan plan =
       PlanPrompt(*tables_, vocab_, request, o.max_session_len, /*fed_back_last=*/false, /*speech_as_ids=*/true);
-  const int row_positions = plan.prompt_len - static_cast<int>(plan.speech_ids.size());
+  TurboMindPromptInputs inputs = TurboMindPrompt(plan);
 
   RequestSpec spec;
-  spec.ids.assign(row_positions, 0);  // placeholders: these positions take their rows below
-  spec.ids.insert(spec.ids.end(), plan.speech_ids.begin(), plan.speech_ids.end());
-  spec.rows = ToBFloat16(plan.rows);
-  spec.row_ranges = {{0, row_positions}};
+  spec.ids = std::move(inputs.ids);
+  spec.rows = std::move(inputs.rows);
+  spec.row_ranges = {{0, inputs.row_positions}};
   spec.max_new_tokens = plan.max_len;
   spec.seed = plan.options.seed;
   const SamplingOptions& s = plan.options.sampling;

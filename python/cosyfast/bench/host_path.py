@@ -11,7 +11,7 @@ import json
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .._paths import cache_root
 from ..bundle import BUNDLE_FORMAT_VERSION, CONFIG_NAME, export_cpu_bundle, load_program
@@ -76,15 +76,13 @@ def run_host(bundle: Path, flags: list[str], work: Workload,
 
 
 def host_results(weights: LlmWeights, work: Workload, sweep: list[int], flags: list[str],
-                 median_run: Callable[[Callable[[], tuple]], tuple]) -> list[RunResult]:
-    """The host rows over the sweep: one child process per run."""
+                 median_run: Callable[[Callable[[], tuple]], tuple]) -> Iterator[RunResult]:
+    """The host rows over the sweep, each as soon as it is measured: one child process per run."""
     bundle = cached_bundle(weights)
-    results = []
     for c in sweep:
         reqs = work.requests(c, weights.kind)
         wall, arrivals, report = median_run(lambda: run_host(bundle, flags, work, reqs))
         res = summarize("host", c, wall, arrivals, None, finished=report["finished"],
                         live_sessions_after=report["live_sessions_after"])
         res.host_rss_mb = report["peak_rss_mb"]  # the child's, where the engine ran
-        results.append(res)
-    return results
+        yield res

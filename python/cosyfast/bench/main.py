@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                     record_against_inprocess(res)
         except Exception as e:  # reported below and in the exit status (traceback now)
             traceback.print_exc()
-            failed.append(f"serve: {type(e).__name__}: {e}")
+            failed.append(f"serve path failed: {type(e).__name__}: {e}")
     if "host" in paths:
         from .host_path import host_results, model_flags
 
@@ -218,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                 record_against_inprocess(res)
         except Exception as e:
             traceback.print_exc()
-            failed.append(f"host: {type(e).__name__}: {e}")
+            failed.append(f"host path failed: {type(e).__name__}: {e}")
 
     write_rows()
     if args.plot:
         plot(rows, out / "results.png")
     print(markdown_table(rows))
     for why in failed:
-        print(f"bench: the {why}", file=sys.stderr)
+        print(f"bench: the {why}", file=sys.stderr)  # after the table: the last thing a reader sees
     model.close()
     return 1 if failed else 0

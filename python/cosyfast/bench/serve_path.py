@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
@@ -137,15 +137,15 @@ def run_serve(url: str, work: Workload, requests: list[Request], procs: int,
 
 def serve_results(model: "Model", work: Workload, kind: str, sweep: list[int],
                   median_run: Callable[[Callable[[], tuple]], tuple], client_procs: int | None = None,
-                  flush_ms: float | None = None) -> list[RunResult]:
-    """The serve rows over the sweep (one server for all of them, an untimed warm-up first).
+                  flush_ms: float | None = None) -> Iterator[RunResult]:
+    """The serve rows over the sweep, each as soon as it is measured (one server for all of them,
+    an untimed warm-up first).
     client_procs: client processes per run (default: default_client_procs of the concurrency);
     flush_ms: the service's flush interval (default its own; rows then labelled serve, else
     serve-flush<ms>ms)."""
     from ..serve import BackgroundServer, Service
     from ..serve.service import DEFAULT_FLUSH_INTERVAL_S
 
-    results = []
     flush_s = DEFAULT_FLUSH_INTERVAL_S if flush_ms is None else flush_ms / 1e3
     label = "serve" if flush_ms is None else f"serve-flush{flush_ms:g}ms"
     service = Service(model, max_sessions=max(sweep), flush_interval_s=flush_s)
@@ -156,5 +156,4 @@ def serve_results(model: "Model", work: Workload, kind: str, sweep: list[int],
             reqs = work.requests(c, kind)
             procs = client_procs or default_client_procs(c)
             wall, arrivals, cpu = median_run(lambda: run_serve(url, work, reqs, procs, service))
-            results.append(summarize(label, c, wall, arrivals, None, **cpu))
-    return results
+            yield summarize(label, c, wall, arrivals, None, **cpu)
