@@ -366,6 +366,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
               ("rtf_p50", "RTF per stream p50, streaming", "stream"),
               ("audio_s_per_wall_s", "audio seconds per wall second, streaming", "stream"),
               ("llm_share", "LLM share of a request's wall time, offline", "offline")]
+    if not any(r["mode"] == "offline" for r in rows):  # a streaming-only table: its own LLM share
+        panels[-1] = ("llm_share", "LLM share of a request's wall time, streaming", "stream")
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     for ax, (key, title, mode) in zip(axes.flat, panels):
         series: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -382,7 +384,8 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         ax.grid(alpha=0.3)
         if key != "llm_share":
             ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        if series:
+            ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=110)
