@@ -96,9 +96,16 @@ class TokenStream(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         session = self.session
-        watcher = asyncio.ensure_future(_client_gone(receive))
-        watcher.add_done_callback(lambda _: session.cancel())
+        watcher: asyncio.Future[None] | None = None
         try:
+            # One turn of the loop first: the requests that arrived with this one (a burst) are
+            # admitted before this one's headers go out and its watcher starts. The engine gets the
+            # burst sooner; the writes fall into the wait for the first tokens (64 streams on the
+            # 2-core CPU box, 3 alternating runs each: admission p90 8.2-11.3 -> 7.1-8.4 ms, p50
+            # within the runs' spread, 5.5-8.0 -> 5.1-6.8).
+            await asyncio.sleep(0)
+            watcher = asyncio.ensure_future(_client_gone(receive))
+            watcher.add_done_callback(lambda _: session.cancel())
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             try:
                 async for tokens in session.batches():
@@ -111,7 +118,8 @@ class TokenStream(Response):
         except OSError:  # the client left mid-write (uvicorn's ClientDisconnected)
             pass
         finally:
-            watcher.cancel()
+            if watcher is not None:
+                watcher.cancel()
             session.cancel()  # ended early (client gone, server stopping): free the engine session now
 
 
