@@ -105,3 +105,22 @@ def test_a_failing_serve_path_keeps_the_rows_measured_and_fails_the_run(
     err = capsys.readouterr().err
     assert "the serve path failed: RuntimeError: a serve client failed: cut result line" in err
     assert not list(out.glob("*.tmp*"))
+
+
+def test_the_native_path_starts_through_model_start_and_needs_turbomind(tiny_cv2_dir: Path) -> None:
+    """turbomind-native starts its requests through Model._start, as Model.stream does (the same
+    Python per request before the engine; only the sampler differs), and says why it cannot run
+    on the cpu engine."""
+    import cosyfast
+    from cosyfast.bench.runs import run_turbomind_native
+    from cosyfast.bench.workload import Workload
+    from cosyfast.model import request_options
+
+    work = Workload(prompt_rows=8, new_tokens=4)
+    with cosyfast.load(tiny_cv2_dir, engine="cpu") as m:
+        r = work.requests(1, m.kind)[0]
+        options = dict(seed=3, top_k=1, ras=False, **work.length_options())
+        assert m._start(r.text_ids, r.prompt_text_ids, r.prompt_speech_tokens, request_options(**options)).drain() == \
+            m.stream(r.text_ids, r.prompt_text_ids, r.prompt_speech_tokens, **options).drain()
+        with pytest.raises(ValueError, match="TurboMind's own sampler; this model runs on cpu"):
+            run_turbomind_native(m, work, work.requests(2, m.kind))

@@ -266,14 +266,22 @@ class Model:
         win_size, tau_r, exclude_repeated, min_token_text_ratio, max_token_text_ratio, max_len,
         min_len. Greedy decoding: top_k=1, ras=False. Dropping the iterator cancels the session.
         """
+        return self._start(text_ids, prompt_text_ids, prompt_speech_tokens, request_options(**options))
+
+    def _start(self, text_ids: Any, prompt_text_ids: Any, prompt_speech_tokens: Any, options: _core.RequestOptions,
+               native: bool = False) -> _core.Stream:
+        """`stream` with its options built. `native` (TurboMind only): TurboMind's own sampler
+        instead of CosyVoice's (the bench's turbomind-native path, which starts its requests here so
+        that both paths pay the same per-request work before the engine)."""
         self._live()
         gen = self._pool.pick()
-        return gen.start(
-            _ids(text_ids, "text_ids"),
-            _ids(prompt_text_ids, "prompt_text_ids"),
-            _ids(prompt_speech_tokens, "prompt_speech_tokens"),
-            request_options(**options),
-        )
+        ids = (_ids(text_ids, "text_ids"), _ids(prompt_text_ids, "prompt_text_ids"),
+               _ids(prompt_speech_tokens, "prompt_speech_tokens"))
+        if native:
+            if self.engine != "turbomind":
+                raise ValueError(f"native sampling is TurboMind's own sampler; this model runs on {self.engine}")
+            return gen.start(*ids, options, native=True)
+        return gen.start(*ids, options)
 
     def generate(self, text_ids: Any, prompt_text_ids: Any = (), prompt_speech_tokens: Any = (), **options: Any) -> list[int]:
         """Every speech token of one request (see `stream` for the arguments)."""

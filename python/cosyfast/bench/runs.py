@@ -38,18 +38,19 @@ def run_cosyfast(model: Model, work: Workload, requests: list[Request], **sampli
 def run_turbomind_native(model: Model, work: Workload, requests: list[Request]) -> tuple[float, list[list[float]]]:
     """TurboMind's own generation loop and its own sampler on the same engine (the ceiling):
     top_k 25 / top_p 0.8, no RAS, no bias, no min_len masking, no stops, every request to
-    work.new_tokens tokens. Driven from C++ exactly as cosyfast's requests are; only the sampler
-    differs."""
+    work.new_tokens tokens. Started through Model._start, the code Model.stream runs (the same
+    replica pick, id checks and options), and driven from C++ exactly as cosyfast's requests are:
+    only the sampler differs. (Until session 9 it called the generators directly, skipping the
+    Python that Model.stream runs per request; with 64 and 128 requests started one after another
+    that may be the 1-2 ms lead its first token had.)"""
     from ..model import request_options
 
-    gens = model._live()
     t0 = time.perf_counter()
     streams = []
     with arrivals_recorded():
-        for i, r in enumerate(requests):
-            gen = gens[i % len(gens)]
+        for r in requests:
             options = request_options(seed=r.seed, top_k=25, top_p=0.8, ras=False, **work.length_options())
-            streams.append(gen.start(r.text_ids, r.prompt_text_ids, r.prompt_speech_tokens, options, native=True))
+            streams.append(model._start(r.text_ids, r.prompt_text_ids, r.prompt_speech_tokens, options, native=True))
     for s in streams:
         s.drain()
     wall = time.perf_counter() - t0
