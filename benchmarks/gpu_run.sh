@@ -46,7 +46,7 @@ fi
 cd /tmp  # import the installed package, not the source tree
 python3 -c "import cosyfast.turbomind as t; t.check_turbomind(needs_lmdeploy=True); print('turbomind engine: built from lmdeploy', t.LMDEPLOY_VERSION)" || exit 1
 if [[ $STAGES == *tests* ]]; then
-  python3 -m pytest -q -rs -p no:cacheprovider "$OLDPWD/tests/test_turbomind_gpu.py" "$OLDPWD/tests/test_turbomind_loader_gpu.py" \
+  python3 -m pytest -q -rs --durations=12 -p no:cacheprovider "$OLDPWD/tests/test_turbomind_gpu.py" "$OLDPWD/tests/test_turbomind_loader_gpu.py" \
     ${COSYFAST_TESTS_K:+-k "$COSYFAST_TESTS_K"} 2>&1 \
     | grep -v "^\[TM\]" | tee "$OUT/gpu_tests.log" | tail -40
   tests_rc=${PIPESTATUS[0]}

@@ -157,6 +157,9 @@ def main(argv: list[str] | None = None) -> int:
               + (f"  clients: {res.extra['client_procs']} procs, {res.extra['client_cpu_s']} cpu-s" if "client_cpu_s"
                  in res.extra else ""),
               flush=True)
+        if res.extra.get("first_token_timeline_ms"):  # printed too: a call cut short keeps its output
+            print("    first token p50 ms after the go: " + ", ".join(
+                f"{stage} {p50_p90[0]}" for stage, p50_p90 in res.extra["first_token_timeline_ms"].items()), flush=True)
 
     def median_run(fn, repeats: int):
         runs = sorted((fn() for _ in range(repeats)), key=lambda r: r[0])
