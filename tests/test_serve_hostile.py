@@ -235,3 +235,22 @@ def test_whole_prompt_errors_name_a_field(tiny_cv3_dir: Path) -> None:
         r = c.post("/v1/speech_tokens", json={"text_ids": [1, 2, 151646], "prompt_speech_tokens": list(range(100))})
         assert r.status_code == 422 and r.json()["error"]["field"] == "prompt_speech_tokens"
         assert r.json()["error"]["message"].startswith("the prompt has")
+
+
+def test_a_client_gone_mid_body_is_not_a_server_error(server: BackgroundServer, model: cosyfast.Model,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
+    """A client that leaves while its body arrives is the client's doing: no error (or traceback)
+    in the server's log, nothing started, and the server still answers."""
+    import logging
+    import socket
+
+    host, port = server.url.removeprefix("http://").split(":")
+    with caplog.at_level(logging.ERROR, logger="cosyfast.serve"):
+        for _ in range(5):
+            with socket.create_connection((host, int(port)), timeout=10) as s:
+                s.sendall(b"POST /v1/speech_tokens HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"text_ids\": [1")
+                time.sleep(0.05)
+        time.sleep(0.5)
+    assert not [r for r in caplog.records if r.name == "cosyfast.serve"], caplog.text
+    assert model.live_sessions == 0
+    assert httpx.get(server.url + "/health", timeout=10).status_code == 200

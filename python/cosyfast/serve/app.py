@@ -30,6 +30,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ValidationError
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocketState
 
@@ -226,6 +227,8 @@ class App:
             if kind == "http" and path == "/v1/speech_tokens" and scope["method"] == "POST":
                 try:
                     response = await speech_tokens(self.service, Request(scope, receive))
+                except ClientDisconnect:  # gone while its body arrived: nothing started, nobody to answer
+                    return
                 except Exception:  # noqa: BLE001 - what FastAPI's ServerErrorMiddleware would do: log, 500
                     logging.getLogger("cosyfast.serve").exception("POST /v1/speech_tokens failed")
                     response = JSONResponse({"error": {"field": None, "message": "internal error"}}, 500)
