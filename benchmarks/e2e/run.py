@@ -171,7 +171,8 @@ def run_point(model: Any, timers: Timers, hop: upstream.PerRequestHop | None, re
     barrier = threading.Barrier(concurrency)
     done: list[dict[str, Any] | None] = [None] * concurrency
     # each request's progress as it goes (start, first chunk, samples so far): a cut point's figures
-    progress: list[dict[str, Any]] = [{"start": None, "first": None, "samples": 0} for _ in range(concurrency)]
+    progress: list[dict[str, Any]] = [{"start": None, "first": None, "samples": 0, "ended": False}
+                                      for _ in range(concurrency)]
     errors: list[BaseException] = []
 
     def worker(i: int) -> None:
@@ -191,6 +192,7 @@ def run_point(model: Any, timers: Timers, hop: upstream.PerRequestHop | None, re
                 samples += int(out["tts_speech"].shape[1])
                 mine["samples"] = samples
                 chunks += 1
+            mine["ended"] = True
             done[i] = dict(start=t0, first=first, end=time.perf_counter(), samples=samples, chunks=chunks,
                            uuid=timers.local.uuid)
         except BaseException as e:  # noqa: BLE001 - reported after the join
@@ -208,7 +210,7 @@ def run_point(model: Any, timers: Timers, hop: upstream.PerRequestHop | None, re
     running = sum(t.is_alive() for t in threads)
     if running:
         raise PointCut(f"{running} of {concurrency} requests still ran after {timeout} s",
-                       cut_summary(progress, time.perf_counter(), timeout) | {"ended": concurrency - running})
+                       cut_summary(progress, time.perf_counter(), timeout))
     reqs = [r for r in done if r is not None]
     for r in reqs:
         trace = timers.take(r["uuid"])
@@ -218,14 +220,15 @@ def run_point(model: Any, timers: Timers, hop: upstream.PerRequestHop | None, re
 
 
 def cut_summary(progress: list[dict[str, Any]], now: float, timeout: float) -> dict[str, Any]:
-    """A point stopped at its timeout: how many requests had audio and a first chunk, the first
-    chunks' latency among those that had one, and the audio produced per wall second while it ran
-    (a measured rate, where the full point's figure is out of reach)."""
+    """A point stopped at its timeout: how many requests had ended, had audio and a first chunk,
+    the first chunks' latency among those that had one, and the audio produced per wall second
+    while it ran (a measured rate, where the full point's figure is out of reach)."""
     starts = [p["start"] for p in progress if p["start"] is not None]
     t0 = min(starts) if starts else now
     first_ms = [(p["first"] - p["start"]) * 1000 for p in progress if p["first"] is not None]
     audio = sum(p["samples"] for p in progress) / upstream.SAMPLE_RATE
-    return {"cut_after_s": timeout, "requests": sum(p["samples"] > 0 for p in progress),
+    return {"cut_after_s": timeout, "ended": sum(p["ended"] for p in progress),
+            "requests": sum(p["samples"] > 0 for p in progress),
             "first_chunks": len(first_ms),
             "first_chunk_ms_p50": round(_pct(first_ms, 50), 1) if first_ms else None,
             "first_chunk_ms_p90": round(_pct(first_ms, 90), 1) if first_ms else None,
@@ -335,10 +338,15 @@ def merge_rows(earlier: list[dict[str, Any]], current: list[dict[str, Any]]) -> 
     return sorted(by_point.values(), key=_point)
 
 
+def cut_text(row: dict[str, Any]) -> str:
+    """A point stopped at its timeout (cut_summary), in words: its table cell and its console line."""
+    return (f"cut at {row['cut_after_s']:g} s: {row['ended']} of {row['concurrency']} ended, {row['first_chunks']} "
+            f"with a first chunk, {row['audio_s_by_cut']:g} s of audio (audio/wall: while it ran)")
+
+
 def _cell(row: dict[str, Any], key: str) -> str:
-    if key == "tokens_max" and "cut_after_s" in row:  # a point stopped at its timeout (cut_summary)
-        return (f"cut at {row['cut_after_s']:g} s: {row.get('ended', 0)} of {row['concurrency']} ended, "
-                f"{row['first_chunks']} with a first chunk, {row['audio_s_by_cut']:g} s of audio (audio/wall: while it ran)")
+    if key == "tokens_max" and "cut_after_s" in row:
+        return cut_text(row)
     value = row.get(key)
     return "" if value is None else str(value)
 
@@ -575,11 +583,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with open(jsonl, "a") as f:
             f.write(json.dumps(row) + "\n")
         if "cut_after_s" in row:
-            print(f"  {row['model']} {row['config']:8s} {row['mode']:7s} c={row['concurrency']:<3d} "
-                  f"cut at {row['cut_after_s']:g} s: {row['ended']} ended, {row['first_chunks']} with a first chunk"
-                  + (f" (p50 {row['first_chunk_ms_p50']} ms)" if row["first_chunks"] else "")
-                  + f", audio/wall while it ran {row['audio_s_per_wall_s']:.2f}",
-                  flush=True)
+            print(f"  {row['model']} {row['config']:8s} {row['mode']:7s} c={row['concurrency']:<3d} {cut_text(row)} "
+                  f"{row['audio_s_per_wall_s']:.2f}, first chunk p50 {row['first_chunk_ms_p50']} ms", flush=True)
         else:
             print(f"  {row['model']} {row['config']:8s} {row['mode']:7s} c={row['concurrency']:<3d} "
                   f"first chunk p50 {row['first_chunk_ms_p50']:8.1f} ms  RTF p50 {row['rtf_p50']:.3f}  "

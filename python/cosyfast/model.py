@@ -273,15 +273,13 @@ class Model:
         """`stream` with its options built. `native` (TurboMind only): TurboMind's own sampler
         instead of CosyVoice's (the bench's turbomind-native path, which starts its requests here so
         that both paths pay the same per-request work before the engine)."""
+        if native and self.engine != "turbomind":
+            raise ValueError(f"native sampling is TurboMind's own sampler; this model runs on {self.engine}")
         self._live()
         gen = self._pool.pick()
         ids = (_ids(text_ids, "text_ids"), _ids(prompt_text_ids, "prompt_text_ids"),
                _ids(prompt_speech_tokens, "prompt_speech_tokens"))
-        if native:
-            if self.engine != "turbomind":
-                raise ValueError(f"native sampling is TurboMind's own sampler; this model runs on {self.engine}")
-            return gen.start(*ids, options, native=True)
-        return gen.start(*ids, options)
+        return gen.start(*ids, options, native=True) if native else gen.start(*ids, options)
 
     def generate(self, text_ids: Any, prompt_text_ids: Any = (), prompt_speech_tokens: Any = (), **options: Any) -> list[int]:
         """Every speech token of one request (see `stream` for the arguments)."""

@@ -8,6 +8,7 @@ import platform
 import sys
 import traceback
 from pathlib import Path
+from typing import Iterator
 
 from .._paths import atomic_write_text
 from .metrics import gpu_memory_used_mb, markdown_table, overhead, summarize
@@ -199,29 +200,30 @@ def main(argv: list[str] | None = None) -> int:
             res.extra.update(overhead(res.row(), inprocess[res.concurrency]))
         record(res)
 
-    failed: list[str] = []  # the out-of-process paths: one that fails leaves the others to run
+    failed: list[str] = []
+
+    def record_path(name: str, results: Iterator) -> None:
+        """An out-of-process path's rows, each recorded as it comes; one that fails is reported
+        (traceback now, a line after the table, the exit status) and leaves the others to run."""
+        try:
+            for res in results:
+                record_against_inprocess(res)
+        except Exception as e:
+            traceback.print_exc()
+            failed.append(f"{name} path failed: {type(e).__name__}: {e}")
 
     if "serve" in paths:
         from .serve_path import serve_results
 
-        try:
-            for flush_ms in args.serve_flush_ms or [None]:
-                for res in serve_results(model, work, weights.kind, sweep, lambda fn: median_run(fn, args.repeats),
-                                         args.client_procs, flush_ms):
-                    record_against_inprocess(res)
-        except Exception as e:  # reported below and in the exit status (traceback now)
-            traceback.print_exc()
-            failed.append(f"serve path failed: {type(e).__name__}: {e}")
+        record_path("serve", (res for flush_ms in args.serve_flush_ms or [None]
+                              for res in serve_results(model, work, weights.kind, sweep,
+                                                       lambda fn: median_run(fn, args.repeats), args.client_procs,
+                                                       flush_ms)))
     if "host" in paths:
         from .host_path import host_results, model_flags
 
         flags = model_flags(model.engine, max(args.max_batch, max(sweep)), model.replicas, devices, args.gpu_memory)
-        try:
-            for res in host_results(weights, work, sweep, flags, lambda fn: median_run(fn, args.repeats)):
-                record_against_inprocess(res)
-        except Exception as e:
-            traceback.print_exc()
-            failed.append(f"host path failed: {type(e).__name__}: {e}")
+        record_path("host", host_results(weights, work, sweep, flags, lambda fn: median_run(fn, args.repeats)))
 
     write_rows()
     if args.plot:
