@@ -76,7 +76,12 @@ if [[ $STAGES == *fastdecode* ]]; then
     fd --paths cosyfast,turbomind-native --label cosyfast-shipped --engine-option fast_decode=0 --out /tmp/fd-off
     # fast_decode without decode_graphs: every launch from the host
     [ -n "${FD_NOGRAPHS-1}" ] && fd --paths cosyfast --label cosyfast-nographs --engine-option decode_graphs=0 --out /tmp/fd-nographs
-    cat /tmp/fd-on/results.jsonl /tmp/fd-off/results.jsonl /tmp/fd-nographs/results.jsonl > "$OUT/fast_decode_bench.jsonl" 2>/dev/null
+    # FD_GATED="64 128": the fused gate/up GEMM left to TurboMind above that many rows (the hook's
+    # fp32 accumulator + SiLU pass grows with M; cosyfast_decode_gemm.h), at the larger batches
+    for g in ${FD_GATED-}; do
+      COSYFAST_GATED_GEMM_MAX_ROWS=$g FD_SWEEP=${FD_GATED_SWEEP:-64,128,256} fd --paths cosyfast --label cosyfast-gated$g --out /tmp/fd-gated$g
+    done
+    cat /tmp/fd-on/results.jsonl /tmp/fd-off/results.jsonl /tmp/fd-nographs/results.jsonl /tmp/fd-gated*/results.jsonl > "$OUT/fast_decode_bench.jsonl" 2>/dev/null
   fi
   # step_profile.jsonl and greedy_divergence.jsonl are written straight to $OUT (a cut call keeps them)
   [[ $FD_PARTS == *profile* ]] && python3 "$OLDPWD/benchmarks/step_profile.py" --concurrency "${FD_PROFILE:-1,64}" \

@@ -3,6 +3,10 @@
 
 #include "src/turbomind/models/llama/cosyfast_decode_gemm.h"
 
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -33,6 +37,23 @@ bool Aligned(const void* p)
 bool IsHalfType(DataType t)
 {
     return t == kBfloat16 || t == kHalf;
+}
+
+// A row limit from the environment: unset keeps `fallback`; anything but an integer in 0..kMaxRows
+// is refused at load with the variable's name (a typo must not silently measure the default).
+int RowLimitFromEnv(const char* name, int fallback)
+{
+    const char* text = std::getenv(name);
+    if (!text || !*text) {
+        return fallback;
+    }
+    char*      end   = nullptr;
+    const long value = std::strtol(text, &end, 10);
+    if (*end != '\0' || value < 0 || value > DecodeGemm::kMaxRows) {
+        throw std::invalid_argument(std::string(name) + " must be an integer from 0 to "
+                                    + std::to_string(DecodeGemm::kMaxRows) + ", got '" + text + "'");
+    }
+    return static_cast<int>(value);
 }
 
 void CheckLt(cublasStatus_t status, const char* what)
@@ -98,6 +119,8 @@ DecodeGemm::DecodeGemm(): enabled_{FastDecode()}
     if (!enabled_) {
         return;
     }
+    max_rows_       = RowLimitFromEnv("COSYFAST_DECODE_GEMM_MAX_ROWS", kMaxRows);
+    gated_max_rows_ = RowLimitFromEnv("COSYFAST_GATED_GEMM_MAX_ROWS", kMaxRows);
     if (cublasLtCreate(&handle_) != CUBLAS_STATUS_SUCCESS || cudaMalloc(&workspace_, kWorkspaceBytes) != cudaSuccess) {
         TM_LOG_WARNING("cosyfast decode GEMM: no cuBLASLt handle or workspace; TurboMind's GEMMs run instead");
         (void)cudaGetLastError();
@@ -128,7 +151,10 @@ bool DecodeGemm::Takes(const Tensor&             input,
 {
     const auto& W = weight.weight;
     const auto& k = weight.k_desc;
-    if (!enabled_ || desc_A.rows < 1 || desc_A.rows > kMaxRows) {
+    if (!enabled_ || desc_A.rows < 1 || desc_A.rows > max_rows_) {
+        return false;
+    }
+    if (weight.epilogue == Epilogue::kGatedSilu && desc_A.rows > gated_max_rows_) {
         return false;
     }
     // Plain dense rows: no MoE gather, no groups, no quantisation, no packed (tiled) weight.

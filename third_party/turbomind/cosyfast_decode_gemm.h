@@ -62,7 +62,7 @@ public:
     // Largest M taken: the default max_batch, so every pure decode step; prefill is larger.
     static constexpr int kMaxRows = 256;
 
-    DecodeGemm();  // reads FastDecode()
+    DecodeGemm();  // reads FastDecode() and the row limits below
     ~DecodeGemm();
     DecodeGemm(const DecodeGemm&)            = delete;
     DecodeGemm& operator=(const DecodeGemm&) = delete;
@@ -92,7 +92,14 @@ private:
                       const Tensor& output) const;
     const Plan& GetPlan(const Key& key);
 
-    bool                 enabled_;
+    bool enabled_;
+    // Largest M the hook takes, for all GEMMs and for the fused gate/up one. The gate/up GEMM
+    // goes through an fp32 accumulator and a separate SiLU kernel (its epilogue is not a cuBLASLt
+    // one), whose traffic grows with M while TurboMind's fused epilogue has none, so past some M
+    // TurboMind's own kernel may win. Measured per GPU (benchmarks/results), overridable for
+    // measuring: COSYFAST_DECODE_GEMM_MAX_ROWS and COSYFAST_GATED_GEMM_MAX_ROWS (0..256).
+    int max_rows_       = kMaxRows;
+    int gated_max_rows_ = kMaxRows;
     cublasLtHandle_t     handle_{};
     void*                workspace_{};
     std::map<Key, Plan>  plans_;
