@@ -105,13 +105,20 @@ def test_logits_and_greedy_match_hf(setup):
             f"{ours[:same_prefix + 2]} vs {ref[:same_prefix + 2]}")
 
 
-def test_fast_decode_switch_changes_the_gemms_not_the_model(setup):
+def test_fast_decode_switch_changes_the_gemms_not_the_model(setup, monkeypatch):
     """fast_decode (default on) runs decode-sized GEMMs through cuBLASLt; off, TurboMind's own
-    kernels run them (the counters show which ran). Both give the float32 reference's logits to
-    bf16 accuracy, and each other's to within that."""
+    kernels run them (the counters show which ran); with the gate/up row limit at 0 the hook leaves
+    the fused gate/up GEMM to TurboMind's kernel and takes the rest. All give the float32
+    reference's logits to bf16 accuracy, and each other's to within that."""
     from cosyfast import _core
 
     kind, _, weights, hf, model = setup
+    monkeypatch.setenv("COSYFAST_GATED_GEMM_MAX_ROWS", "300")
+    with pytest.raises(ValueError, match="COSYFAST_GATED_GEMM_MAX_ROWS must be an integer from 0 to 256, got '300'"):
+        cosyfast.load(weights, engine="turbomind", max_batch=8, cache_max_entry_count=0.05)
+    monkeypatch.setenv("COSYFAST_GATED_GEMM_MAX_ROWS", "0")
+    gated = cosyfast.load(weights, engine="turbomind", max_batch=8, cache_max_entry_count=0.05)
+    monkeypatch.delenv("COSYFAST_GATED_GEMM_MAX_ROWS")
     text, ptext, pspeech = request(kind, seed=3)
     rows = hf.prompt(text, ptext, pspeech)
     ref = hf.greedy(rows, 16)
@@ -122,7 +129,7 @@ def test_fast_decode_switch_changes_the_gemms_not_the_model(setup):
     shipped = cosyfast.load(weights, engine="turbomind", max_batch=8, cache_max_entry_count=0.05, fast_decode=False)
     try:
         results = {}
-        for name, m in (("fast", model), ("shipped", shipped)):
+        for name, m in (("fast", model), ("shipped", shipped), ("gated-left", gated)):
             before = _core._turbomind_decode_gemm_counts()
             # a decode step (M = 1) and a prefill of p + 15 rows (> 128, still <= 256: taken too)
             m.generate(text, ptext, pspeech, top_k=1, ras=False, max_len=4, min_len=4, seed=1)
@@ -134,16 +141,26 @@ def test_fast_decode_switch_changes_the_gemms_not_the_model(setup):
             results[name] = (after[0] - before[0], after[1] - before[1], rel, got)
     finally:
         shipped.close()
-    fast_taken, _, fast_rel, fast_got = results["fast"]
+        gated.close()
+    fast_taken, fast_left, fast_rel, fast_got = results["fast"]
     shipped_taken, shipped_left, shipped_rel, shipped_got = results["shipped"]
-    between = float(np.median([np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(fast_got, shipped_got)]))
+    gated_taken, gated_left, gated_rel, gated_got = results["gated-left"]
+
+    def median_rel(a_rows: list, b_rows: list) -> float:
+        return float(np.median([np.linalg.norm(a - b) / np.linalg.norm(b) for a, b in zip(a_rows, b_rows)]))
+
+    between, gated_between = median_rel(fast_got, shipped_got), median_rel(gated_got, fast_got)
     report(test="fast_decode_switch", kind=kind, fast_taken=fast_taken, shipped_taken=shipped_taken,
-           shipped_left=shipped_left, fast_rel_err=fast_rel, shipped_rel_err=shipped_rel, fast_vs_shipped=between)
+           shipped_left=shipped_left, fast_rel_err=fast_rel, shipped_rel_err=shipped_rel, fast_vs_shipped=between,
+           gated_taken=gated_taken, gated_left=gated_left, gated_rel_err=gated_rel, gated_vs_fast=gated_between)
     layers = len(weights.layers)
     assert fast_taken >= 4 * layers, f"fast_decode ran only {fast_taken} GEMMs through the decode hook"
     assert shipped_taken == 0 and shipped_left == 0, "an engine loaded with fast_decode=False used the hook"
-    assert fast_rel < 5e-2 and shipped_rel < 5e-2, (fast_rel, shipped_rel)
+    # gate/up (one per layer per forward) left to TurboMind, the other three per layer still taken
+    assert gated_left - fast_left >= 2 * layers and gated_taken >= 3 * layers, (gated_taken, gated_left, fast_left)
+    assert fast_rel < 5e-2 and shipped_rel < 5e-2 and gated_rel < 5e-2, (fast_rel, shipped_rel, gated_rel)
     assert between < 5e-2, f"fast and shipped GEMMs differ by {between:.4f} (median relative)"
+    assert gated_between < 5e-2, f"the gate/up limit changed the logits by {gated_between:.4f} (median relative)"
 
 
 LIVE = [5, 17, 300, 6000]          # the tokens the bias leaves drawable
