@@ -121,11 +121,18 @@ async def _run(url: str, bodies: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def write_result(result: dict[str, Any]) -> None:
-    """The result line, whole. stdout can be non-blocking by now (on the GPU machine it was, after
-    the event loop): a write then stops at the first full pipe (64 KiB) without an error, and the
-    parent, which reads the children one after another, got a cut line. So: write it blocking."""
-    os.set_blocking(sys.stdout.fileno(), True)
-    print(json.dumps(result), flush=True)
+    """The result line, whole, however the pipe behaves. After uvloop has run, a write to a full
+    pipe can return short (65536 bytes) even on a blocking descriptor, and Python's print then
+    lost the rest without an error: the parent, which reads the children one after another, got a
+    cut line (the GPU machine, 64 streams over 4 client processes; reproduced on the CPU). So the
+    bytes go out through os.write until every one is written."""
+    data = (json.dumps(result) + "\n").encode()
+    fd = sys.stdout.fileno()
+    sys.stdout.flush()
+    os.set_blocking(fd, True)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 if __name__ == "__main__":
