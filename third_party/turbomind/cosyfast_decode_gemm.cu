@@ -22,6 +22,7 @@ std::atomic<bool>    g_fast_decode{false};
 std::atomic<bool>    g_decode_graphs{false};
 std::atomic<int64_t> g_taken{0};
 std::atomic<int64_t> g_left{0};
+DecodeRowLimits      g_limits;  // written under g_scope_mutex, read by engines made in the scope
 
 // cuBLASLt's recommended workspace on Hopper; its split-K kernels for M = 1 use it.
 constexpr size_t kWorkspaceBytes = 32u << 20;
@@ -39,8 +40,8 @@ bool IsHalfType(DataType t)
     return t == kBfloat16 || t == kHalf;
 }
 
-// A row limit from the environment: unset keeps `fallback`; anything but an integer in 0..kMaxRows
-// is refused at load with the variable's name (a typo must not silently measure the default).
+// A row limit from the environment: unset keeps `fallback`; anything but an integer in 0..256 is
+// refused with the variable's name (a typo must not silently measure the default).
 int RowLimitFromEnv(const char* name, int fallback)
 {
     const char* text = std::getenv(name);
@@ -54,6 +55,13 @@ int RowLimitFromEnv(const char* name, int fallback)
                                     + std::to_string(DecodeGemm::kMaxRows) + ", got '" + text + "'");
     }
     return static_cast<int>(value);
+}
+
+DecodeRowLimits RowLimitsFromEnv()
+{
+    const DecodeRowLimits defaults;
+    return {RowLimitFromEnv("COSYFAST_DECODE_GEMM_MAX_ROWS", defaults.all),
+            RowLimitFromEnv("COSYFAST_GATED_GEMM_MAX_ROWS", defaults.gated)};
 }
 
 void CheckLt(cublasStatus_t status, const char* what)
@@ -87,16 +95,20 @@ __global__ void GatedSiluKernel(T* out, int ld_out, const float* acc, int ld_acc
 }  // namespace
 
 DecodeScope::DecodeScope(bool fast_decode, bool decode_graphs):
+    limits_{fast_decode ? RowLimitsFromEnv() : DecodeRowLimits{}},
     lock_{g_scope_mutex},
     previous_fast_decode_{g_fast_decode.exchange(fast_decode)},
-    previous_decode_graphs_{g_decode_graphs.exchange(fast_decode && decode_graphs)}  // graphs only over the hook's GEMMs
+    previous_decode_graphs_{g_decode_graphs.exchange(fast_decode && decode_graphs)},  // graphs only over the hook's GEMMs
+    previous_limits_{g_limits}
 {
+    g_limits = limits_;
 }
 
 DecodeScope::~DecodeScope()
 {
     g_fast_decode   = previous_fast_decode_;
     g_decode_graphs = previous_decode_graphs_;
+    g_limits        = previous_limits_;
 }
 
 bool FastDecode()
@@ -119,8 +131,7 @@ DecodeGemm::DecodeGemm(): enabled_{FastDecode()}
     if (!enabled_) {
         return;
     }
-    max_rows_       = RowLimitFromEnv("COSYFAST_DECODE_GEMM_MAX_ROWS", kMaxRows);
-    gated_max_rows_ = RowLimitFromEnv("COSYFAST_GATED_GEMM_MAX_ROWS", kMaxRows);
+    limits_ = g_limits;  // the scope's, read once: the load decides, not each step
     if (cublasLtCreate(&handle_) != CUBLAS_STATUS_SUCCESS || cudaMalloc(&workspace_, kWorkspaceBytes) != cudaSuccess) {
         TM_LOG_WARNING("cosyfast decode GEMM: no cuBLASLt handle or workspace; TurboMind's GEMMs run instead");
         (void)cudaGetLastError();
@@ -151,10 +162,10 @@ bool DecodeGemm::Takes(const Tensor&             input,
 {
     const auto& W = weight.weight;
     const auto& k = weight.k_desc;
-    if (!enabled_ || desc_A.rows < 1 || desc_A.rows > max_rows_) {
+    if (!enabled_ || desc_A.rows < 1 || desc_A.rows > limits_.all) {
         return false;
     }
-    if (weight.epilogue == Epilogue::kGatedSilu && desc_A.rows > gated_max_rows_) {
+    if (weight.epilogue == Epilogue::kGatedSilu && desc_A.rows > limits_.gated) {
         return false;
     }
     // Plain dense rows: no MoE gather, no groups, no quantisation, no packed (tiled) weight.

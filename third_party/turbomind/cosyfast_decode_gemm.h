@@ -30,10 +30,23 @@
 
 namespace turbomind::cosyfast {
 
+// The largest M the decode GEMM hook takes, for all GEMMs and for the fused gate/up one. The
+// gate/up GEMM goes through an fp32 accumulator and a separate SiLU kernel (its epilogue is not a
+// cuBLASLt one), whose traffic grows with M while TurboMind's fused epilogue has none, so past some
+// M TurboMind's kernel might win. Measured on an H100 (benchmarks/results/h100-2026-12-06-s10):
+// the hook wins at every M up to 256, so both default to 256. COSYFAST_DECODE_GEMM_MAX_ROWS and
+// COSYFAST_GATED_GEMM_MAX_ROWS (0..256) override them at load, for measuring on other GPUs.
+struct DecodeRowLimits {
+    int all   = 256;
+    int gated = 256;
+};
+
 // Engines created while a DecodeScope is alive take the decode GEMM path when `fast_decode`, and
 // replay their decode steps from CUDA graphs when `decode_graphs` too (cosyfast_decode_graph.h:
 // the capture was reasoned about with the hook's GEMMs, so no graphs without fast_decode).
 // Scopes serialise (one load at a time decides); outside any scope new engines take neither.
+// The row limits are read from the environment here, before any engine exists: a bad value
+// throws std::invalid_argument naming the variable, and nothing is half-built.
 class DecodeScope {
 public:
     DecodeScope(bool fast_decode, bool decode_graphs);
@@ -42,9 +55,11 @@ public:
     DecodeScope& operator=(const DecodeScope&) = delete;
 
 private:
+    DecodeRowLimits              limits_;  // first: parsed (and refused) before anything changes
     std::unique_lock<std::mutex> lock_;
     bool                         previous_fast_decode_;
     bool                         previous_decode_graphs_;
+    DecodeRowLimits              previous_limits_;
 };
 bool FastDecode();
 bool DecodeGraphsOn();
@@ -62,7 +77,7 @@ public:
     // Largest M taken: the default max_batch, so every pure decode step; prefill is larger.
     static constexpr int kMaxRows = 256;
 
-    DecodeGemm();  // reads FastDecode() and the row limits below
+    DecodeGemm();  // reads FastDecode() and the scope's row limits
     ~DecodeGemm();
     DecodeGemm(const DecodeGemm&)            = delete;
     DecodeGemm& operator=(const DecodeGemm&) = delete;
@@ -92,14 +107,8 @@ private:
                       const Tensor& output) const;
     const Plan& GetPlan(const Key& key);
 
-    bool enabled_;
-    // Largest M the hook takes, for all GEMMs and for the fused gate/up one. The gate/up GEMM
-    // goes through an fp32 accumulator and a separate SiLU kernel (its epilogue is not a cuBLASLt
-    // one), whose traffic grows with M while TurboMind's fused epilogue has none, so past some M
-    // TurboMind's own kernel may win. Measured per GPU (benchmarks/results), overridable for
-    // measuring: COSYFAST_DECODE_GEMM_MAX_ROWS and COSYFAST_GATED_GEMM_MAX_ROWS (0..256).
-    int max_rows_       = kMaxRows;
-    int gated_max_rows_ = kMaxRows;
+    bool            enabled_;
+    DecodeRowLimits limits_;
     cublasLtHandle_t     handle_{};
     void*                workspace_{};
     std::map<Key, Plan>  plans_;
