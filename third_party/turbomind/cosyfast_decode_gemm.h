@@ -33,8 +33,9 @@ namespace turbomind::cosyfast {
 // The largest M the decode GEMM hook takes, for all GEMMs and for the fused gate/up one. The
 // gate/up GEMM goes through an fp32 accumulator and a separate SiLU kernel (its epilogue is not a
 // cuBLASLt one), whose traffic grows with M while TurboMind's fused epilogue has none, so past some
-// M TurboMind's kernel might win. Measured on an H100 (benchmarks/results/h100-2026-12-06-s10):
-// the hook wins at every M up to 256, so both default to 256. COSYFAST_DECODE_GEMM_MAX_ROWS and
+// M TurboMind's kernel might win. Measured on an H100 (benchmarks/results/h100-2026-12-06-s10,
+// gate/up left to TurboMind above 64 rows): 5% slower at 128 sessions, even at 256, so both
+// default to 256. COSYFAST_DECODE_GEMM_MAX_ROWS and
 // COSYFAST_GATED_GEMM_MAX_ROWS (0..256) override them at load, for measuring on other GPUs.
 struct DecodeRowLimits {
     int all   = 256;
