@@ -67,11 +67,13 @@ if [[ $STAGES == *fastdecode* ]]; then
   # Issue 22's comparison, one engine build: cosyfast (the default: fast_decode and decode_graphs
   # on) against cosyfast with fast_decode off and TurboMind as shipped (fast_decode off, its own
   # sampler), and without graphs; then the per-step kernel breakdown and the greedy-divergence study.
-  # FD_PARTS picks them (default sweep,profile,divergence: a call that cannot hold all runs some).
+  # FD_PARTS picks them (default sweep,profile,divergence: a call that cannot hold all runs some);
+  # FD_SWEEP the sessions, FD_REPEATS the timed runs per point (default 3; the first token at 256
+  # moved by several ms between runs of one build in session 10: more runs narrow its median).
   FD_PARTS=${FD_PARTS:-sweep,profile,divergence}
   FD_SWEEP=${FD_SWEEP:-1,16,64,128,256}
   if [[ $FD_PARTS == *sweep* ]]; then
-    fd() { python3 -m cosyfast.bench --concurrency "$FD_SWEEP" --new-tokens 500 --repeats 3 "$@" 2>&1 | grep -E "^  [a-z]|^bench"; }
+    fd() { python3 -m cosyfast.bench --concurrency "$FD_SWEEP" --new-tokens 500 --repeats "${FD_REPEATS:-3}" "$@" 2>&1 | grep -E "^  [a-z]|^bench"; }
     fd --paths cosyfast --out /tmp/fd-on
     fd --paths cosyfast,turbomind-native --label cosyfast-shipped --engine-option fast_decode=0 --out /tmp/fd-off
     # fast_decode without decode_graphs: every launch from the host
