@@ -73,6 +73,7 @@ if [[ $STAGES == *fastdecode* ]]; then
   FD_PARTS=${FD_PARTS:-sweep,profile,divergence}
   FD_SWEEP=${FD_SWEEP:-1,16,64,128,256}
   if [[ $FD_PARTS == *sweep* ]]; then
+    rm -rf /tmp/fd-on /tmp/fd-off /tmp/fd-nographs /tmp/fd-gated*  # a warm machine's earlier call left its own
     fd() { python3 -m cosyfast.bench --concurrency "$FD_SWEEP" --new-tokens 500 --repeats "${FD_REPEATS:-3}" "$@" 2>&1 | grep -E "^  [a-z]|^bench"; }
     fd --paths cosyfast --out /tmp/fd-on
     fd --paths cosyfast,turbomind-native --label cosyfast-shipped --engine-option fast_decode=0 --out /tmp/fd-off

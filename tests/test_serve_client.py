@@ -70,5 +70,5 @@ def test_a_result_larger_than_the_pipe_arrives_whole(after: str) -> None:
     time.sleep(0.5)  # the pipe fills while the parent reads another child
     out, err = child.communicate(timeout=60)
     assert child.returncode == 0, err.decode()[-2000:]
-    assert len(out) > 65536
+    assert len(out) > 65536 and out.endswith(b"]]}\n") and out.count(b"\n") == 1, (len(out), out[-40:])
     assert json.loads(out)["arrivals"][63][499] == 0.123456789

@@ -22,7 +22,7 @@ std::atomic<bool>    g_fast_decode{false};
 std::atomic<bool>    g_decode_graphs{false};
 std::atomic<int64_t> g_taken{0};
 std::atomic<int64_t> g_left{0};
-DecodeRowLimits      g_limits;  // written under g_scope_mutex, read by engines made in the scope
+std::atomic<DecodeRowLimits> g_limits{DecodeRowLimits{}};  // the scope's, for engines made in it
 
 // cuBLASLt's recommended workspace on Hopper; its split-K kernels for M = 1 use it.
 constexpr size_t kWorkspaceBytes = 32u << 20;
@@ -40,7 +40,7 @@ bool IsHalfType(DataType t)
     return t == kBfloat16 || t == kHalf;
 }
 
-// A row limit from the environment: unset keeps `fallback`; anything but an integer in 0..256 is
+// A row limit from the environment: unset or empty keeps `fallback`; anything but an integer in 0..256 is
 // refused with the variable's name (a typo must not silently measure the default).
 int RowLimitFromEnv(const char* name, int fallback)
 {
@@ -97,18 +97,17 @@ __global__ void GatedSiluKernel(T* out, int ld_out, const float* acc, int ld_acc
 DecodeScope::DecodeScope(bool fast_decode, bool decode_graphs):
     limits_{fast_decode ? RowLimitsFromEnv() : DecodeRowLimits{}},
     lock_{g_scope_mutex},
+    previous_limits_{g_limits.exchange(limits_)},
     previous_fast_decode_{g_fast_decode.exchange(fast_decode)},
-    previous_decode_graphs_{g_decode_graphs.exchange(fast_decode && decode_graphs)},  // graphs only over the hook's GEMMs
-    previous_limits_{g_limits}
+    previous_decode_graphs_{g_decode_graphs.exchange(fast_decode && decode_graphs)}  // graphs only over the hook's GEMMs
 {
-    g_limits = limits_;
 }
 
 DecodeScope::~DecodeScope()
 {
     g_fast_decode   = previous_fast_decode_;
     g_decode_graphs = previous_decode_graphs_;
-    g_limits        = previous_limits_;
+    g_limits.store(previous_limits_);
 }
 
 bool FastDecode()
@@ -131,7 +130,7 @@ DecodeGemm::DecodeGemm(): enabled_{FastDecode()}
     if (!enabled_) {
         return;
     }
-    limits_ = g_limits;  // the scope's, read once: the load decides, not each step
+    limits_ = g_limits.load();  // the scope's, read once: the load decides, not each step
     if (cublasLtCreate(&handle_) != CUBLAS_STATUS_SUCCESS || cudaMalloc(&workspace_, kWorkspaceBytes) != cudaSuccess) {
         TM_LOG_WARNING("cosyfast decode GEMM: no cuBLASLt handle or workspace; TurboMind's GEMMs run instead");
         (void)cudaGetLastError();

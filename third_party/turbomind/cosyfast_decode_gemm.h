@@ -33,10 +33,12 @@ namespace turbomind::cosyfast {
 // The largest M the decode GEMM hook takes, for all GEMMs and for the fused gate/up one. The
 // gate/up GEMM goes through an fp32 accumulator and a separate SiLU kernel (its epilogue is not a
 // cuBLASLt one), whose traffic grows with M while TurboMind's fused epilogue has none, so past some
-// M TurboMind's kernel might win. Measured on an H100 (benchmarks/results/h100-2026-12-06-s10,
+// M TurboMind's kernel might win (it then runs inside the decode graphs too: measured capturable
+// at 128 and 256 rows, third_party/turbomind/CUDA_GRAPHS.md). Measured on an H100 (benchmarks/results/h100-2026-12-06-s10,
 // gate/up left to TurboMind above 64 rows): 5% slower at 128 sessions, even at 256, so both
 // default to 256. COSYFAST_DECODE_GEMM_MAX_ROWS and
-// COSYFAST_GATED_GEMM_MAX_ROWS (0..256) override them at load, for measuring on other GPUs.
+// COSYFAST_GATED_GEMM_MAX_ROWS (0..256; unset or empty: the default) override them at load, for
+// measuring on other GPUs.
 struct DecodeRowLimits {
     int all   = 256;
     int gated = 256;
@@ -58,9 +60,9 @@ public:
 private:
     DecodeRowLimits              limits_;  // first: parsed (and refused) before anything changes
     std::unique_lock<std::mutex> lock_;
+    DecodeRowLimits              previous_limits_;  // published before the switches below turn on
     bool                         previous_fast_decode_;
     bool                         previous_decode_graphs_;
-    DecodeRowLimits              previous_limits_;
 };
 bool FastDecode();
 bool DecodeGraphsOn();

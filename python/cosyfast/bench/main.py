@@ -138,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict] = []
     out = Path(args.out)
     meta = {"command": " ".join([Path(sys.argv[0]).name] + (argv if argv is not None else sys.argv[1:])),
-            "device": device, "checkpoint": str(ckpt)}
+            "device": device, "checkpoint": str(ckpt),
+            # the engine's measuring knobs (the decode GEMM row limits) change what a row measured
+            "env": {k: v for k, v in sorted(os.environ.items()) if k.endswith("_MAX_ROWS") and k.startswith("COSYFAST_")}}
 
     def write_rows() -> None:
         atomic_write_text(out / "results.jsonl", "".join(json.dumps(r | {"meta": meta}) + "\n" for r in rows))

@@ -128,8 +128,8 @@ def write_result(result: dict[str, Any]) -> None:
     bytes go out through os.write until every one is written."""
     data = (json.dumps(result) + "\n").encode()
     fd = sys.stdout.fileno()
-    sys.stdout.flush()
     os.set_blocking(fd, True)
+    sys.stdout.flush()  # anything printed before goes first, and blocking
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
