@@ -298,9 +298,26 @@ def test_concurrent_greedy_equals_solo_up_to_rounding(setup):
     checked = list(range(0, 64, 8))
     solo = {i: model.generate(*reqs[i], seed=i, **opts) for i in checked}
     together = [s.drain() for s in [model.stream(*r, seed=i, **opts) for i, r in enumerate(reqs)]]
-    parted = [next((k for k, (x, y) in enumerate(zip(together[i], solo[i])) if x != y), 32) for i in checked]
+    parted = first_partings([together[i] for i in checked], [solo[i] for i in checked], 32)
     report(test="concurrent_greedy", kind=kind, first_divergence=parted)
     assert sum(p >= 4 for p in parted) >= 3, parted
+
+
+def run_child(script: str, model_dir, reqs: list, opts: dict) -> dict:
+    """A test's engines in a process of their own (a capture or a load that goes wrong may abort the
+    process, which then fails that test alone): the script's last stdout line, as JSON."""
+    import subprocess
+    import sys
+
+    child = subprocess.run([sys.executable, "-c", script, str(model_dir), json.dumps(reqs), json.dumps(opts)],
+                           capture_output=True, text=True, timeout=600)
+    assert child.returncode == 0, child.stderr[-3000:]
+    return json.loads(child.stdout.strip().splitlines()[-1])
+
+
+def first_partings(got: list[list[int]], want: list[list[int]], length: int) -> list[int]:
+    """Per stream, the first position where the two token lists differ (length: never)."""
+    return [next((k for k, (x, y) in enumerate(zip(g, w)) if x != y), length) for g, w in zip(got, want)]
 
 
 GRAPHS_CHILD = """
@@ -326,18 +343,11 @@ def test_decode_graphs_replay_decode_steps_and_keep_the_tokens(setup):
     rounded k_max changes the attention's split count (its summation order), so a near-tie may
     flip late; a graph reading a wrong buffer would part the streams at once. In a process of its
     own: a capture that goes wrong may abort the process, which then fails this test alone."""
-    import subprocess
-    import sys
-
     kind, model_dir, _, _, _ = setup
     reqs = [request(kind, seed=500 + i) for i in range(16)]
-    opts = dict(top_k=1, ras=False, min_len=48, max_len=48)
-    child = subprocess.run([sys.executable, "-c", GRAPHS_CHILD, str(model_dir), json.dumps(reqs), json.dumps(opts)],
-                           capture_output=True, text=True, timeout=600)
-    assert child.returncode == 0, child.stderr[-3000:]
-    out = json.loads(child.stdout.strip().splitlines()[-1])
+    out = run_child(GRAPHS_CHILD, model_dir, reqs, dict(top_k=1, ras=False, min_len=48, max_len=48))
     got, want, (replayed, captured, eager, failed) = out["True"], out["False"], out["countsTrue"]
-    parted = [next((k for k, (x, y) in enumerate(zip(g, w)) if x != y), 48) for g, w in zip(got, want)]
+    parted = first_partings(got, want, 48)
     report(test="decode_graphs", kind=kind, replayed=replayed, captured=captured, eager=eager, failed=failed,
            first_divergence=parted)
     assert out["countsFalse"] == [0, 0, 0, 0], f"graphs ran with decode_graphs=False: {out['countsFalse']}"
@@ -376,18 +386,11 @@ def test_gate_up_row_limit_leaves_that_gemm_to_turbomind(setup):
     TurboMind's kernel (under the decode graphs too) and still takes the others, and 16 concurrent
     greedy streams follow the default engine's. In a process of its own: the load that is refused
     and TurboMind's kernel inside a captured step must not take the module's other tests down."""
-    import subprocess
-    import sys
-
     kind, model_dir, weights, _, _ = setup
     reqs = [request(kind, seed=700 + i) for i in range(16)]
-    opts = dict(top_k=1, ras=False, min_len=48, max_len=48)
-    child = subprocess.run([sys.executable, "-c", GATED_CHILD, str(model_dir), json.dumps(reqs), json.dumps(opts)],
-                           capture_output=True, text=True, timeout=600)
-    assert child.returncode == 0, child.stderr[-3000:]
-    out = json.loads(child.stdout.strip().splitlines()[-1])
+    out = run_child(GATED_CHILD, model_dir, reqs, dict(top_k=1, ras=False, min_len=48, max_len=48))
     (taken, left), (taken0, left0) = out["counts256"], out["counts0"]
-    parted = [next((k for k, (x, y) in enumerate(zip(g, w)) if x != y), 48) for g, w in zip(out["0"], out["256"])]
+    parted = first_partings(out["0"], out["256"], 48)
     report(test="gate_up_row_limit", kind=kind, refused=out.get("refused"), counts_default=[taken, left],
            counts_limit0=[taken0, left0], first_divergence=parted)
     assert out.get("refused") == "COSYFAST_GATED_GEMM_MAX_ROWS must be an integer from 0 to 256, got '300'"
