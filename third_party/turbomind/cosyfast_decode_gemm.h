@@ -30,18 +30,22 @@
 
 namespace turbomind::cosyfast {
 
-// The largest M the decode GEMM hook takes, for all GEMMs and for the fused gate/up one. The
-// gate/up GEMM goes through an fp32 accumulator and a separate SiLU kernel (its epilogue is not a
-// cuBLASLt one), whose traffic grows with M while TurboMind's fused epilogue has none, so past some
-// M TurboMind's kernel might win (it then runs inside the decode graphs too: measured capturable
-// at 128 and 256 rows, third_party/turbomind/CUDA_GRAPHS.md). Measured on an H100 (benchmarks/results/h100-2026-12-06-s10,
-// gate/up left to TurboMind above 64 rows): 5% slower at 128 sessions, even at 256, so both
-// default to 256. COSYFAST_DECODE_GEMM_MAX_ROWS and
+// Largest M the decode GEMM hook can take: the default max_batch, so every pure decode step;
+// prefill is larger.
+constexpr int kDecodeMaxRows = 256;
+
+// The largest M the hook takes, for all GEMMs and for the fused gate/up one. The gate/up GEMM goes
+// through an fp32 accumulator and a separate SiLU kernel (its epilogue is not a cuBLASLt one),
+// whose traffic grows with M while TurboMind's fused epilogue has none, so past some M TurboMind's
+// kernel might win (it then runs inside the decode graphs too: measured capturable at 128 and 256
+// rows, third_party/turbomind/CUDA_GRAPHS.md). Measured on an H100 (benchmarks/results/
+// h100-2026-12-06-s10, gate/up left to TurboMind above 64 rows): 5% slower at 128 sessions, even
+// at 256, so both default to kDecodeMaxRows. COSYFAST_DECODE_GEMM_MAX_ROWS and
 // COSYFAST_GATED_GEMM_MAX_ROWS (0..256; unset or empty: the default) override them at load, for
 // measuring on other GPUs.
 struct DecodeRowLimits {
-    int all   = 256;
-    int gated = 256;
+    int all   = kDecodeMaxRows;
+    int gated = kDecodeMaxRows;
 };
 
 // Engines created while a DecodeScope is alive take the decode GEMM path when `fast_decode`, and
@@ -77,8 +81,7 @@ DecodeGemmCounts GetDecodeGemmCounts();
 
 class DecodeGemm {
 public:
-    // Largest M taken: the default max_batch, so every pure decode step; prefill is larger.
-    static constexpr int kMaxRows = 256;
+    static constexpr int kMaxRows = kDecodeMaxRows;
 
     DecodeGemm();  // reads FastDecode() and the scope's row limits
     ~DecodeGemm();
@@ -110,8 +113,8 @@ private:
                       const Tensor& output) const;
     const Plan& GetPlan(const Key& key);
 
-    bool            enabled_;
-    DecodeRowLimits limits_;
+    bool                 enabled_;
+    DecodeRowLimits      limits_;
     cublasLtHandle_t     handle_{};
     void*                workspace_{};
     std::map<Key, Plan>  plans_;
