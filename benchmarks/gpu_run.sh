@@ -9,6 +9,8 @@
 #     network), or
 #   - no pack: `pip install "cosyfast[turbomind]"`'s lmdeploy (or `pip install lmdeploy==0.16.0`)
 #     already installed, and CMake fetches the source from GitHub at configure time.
+# The build stage installs the pack's engine wheel instead of compiling when make_gpu_pack.sh
+# --with-engine made it from this very tree (benchmarks/source_stamp.sh), saving 170-280 s of device time.
 # Results go to $OUT (or ./gpu-out): device.txt (GPU, build time), gpu_tests.{log,jsonl}, bench/results.*
 # (build.log when the build fails).
 set -uo pipefail
@@ -37,10 +39,21 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/device.txt"
 if [[ $STAGES == *build* ]]; then
   t0=$(date +%s)
-  python3 -m pip install -v --no-build-isolation --no-deps . \
-    -C cmake.define.COSYFAST_TURBOMIND=ON -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real \
-    "${SOURCE_ARG[@]}" -C build-dir=/tmp/cosyfast-build > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -30; tail -40 "$OUT/build.log"; exit 1; }
-  echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/device.txt"
+  # The pack's engine wheel (make_gpu_pack.sh --with-engine) when it was made from this very tree
+  # and this Python; else the build from source.
+  stamp=$(bash benchmarks/source_stamp.sh)
+  py=cp$(python3 -c 'import sys; print(*sys.version_info[:2], sep="")')
+  wheel=$(ls "$PACK"/engine/cosyfast-*-"$py"-*.whl 2>/dev/null | head -1)
+  if [ -n "$wheel" ] && [ "$(cat "$PACK/engine/source.stamp")" = "$stamp" ] &&
+     python3 -m pip install -q --no-index --no-deps --force-reinstall "$wheel" > "$OUT/build.log" 2>&1; then
+    echo "build: none; installed the pack's $(basename "$wheel"), made from this tree (source stamp $stamp)" | tee -a "$OUT/device.txt"
+  else
+    [ -n "$wheel" ] && echo "the pack's engine wheel is not this tree's or did not install (stamp $(cat "$PACK/engine/source.stamp"), tree $stamp): building"
+    python3 -m pip install -v --no-build-isolation --no-deps . \
+      -C cmake.define.COSYFAST_TURBOMIND=ON -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real \
+      "${SOURCE_ARG[@]}" -C build-dir=/tmp/cosyfast-build > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -30; tail -40 "$OUT/build.log"; exit 1; }
+    echo "build: $(( $(date +%s) - t0 )) s" | tee -a "$OUT/device.txt"
+  fi
   rm -f "$OUT/build.log"  # kept only when the build fails (the files that come back are few)
 fi
 cd /tmp  # import the installed package, not the source tree

