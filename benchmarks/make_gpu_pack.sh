@@ -75,7 +75,7 @@ fi
 if [[ ${1:-} == --with-engine ]]; then
   shift
   stamp=$(bash benchmarks/source_stamp.sh)
-  rm -rf "$OUT/engine" && mkdir -p "$OUT/engine.tmp"
+  rm -rf "$OUT/engine" "$OUT/engine.tmp" && mkdir -p "$OUT/engine.tmp"
   PYTHON=${GPU_PYTHON_EXE:-python3.12} bash packaging/build_wheel.sh --archs "${ENGINE_ARCHS:-90a-real}" \
     --out "$OUT/engine.tmp" --build-dir "${ENGINE_BUILD_DIR:-build/gpupack-engine}" --lmdeploy-source "$OUT/lmdeploy-0.16.0-src.tar.gz" "$@"
   # the tree must not have changed while it built: the stamp vouches for the wheel's sources
