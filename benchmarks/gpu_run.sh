@@ -44,11 +44,13 @@ if [[ $STAGES == *build* ]]; then
   stamp=$(bash benchmarks/source_stamp.sh)
   py=cp$(python3 -c 'import sys; print(*sys.version_info[:2], sep="")')
   wheel=$(ls "$PACK"/engine/cosyfast-*-"$py"-*.whl 2>/dev/null | head -1)
+  # An installed wheel must also import (session 11's first one did not: no libcuda.so.1 link).
   if [ -n "$wheel" ] && [ "$(cat "$PACK/engine/source.stamp")" = "$stamp" ] &&
-     python3 -m pip install -q --no-index --no-deps --force-reinstall "$wheel" > "$OUT/build.log" 2>&1; then
+     python3 -m pip install -q --no-index --no-deps --force-reinstall "$wheel" > "$OUT/build.log" 2>&1 &&
+     (cd /tmp && python3 -c "import cosyfast.turbomind" >> "$OUT/build.log" 2>&1); then
     echo "build: none; installed the pack's $(basename "$wheel"), made from this tree (source stamp $stamp)" | tee -a "$OUT/device.txt"
   else
-    [ -n "$wheel" ] && echo "the pack's engine wheel is not this tree's or did not install (stamp $(cat "$PACK/engine/source.stamp"), tree $stamp): building"
+    [ -n "$wheel" ] && echo "the pack's engine wheel is not this tree's or did not install and import (stamp $(cat "$PACK/engine/source.stamp"), tree $stamp): building"
     python3 -m pip install -v --no-build-isolation --no-deps . \
       -C cmake.define.COSYFAST_TURBOMIND=ON -C cmake.define.CMAKE_CUDA_ARCHITECTURES=90a-real \
       "${SOURCE_ARG[@]}" -C build-dir=/tmp/cosyfast-build > "$OUT/build.log" 2>&1 || { grep -E "error|FAILED" "$OUT/build.log" | head -30; tail -40 "$OUT/build.log"; exit 1; }
