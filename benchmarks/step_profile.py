@@ -5,7 +5,7 @@ batch size.
     python benchmarks/step_profile.py [--paths cosyfast,cosyfast-shipped,turbomind-native]
                                       [--concurrency 1,64] [--steps 300] [--out DIR]
 
-Paths (one engine each, loaded in turn, the same workload):
+Paths (one engine each, each in its own process, the same workload):
   cosyfast           the default engine (fast_decode: decode GEMMs through cuBLASLt; decode_graphs: the decode
                      steps' layers replayed from CUDA graphs), RAS sampler
   cosyfast-nographs  fast_decode on, decode_graphs off: every launch from the host
@@ -18,12 +18,21 @@ TurboMind's kernels are in the trace. What is timed: `concurrency` sessions that
 profiler's own overhead (about +1 ms per step at batch 1), the GPU times do not. Prefill kernels
 are in the totals too (one per session, amortised over the steps). Prints one JSON line per (path,
 concurrency) and writes them to DIR/step_profile.jsonl.
+
+Each path runs in a child process of its own: in session 12 (H100), four paths profiled one after
+another in one process left two of them with a trace of 3-75 operations per step and no kernels
+(CUPTI kept recording only some engines' streams), where a fresh process records ~260. A row whose
+trace holds no GEMM kernel is marked "incomplete" and the run exits non-zero.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import re
+import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -112,6 +121,8 @@ def profile_path(path: str, model, concurrency: int, steps: int, weights, prompt
         "top_kernels_ms_per_step": [(k, round(v * ms, 4)) for k, v in
                                     sorted(by_kernel.items(), key=lambda x: -x[1])[:12]],
         "decode_gemm": {"taken": counts1[0] - counts0[0], "left_to_turbomind": counts1[1] - counts0[1]},
+        # every decode step runs 97 GEMMs: a trace without one missed the engine's kernels
+        "incomplete": "gemm" not in by_family,
     }
 
 
@@ -140,23 +151,35 @@ def main(argv: list[str] | None = None) -> None:
     for x in paths:
         if x not in ("cosyfast", "cosyfast-nographs", "cosyfast-shipped", "turbomind-native"):
             p.error(f"unknown path {x!r}")
-    weights = load_checkpoint(Path(args.checkpoint) if args.checkpoint else
-                              ensure_default_model(kind=args.kind, size="full"))
+    sweep = [int(x) for x in args.concurrency.split(",")]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if len(paths) > 1:  # one child process per path: a fresh CUPTI session each (see the docstring)
+        rows = []
+        for path in paths:
+            child_out = Path(tempfile.mkdtemp(prefix=f"step-profile-{path}-"))
+            subprocess.run([sys.executable, __file__, "--paths", path, "--concurrency", args.concurrency,
+                            "--steps", str(args.steps), "--prompt-rows", str(args.prompt_rows), "--kind", args.kind,
+                            "--out", str(child_out)] + (["--checkpoint", args.checkpoint] if args.checkpoint else []))
+            done = child_out / "step_profile.jsonl"
+            rows += [json.loads(line) for line in done.read_text().splitlines()] if done.exists() else []
+            shutil.rmtree(child_out)
+            atomic_write_text(out / "step_profile.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        sys.exit(1 if any(r["incomplete"] for r in rows) or len(rows) < len(paths) * len(sweep) else 0)
+    weights = load_checkpoint(Path(args.checkpoint) if args.checkpoint else
+                              ensure_default_model(kind=args.kind, size="full"))
     rows = []
-    sweep = [int(x) for x in args.concurrency.split(",")]
-    for path in paths:
-        model = load_path(path, weights, max(sweep))
-        try:
-            for c in sweep:
-                row = profile_path(path, model, c, args.steps, weights, args.prompt_rows)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                # after every row: a call cut short by its time limit keeps what it measured
-                atomic_write_text(out / "step_profile.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-        finally:
-            model.close()
+    model = load_path(paths[0], weights, max(sweep))
+    try:
+        for c in sweep:
+            row = profile_path(paths[0], model, c, args.steps, weights, args.prompt_rows)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            # after every row: a call cut short by its time limit keeps what it measured
+            atomic_write_text(out / "step_profile.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    finally:
+        model.close()
+    sys.exit(1 if any(r["incomplete"] for r in rows) else 0)
 
 
 if __name__ == "__main__":
