@@ -2,50 +2,61 @@
 requests is admitted (the loop admits them one after another), so what a stream's first token
 waits for behind the others.
 
-A tiny synthetic model on the cpu engine behind `cosyfast serve`'s app (BackgroundServer, the
-bench's client in a child process): ROUNDS bursts of STREAMS streamed requests (a 150-row prompt,
-2 tokens each); per burst, the loop thread's CPU seconds (time.thread_time on the loop) over the
-requests. Prints the median and every burst's figure.
+`cosyfast serve`'s app (BackgroundServer) with the bench's client in a child process: ROUNDS bursts
+of STREAMS streamed requests (a 150-row prompt, NEW_TOKENS tokens each); per burst, the loop
+thread's CPU seconds (time.thread_time on the loop) over the requests, and how far apart the
+requests reached the handler (the burst's spread of `received` over its requests). Prints the
+medians and every burst's figure. Default: a tiny synthetic model on the cpu engine, 2 tokens per
+request (the admission cost alone); `--engine turbomind --size full --new-tokens 500` is the
+bench's serve workload on the GPU, with its tokens flowing while the burst is admitted.
+`--profile 30`: cProfile on the loop thread over the timed bursts, the top 30 functions by own time
+(the profiler slows the loop: read its shares, not its times).
 
-    python benchmarks/serve_loop_cost.py [--streams 64] [--rounds 12] [--log-level warning]
+    python benchmarks/serve_loop_cost.py [--streams 64] [--rounds 12] [--engine cpu|turbomind]
+                                         [--size tiny|full] [--new-tokens 2] [--profile 0]
 """
 from __future__ import annotations
 
 import argparse
+import cProfile
+import dataclasses
 import json
+import pstats
 import statistics
 import subprocess
 import sys
-import tempfile
+import threading
 import time
-from pathlib import Path
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--streams", type=int, default=64)
     p.add_argument("--rounds", type=int, default=12)
+    p.add_argument("--engine", default="cpu", choices=["cpu", "turbomind"])
+    p.add_argument("--size", default="tiny", choices=["tiny", "full"])
+    p.add_argument("--new-tokens", type=int, default=2)
+    p.add_argument("--profile", type=int, default=0, help="print the loop's top N functions by own time")
     p.add_argument("--log-level", default="warning", help="uvicorn's (info: its access log on, as `cosyfast serve`)")
     args = p.parse_args(argv)
 
-    import numpy as np
-
     import cosyfast
     import cosyfast.bench.serve_client as client
+    from cosyfast.bench.runs import arrivals_recorded
     from cosyfast.bench.serve_path import _loop_cpu
+    from cosyfast.bench.workload import Workload
     from cosyfast.serve import BackgroundServer, Service
-    from cosyfast.synthetic import write_model_dir
+    from cosyfast.synthetic import ensure_default_model
 
-    model_dir = write_model_dir(Path(tempfile.mkdtemp()) / "m", kind="cosyvoice2", size="tiny", seed=0)
-    rng = np.random.default_rng(0)
-    bodies = [{"text_ids": rng.integers(0, 1000, 30).tolist(), "prompt_text_ids": rng.integers(0, 1000, 16).tolist(),
-               "prompt_speech_tokens": rng.integers(0, 6561, 100).tolist(), "max_len": 2, "min_len": 2, "seed": i}
-              for i in range(args.streams)]
-    per_request_us = []
-    with cosyfast.load(model_dir, engine="cpu") as model:
+    work = Workload(prompt_rows=150, new_tokens=args.new_tokens)
+    bodies = [dataclasses.asdict(r) | work.length_options() for r in work.requests(args.streams, "cosyvoice2")]
+    per_request_us, spacing_us = [], []
+    profiler = cProfile.Profile() if args.profile else None
+    with cosyfast.load(ensure_default_model(kind="cosyvoice2", size=args.size), engine=args.engine,
+                       max_batch=max(8, args.streams)) as model:
         service = Service(model, max_sessions=max(256, args.streams))
-        with BackgroundServer(service, log_level=args.log_level) as url:
-            for _ in range(args.rounds):
+        with arrivals_recorded(), BackgroundServer(service, log_level=args.log_level) as url:
+            for r in range(args.rounds + 1):  # the first burst warms up (connections, the engine's first use)
                 child = subprocess.Popen([sys.executable, client.__file__], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, text=True)
                 assert child.stdin is not None and child.stdout is not None
@@ -55,15 +66,41 @@ def main(argv: list[str] | None = None) -> None:
                     raise RuntimeError("the client did not start")
                 time.sleep(0.2)
                 before = _loop_cpu(service)
+                service.timelines = []
+                on_loop(service, profiler.enable if profiler and r else None)
                 child.stdin.write("go\n")
                 child.stdin.flush()
                 child.communicate()
                 time.sleep(0.2)  # the burst's last sessions end on the loop
+                on_loop(service, profiler.disable if profiler and r else None)
                 after = _loop_cpu(service)
+                received = sorted(t["received"] for t in service.timelines if t["received"] is not None)
                 assert before is not None and after is not None
-                per_request_us.append((after - before) / args.streams * 1e6)
+                if r:
+                    per_request_us.append((after - before) / args.streams * 1e6)
+                    spacing_us.append((received[-1] - received[0]) / max(1, len(received) - 1) * 1e6)
     print(f"loop CPU per request: median {statistics.median(per_request_us):.0f} us over {args.rounds} bursts of "
           f"{args.streams}; every burst: {[round(x) for x in per_request_us]}")
+    print(f"requests reached the handler every {statistics.median(spacing_us):.0f} us (median over the bursts; "
+          f"every burst: {[round(x) for x in spacing_us]})")
+    if profiler:
+        pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+
+
+def on_loop(service, fn) -> None:  # type: ignore[no-untyped-def]
+    """Runs `fn` on the service's event-loop thread and waits for it (cProfile profiles the thread
+    that enables it)."""
+    d = service._dispatcher
+    if fn is None or d is None:
+        return
+    done = threading.Event()
+
+    def run() -> None:
+        fn()
+        done.set()
+
+    d.loop.call_soon_threadsafe(run)
+    done.wait()
 
 
 if __name__ == "__main__":

@@ -220,6 +220,11 @@ class Session:
                 raise RuntimeError(f"the session failed: {self.stream.error}")
             return
 
+    @property
+    def drained(self) -> bool:
+        """The stream has ended and its reader has taken every token: only the summary is left."""
+        return self.done and not self._items
+
     def summary(self) -> dict[str, Any]:
         return {"finish_reason": self.stream.finish_reason, "num_tokens": self.sent}
 
