@@ -13,7 +13,8 @@ bench's serve workload on the GPU, with its tokens flowing while the burst is ad
 (the profiler slows the loop: read its shares, not its times).
 
     python benchmarks/serve_loop_cost.py [--streams 64] [--rounds 12] [--engine cpu|turbomind]
-                                         [--size tiny|full] [--new-tokens 2] [--profile 0]
+                                         [--size tiny|full] [--new-tokens 2] [--flush-ms MS]
+                                         [--profile 0]
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine", default="cpu", choices=["cpu", "turbomind"])
     p.add_argument("--size", default="tiny", choices=["tiny", "full"])
     p.add_argument("--new-tokens", type=int, default=2)
+    p.add_argument("--flush-ms", type=float, default=None, help="the service's flush interval (default: its default)")
     p.add_argument("--profile", type=int, default=0, help="print the loop's top N functions by own time")
     p.add_argument("--log-level", default="warning", help="uvicorn's (info: its access log on, as `cosyfast serve`)")
     args = p.parse_args(argv)
@@ -54,7 +56,8 @@ def main(argv: list[str] | None = None) -> None:
     profiler = cProfile.Profile() if args.profile else None
     with cosyfast.load(ensure_default_model(kind="cosyvoice2", size=args.size), engine=args.engine,
                        max_batch=max(8, args.streams)) as model:
-        service = Service(model, max_sessions=max(256, args.streams))
+        flush = {} if args.flush_ms is None else {"flush_interval_s": args.flush_ms / 1000}
+        service = Service(model, max_sessions=max(256, args.streams), **flush)
         with arrivals_recorded(), BackgroundServer(service, log_level=args.log_level) as url:
             for r in range(args.rounds + 1):  # the first burst warms up (connections, the engine's first use)
                 child = subprocess.Popen([sys.executable, client.__file__], stdin=subprocess.PIPE,
