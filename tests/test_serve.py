@@ -446,3 +446,37 @@ def test_the_access_log_is_on_by_default_and_can_be_turned_off(model: cosyfast.M
     service = Service(model)
     assert make_server(service).config.access_log is True
     assert make_server(service, access_log=False).config.access_log is False
+
+
+def test_a_stream_writes_its_headers_with_the_first_tokens_and_the_last_with_the_summary(
+        long_model: cosyfast.Model) -> None:
+    """Every write is a system call on the event loop that also admits a burst's requests: the
+    status line waits for the first tokens (nothing goes out at admission), and the last tokens
+    share the summary's write."""
+    from cosyfast.serve.app import TokenStream
+
+    async def writes(flush_interval_s: float) -> list[dict[str, Any]]:
+        service = Service(long_model, flush_interval_s=flush_interval_s)
+        session, _ = service.start(json.dumps(body(min_len=300, max_len=300)))
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any]) -> None:
+            if not sent:  # nothing was written before the first tokens had arrived
+                assert session.sent > 0, message
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            await asyncio.Event().wait()  # the client stays: no disconnect
+            return {}
+
+        await TokenStream(session, sse=False)({"type": "http"}, receive, send)
+        return sent
+
+    sent = asyncio.run(writes(0.05))
+    assert sent[0]["type"] == "http.response.start" and sent[1]["type"] == "http.response.body"
+    lines = [json.loads(line) for m in sent[1:] for line in m["body"].decode().splitlines()]
+    tokens = [t for line in lines[:-1] for t in line["tokens"]]
+    assert len(tokens) == 300 and lines[-1] == {"finish_reason": "max_len", "num_tokens": 300}
+    last = sent[-1]["body"].decode().splitlines()
+    assert not sent[-1]["more_body"] and len(last) == 2 and "tokens" in json.loads(last[0]), last
+    assert all(m["more_body"] for m in sent[1:-1])
