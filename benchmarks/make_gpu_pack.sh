@@ -45,14 +45,15 @@ if [ ! -f "$DL/lmdeploy_py.zip" ]; then
     uvicorn==0.54.0 typing-inspection==0.4.5 annotated-types==0.8.0
   rm -rf "$DL/dl"
 fi
-# What `cosyfast serve` and the bench's serve path import besides fastapi/starlette/uvicorn (above).
-if [ ! -d "$DL/serve-v2" ]; then
-  mkdir -p "$DL/serve-v2.tmp"
-  $GET -d "$DL/serve-v2.tmp" "websockets~=17.4" "prometheus-client~=0.26.0" "httpx~=0.28.1" httptools==0.9.0 uvloop==0.23.0 httpcore h11 anyio certifi idna click \
-    "opentelemetry-api>=1.44.0" importlib-metadata zipp  # fastapi 0.163 imports opentelemetry's API
-  mv "$DL/serve-v2.tmp" "$DL/serve-v2"
+# What `cosyfast serve` and the bench's serve path import besides fastapi/starlette/uvicorn (above);
+# granian: the Rust HTTP server serve_loop_cost.py --http granian measures against uvicorn.
+if [ ! -d "$DL/serve-v3" ]; then
+  mkdir -p "$DL/serve-v3.tmp"
+  $GET -d "$DL/serve-v3.tmp" "websockets~=17.4" "prometheus-client~=0.26.0" "httpx~=0.28.1" httptools==0.9.0 uvloop==0.23.0 httpcore h11 anyio certifi idna click \
+    "opentelemetry-api>=1.44.0" importlib-metadata zipp granian==2.8.9  # fastapi 0.163 imports opentelemetry's API
+  mv "$DL/serve-v3.tmp" "$DL/serve-v3"
 fi
-rm -rf "$OUT/whl" && cp -r "$DL/whl" "$OUT/" && cp "$DL"/serve-v2/*.whl "$OUT/whl/"
+rm -rf "$OUT/whl" && cp -r "$DL/whl" "$OUT/" && cp "$DL"/serve-v3/*.whl "$OUT/whl/"
 # lmdeploy's own static xgrammar library (13 MB) is not needed: cosyfast builds TurboMind itself.
 python3 - "$OUT/lmdeploy_py.zip" "$DL/lmdeploy_py.zip" <<'PY'
 import sys, zipfile

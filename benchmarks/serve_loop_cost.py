@@ -9,6 +9,9 @@ requests reached the handler (the burst's spread of `received` over its requests
 medians and every burst's figure. Default: a tiny synthetic model on the cpu engine, 2 tokens per
 request (the admission cost alone); `--engine turbomind --size full --new-tokens 500` is the
 bench's serve workload on the GPU, with its tokens flowing while the burst is admitted.
+`--http granian`: the same app under granian (a Rust HTTP server: parsing and socket writes off
+the event loop's thread; embedded, a measurement only: `cosyfast serve` runs uvicorn, whose
+hostile-client limits the tests cover). The loop CPU is then the thread that runs the app.
 `--profile 30`: cProfile on the loop thread over the timed bursts, the top 30 functions by own time
 (the profiler slows the loop: read its shares, not its times).
 
@@ -39,6 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--new-tokens", type=int, default=2)
     p.add_argument("--flush-ms", type=float, default=None, help="the service's flush interval (default: its default)")
     p.add_argument("--profile", type=int, default=0, help="print the loop's top N functions by own time")
+    p.add_argument("--http", default="uvicorn", choices=["uvicorn", "granian"])
     p.add_argument("--log-level", default="warning", help="uvicorn's (info: its access log on, as `cosyfast serve`)")
     args = p.parse_args(argv)
 
@@ -58,7 +62,8 @@ def main(argv: list[str] | None = None) -> None:
                        max_batch=max(8, args.streams)) as model:
         flush = {} if args.flush_ms is None else {"flush_interval_s": args.flush_ms / 1000}
         service = Service(model, max_sessions=max(256, args.streams), **flush)
-        with arrivals_recorded(), BackgroundServer(service, log_level=args.log_level) as url:
+        server = BackgroundServer(service, log_level=args.log_level) if args.http == "uvicorn" else Granian(service)
+        with arrivals_recorded(), server as url:
             for r in range(args.rounds + 1):  # the first burst warms up (connections, the engine's first use)
                 child = subprocess.Popen([sys.executable, client.__file__], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, text=True)
@@ -88,6 +93,43 @@ def main(argv: list[str] | None = None) -> None:
           f"every burst: {[round(x) for x in spacing_us]})")
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
+
+
+class Granian:
+    """The service's app under granian's embedded server, on a thread and event loop of its own."""
+
+    def __init__(self, service) -> None:  # type: ignore[no-untyped-def]
+        import asyncio
+        import socket
+
+        from granian.constants import Interfaces
+        from granian.server.embed import Server
+
+        from cosyfast.serve.app import create_app
+
+        with socket.socket() as s:  # a free port (granian's embedded server does not say which it bound)
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.server = Server(create_app(service), address="127.0.0.1", port=self.port, interface=Interfaces.ASGI,
+                             log_enabled=False)
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=lambda: self.loop.run_until_complete(self.server.serve()), daemon=True)
+
+    def __enter__(self) -> str:
+        import socket
+
+        self.thread.start()
+        for _ in range(500):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.02)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.loop.call_soon_threadsafe(self.server.stop)
+        self.thread.join(10)
 
 
 def on_loop(service, fn) -> None:  # type: ignore[no-untyped-def]
