@@ -104,7 +104,7 @@ if [[ $STAGES == *fastdecode* ]]; then
   # step_profile.jsonl and greedy_divergence.jsonl are written straight to $OUT (a cut call keeps them)
   [[ $FD_PARTS == *profile* ]] && python3 "$OLDPWD/benchmarks/step_profile.py" --concurrency "${FD_PROFILE:-1,64}" \
     --paths "${FD_PROFILE_PATHS:-cosyfast,cosyfast-nographs,cosyfast-shipped,turbomind-native}" --out "$OUT" 2>&1 | grep '^{' |
-    python3 -c "import json,sys; [print(json.dumps({k: r[k] for k in ('path','concurrency','wall_ms_per_step','gpu_busy_ms_per_step','launch_gap_share','gpu_ops_per_step','families_ms_per_step','decode_gemm')})) for r in map(json.loads, sys.stdin)]"
+    python3 -c "import json,sys; [print(json.dumps({k: r[k] for k in ('path','concurrency','wall_ms_per_step','gpu_busy_ms_per_step','launch_gap_share','gpu_ops_per_step','families_ms_per_step','decode_gemm','incomplete')})) for r in map(json.loads, sys.stdin)]"
   [[ $FD_PARTS == *divergence* ]] && python3 "$OLDPWD/benchmarks/greedy_divergence.py" --out "$OUT" 2>&1 | grep '"summary"'
 fi
 if [[ $STAGES == *compare* ]]; then
