@@ -115,6 +115,14 @@ class TokenStream(Response):
         session = self.session
         watcher: asyncio.Future[None] | None = None
         started = False
+
+        async def write(body: bytes, more: bool) -> None:
+            nonlocal started
+            if not started:  # the status line and headers, with the first body
+                started = True
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+
         try:
             # One turn of the loop first: the requests that arrived with this one (a burst) are
             # admitted before this one's watcher starts (64 streams on the 2-core CPU box, 3
@@ -129,17 +137,11 @@ class TokenStream(Response):
                     if session.drained:
                         held = frame
                         continue  # the stream has ended: the summary follows in the same write
-                    if not started:
-                        started = True
-                        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-                    await send({"type": "http.response.body", "body": frame, "more_body": True})
+                    await write(frame, True)
                 last = held + self._frame("done", session.summary())
             except RuntimeError as e:
                 last = held + self._frame("error", {"error": {"field": None, "message": str(e)}})
-            if not started:
-                started = True
-                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            await send({"type": "http.response.body", "body": last, "more_body": False})
+            await write(last, False)
         except OSError:  # the client left mid-write (uvicorn's ClientDisconnected)
             pass
         finally:
