@@ -480,3 +480,11 @@ def test_a_stream_writes_its_headers_with_the_first_tokens_and_the_last_with_the
     last = sent[-1]["body"].decode().splitlines()
     assert not sent[-1]["more_body"] and len(last) == 2 and "tokens" in json.loads(last[0]), last
     assert all(m["more_body"] for m in sent[1:-1])
+
+
+def test_tokens_json_is_the_json_of_the_tokens() -> None:
+    from cosyfast.serve.app import _DUMP, tokens_json
+
+    for tokens in ([], [0], [6560, 17, 0, 4096], list(range(300))):
+        assert tokens_json(tokens) == _DUMP({"tokens": tokens})
+        assert json.loads(tokens_json(tokens)) == {"tokens": tokens}

@@ -44,6 +44,12 @@ NDJSON = "application/x-ndjson"
 _DUMP = json.JSONEncoder(separators=(",", ":")).encode
 
 
+def tokens_json(tokens: list[int]) -> str:
+    """{"tokens":[...]} as _DUMP writes it, in a third of its time: one is written per stream per
+    flush, on the event loop (the ids are ints from the engine)."""
+    return '{"tokens":[' + ",".join(map(str, tokens)) + "]}"
+
+
 def _error(e: RequestError) -> JSONResponse:
     headers = dict(e.headers)
     if e.status in (408, 413):
@@ -107,8 +113,8 @@ class TokenStream(Response):
         self.background = None
         self.init_headers(None)
 
-    def _frame(self, event: str, data: dict[str, Any]) -> bytes:
-        text = _DUMP(data)
+    def _frame(self, event: str, data: dict[str, Any] | str) -> bytes:
+        text = data if isinstance(data, str) else _DUMP(data)
         return (f"event: {event}\ndata: {text}\n\n" if self.sse else text + "\n").encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -133,7 +139,7 @@ class TokenStream(Response):
             held = b""  # the last tokens, held for the summary's write
             try:
                 async for tokens in session.batches():
-                    frame = self._frame("tokens", {"tokens": tokens})
+                    frame = self._frame("tokens", tokens_json(tokens))
                     if session.drained:
                         held = frame
                         continue  # the stream has ended: the summary follows in the same write
@@ -206,7 +212,7 @@ async def bistream(service: Service, ws: WebSocket) -> None:
                 continue  # closed by the reader: wait for the cancelled session's end only
             tokens = [t for t in batch if t != NEED_TEXT]
             if tokens:
-                await ws.send_text(_DUMP({"tokens": tokens}))
+                await ws.send_text(tokens_json(tokens))
             if len(tokens) < len(batch):
                 await ws.send_text('{"need_text":true}')
         if ws.application_state == WebSocketState.CONNECTED:
