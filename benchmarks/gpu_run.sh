@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Everything the GPU machine does, in one go: build cosyfast with the TurboMind engine (lmdeploy's
 # source + cosyfast's patch), run the GPU tests, then the benchmark.
-#   bash benchmarks/gpu_run.sh [build,tests,bench,memory,fastdecode,compare] [bench-args...]   (from the repo root)
+#   bash benchmarks/gpu_run.sh [build,tests,bench,memory,fastdecode,serveprobe,compare] [bench-args...]   (from the repo root)
 # Needs, besides CUDA, PyTorch, pybind11, scikit-build-core and ninja, lmdeploy 0.16.0's Python package
 # (its weight converter) and lmdeploy's source. Either
 #   - the offline pack in $COSYFAST_DEVICE_PACK (default .gpupack, kept out of git), made on a
@@ -106,6 +106,22 @@ if [[ $STAGES == *fastdecode* ]]; then
     --paths "${FD_PROFILE_PATHS:-cosyfast,cosyfast-nographs,cosyfast-shipped,turbomind-native}" --out "$OUT" 2>&1 | grep '^{' |
     python3 -c "import json,sys; [print(json.dumps({k: r[k] for k in ('path','concurrency','wall_ms_per_step','gpu_busy_ms_per_step','launch_gap_share','gpu_ops_per_step','families_ms_per_step','decode_gemm','incomplete')})) for r in map(json.loads, sys.stdin)]"
   [[ $FD_PARTS == *divergence* ]] && python3 "$OLDPWD/benchmarks/greedy_divergence.py" --out "$OUT" 2>&1 | grep '"summary"'
+fi
+if [[ $STAGES == *serveprobe* ]]; then
+  # Issue 19's first-token question in one call (~4-5 min): the serve rows at three flush intervals
+  # against in-process (same process), then the event loop's CPU per request and the spacing of a
+  # burst's requests at the handler on the bench's workload, under uvicorn (flush 5 and 20 ms) and
+  # granian, and the loop's profile. Everything under $OUT/serveprobe (tar it: few files come back).
+  mkdir -p "$OUT/serveprobe"
+  python3 -m cosyfast.bench --paths cosyfast,serve --concurrency "${SP_SWEEP:-1,16,64,256}" --new-tokens 500 \
+    --repeats 3 --serve-flush-ms 5 --serve-flush-ms 20 --serve-flush-ms 50 --out "$OUT/serveprobe/bench" 2>&1 |
+    grep -v "^\[TM\]" | tee "$OUT/serveprobe/bench.log" | grep -A1 -E "^  (cosyfast|serve)"
+  for v in "uvicorn 5 0" "uvicorn 20 0" "granian 5 0" "uvicorn 5 30"; do
+    set -- $v
+    python3 "$OLDPWD/benchmarks/serve_loop_cost.py" --engine turbomind --size full --new-tokens 500 \
+      --rounds 5 --http "$1" --flush-ms "$2" --profile "$3" > "$OUT/serveprobe/loop_$1_f$2_p$3.txt" 2>&1
+    echo "loop cost, $1, flush $2 ms, profile $3:"; grep -E "^(loop|requests)" "$OUT/serveprobe/loop_$1_f$2_p$3.txt"
+  done
 fi
 if [[ $STAGES == *compare* ]]; then
   # lmdeploy's own loops, 0.16.0 (this build, CosyVoice sampling off) and 0.14.0 (its CUDA-12
