@@ -17,7 +17,7 @@ hostile-client limits the tests cover). The loop CPU is then the thread that run
 
     python benchmarks/serve_loop_cost.py [--streams 64] [--rounds 12] [--engine cpu|turbomind]
                                          [--size tiny|full] [--new-tokens 2] [--flush-ms MS]
-                                         [--profile 0]
+                                         [--http uvicorn|granian] [--profile 0]
 """
 from __future__ import annotations
 
