@@ -84,13 +84,15 @@ def main(argv: list[str] | None = None) -> None:
                 after = _loop_cpu(service)
                 received = sorted(t["received"] for t in service.timelines if t["received"] is not None)
                 assert before is not None and after is not None
+                if len(received) < args.streams:
+                    raise RuntimeError(f"{len(received)} of {args.streams} requests of a burst ended on the server")
                 if r:
                     per_request_us.append((after - before) / args.streams * 1e6)
                     spacing_us.append((received[-1] - received[0]) / max(1, len(received) - 1) * 1e6)
     print(f"loop CPU per request: median {statistics.median(per_request_us):.0f} us over {args.rounds} bursts of "
           f"{args.streams}; every burst: {[round(x) for x in per_request_us]}")
-    print(f"requests reached the handler every {statistics.median(spacing_us):.0f} us (median over the bursts; "
-          f"every burst: {[round(x) for x in spacing_us]})")
+    print(f"requests reached the handler {statistics.median(spacing_us):.0f} us apart on average (the median of the "
+          f"bursts' means; every burst: {[round(x) for x in spacing_us]})")
     if profiler:
         pstats.Stats(profiler).sort_stats("tottime").print_stats(args.profile)
 
@@ -122,10 +124,10 @@ class Granian:
         for _ in range(500):
             try:
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                break
+                return f"http://127.0.0.1:{self.port}"
             except OSError:
                 time.sleep(0.02)
-        return f"http://127.0.0.1:{self.port}"
+        raise RuntimeError(f"granian did not open port {self.port} within 10 s")
 
     def __exit__(self, *exc: object) -> None:
         self.loop.call_soon_threadsafe(self.server.stop)
@@ -145,7 +147,8 @@ def on_loop(service, fn) -> None:  # type: ignore[no-untyped-def]
         done.set()
 
     d.loop.call_soon_threadsafe(run)
-    done.wait()
+    if not done.wait(30):
+        raise RuntimeError("the server's event loop did not answer within 30 s")
 
 
 if __name__ == "__main__":

@@ -148,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
     from cosyfast.synthetic import ensure_default_model
 
     paths = [x for x in args.paths.split(",") if x]
+    if not paths:
+        p.error("--paths names no path")
     for x in paths:
         if x not in ("cosyfast", "cosyfast-nographs", "cosyfast-shipped", "turbomind-native"):
             p.error(f"unknown path {x!r}")
@@ -158,12 +160,14 @@ def main(argv: list[str] | None = None) -> None:
         rows = []
         for path in paths:
             child_out = Path(tempfile.mkdtemp(prefix=f"step-profile-{path}-"))
-            subprocess.run([sys.executable, __file__, "--paths", path, "--concurrency", args.concurrency,
-                            "--steps", str(args.steps), "--prompt-rows", str(args.prompt_rows), "--kind", args.kind,
-                            "--out", str(child_out)] + (["--checkpoint", args.checkpoint] if args.checkpoint else []))
-            done = child_out / "step_profile.jsonl"
-            rows += [json.loads(line) for line in done.read_text().splitlines()] if done.exists() else []
-            shutil.rmtree(child_out)
+            try:  # a child that fails leaves its rows out; the exit status says so
+                subprocess.run([sys.executable, __file__, "--paths", path, "--concurrency", args.concurrency,
+                                "--steps", str(args.steps), "--prompt-rows", str(args.prompt_rows), "--kind", args.kind,
+                                "--out", str(child_out)] + (["--checkpoint", args.checkpoint] if args.checkpoint else []))
+                done = child_out / "step_profile.jsonl"
+                rows += [json.loads(line) for line in done.read_text().splitlines()] if done.exists() else []
+            finally:
+                shutil.rmtree(child_out, ignore_errors=True)
             atomic_write_text(out / "step_profile.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         sys.exit(1 if any(r["incomplete"] for r in rows) or len(rows) < len(paths) * len(sweep) else 0)
     weights = load_checkpoint(Path(args.checkpoint) if args.checkpoint else

@@ -104,7 +104,7 @@ class TokenStream(Response):
     summary. Written straight to the ASGI `send`; a disconnect cancels the session at once, even
     while no token is due. Every write is a system call on the event loop, which also admits the
     requests of a burst: the status line and headers go out with the first tokens (not at
-    admission), and the last tokens with the summary."""
+    admission), and tokens still waiting for a flush when the stream ends go with the summary."""
 
     def __init__(self, session: Session, sse: bool) -> None:
         self.session, self.sse = session, sse
@@ -125,8 +125,8 @@ class TokenStream(Response):
         async def write(body: bytes, more: bool) -> None:
             nonlocal started
             if not started:  # the status line and headers, with the first body
-                started = True
                 await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                started = True
             await send({"type": "http.response.body", "body": body, "more_body": more})
 
         try:
