@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     import cosyfast
     import cosyfast.bench.serve_client as client
     from cosyfast.bench.runs import arrivals_recorded
-    from cosyfast.bench.serve_path import _loop_cpu
+    from cosyfast.bench.serve_path import _loop_cpu, on_service_loop
     from cosyfast.bench.workload import Workload
     from cosyfast.serve import BackgroundServer, Service
     from cosyfast.synthetic import ensure_default_model
@@ -75,12 +75,14 @@ def main(argv: list[str] | None = None) -> None:
                 time.sleep(0.2)
                 before = _loop_cpu(service)
                 service.timelines = []
-                on_loop(service, profiler.enable if profiler and r else None)
+                if profiler and r:  # cProfile profiles the thread that enables it
+                    on_service_loop(service, profiler.enable)
                 child.stdin.write("go\n")
                 child.stdin.flush()
                 child.communicate()
                 time.sleep(0.2)  # the burst's last sessions end on the loop
-                on_loop(service, profiler.disable if profiler and r else None)
+                if profiler and r:
+                    on_service_loop(service, profiler.disable)
                 after = _loop_cpu(service)
                 received = sorted(t["received"] for t in service.timelines if t["received"] is not None)
                 assert before is not None and after is not None
@@ -133,22 +135,6 @@ class Granian:
         self.loop.call_soon_threadsafe(self.server.stop)
         self.thread.join(10)
 
-
-def on_loop(service, fn) -> None:  # type: ignore[no-untyped-def]
-    """Runs `fn` on the service's event-loop thread and waits for it (cProfile profiles the thread
-    that enables it)."""
-    d = service._dispatcher
-    if fn is None or d is None:
-        return
-    done = threading.Event()
-
-    def run() -> None:
-        fn()
-        done.set()
-
-    d.loop.call_soon_threadsafe(run)
-    if not done.wait(30):
-        raise RuntimeError("the server's event loop did not answer within 30 s")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TypeVar
 
 import numpy as np
 
@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from ..serve import Service
 
 CLIENT = Path(__file__).with_name("serve_client.py")
+T = TypeVar("T")
 
 
 def _cpu() -> float:
@@ -56,14 +57,20 @@ def default_client_procs(concurrency: int) -> int:
     return max(1, min(concurrency, 8, (os.cpu_count() or 2) // 2))
 
 
-def _loop_cpu(service: "Service") -> float | None:
-    """CPU seconds of the service's event-loop thread so far (None before its first request)."""
+def on_service_loop(service: "Service", fn: Callable[[], T]) -> T | None:
+    """`fn()` run on the service's event-loop thread, its result once it has run (None before the
+    service's first request, when it has no loop yet)."""
     d = service._dispatcher
     if d is None or d.loop.is_closed():
         return None
-    box: concurrent.futures.Future[float] = concurrent.futures.Future()
-    d.loop.call_soon_threadsafe(lambda: box.set_result(time.thread_time()))
+    box: concurrent.futures.Future[T] = concurrent.futures.Future()
+    d.loop.call_soon_threadsafe(lambda: box.set_result(fn()))
     return box.result(timeout=30)
+
+
+def _loop_cpu(service: "Service") -> float | None:
+    """CPU seconds of the service's event-loop thread so far (None before its first request)."""
+    return on_service_loop(service, time.thread_time)
 
 
 def first_token_timeline(timelines: list[dict[str, float | None]], clients: list[dict[str, Any]],

@@ -113,8 +113,7 @@ class TokenStream(Response):
         self.background = None
         self.init_headers(None)
 
-    def _frame(self, event: str, data: dict[str, Any] | str) -> bytes:
-        text = data if isinstance(data, str) else _DUMP(data)
+    def _frame(self, event: str, text: str) -> bytes:
         return (f"event: {event}\ndata: {text}\n\n" if self.sse else text + "\n").encode()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -144,9 +143,9 @@ class TokenStream(Response):
                         held = frame
                         continue  # the stream has ended: the summary follows in the same write
                     await write(frame, True)
-                last = held + self._frame("done", session.summary())
+                last = held + self._frame("done", _DUMP(session.summary()))
             except RuntimeError as e:
-                last = held + self._frame("error", {"error": {"field": None, "message": str(e)}})
+                last = held + self._frame("error", _DUMP({"error": {"field": None, "message": str(e)}}))
             await write(last, False)
         except OSError:  # the client left mid-write (uvicorn's ClientDisconnected)
             pass
