@@ -110,14 +110,15 @@ fi
 if [[ $STAGES == *serveprobe* ]]; then
   # Issue 19's first-token question in one call (~4-5 min): the serve rows at three flush intervals
   # against in-process (same process), then the event loop's CPU per request and the spacing of a
-  # burst's requests at the handler on the bench's workload, under uvicorn (flush 5 and 20 ms) and
-  # granian, and the loop's profile. Everything under $OUT/serveprobe: the caller tars it (few files
-  # come back from the device); each part has a time limit so that a cut call keeps the earlier ones.
+  # burst's requests at the handler on the bench's workload under uvicorn (flush 5, 20 and 50 ms;
+  # granian with SP_GRANIAN=1), and the loop's profile. Everything under $OUT/serveprobe: the caller
+  # tars it (few files come back from the device); each part has a time limit so that a cut call
+  # keeps the earlier ones.
   mkdir -p "$OUT/serveprobe"
   timeout "${SP_BENCH_S:-240}" python3 -m cosyfast.bench --paths cosyfast,serve --concurrency "${SP_SWEEP:-1,16,64,256}" --new-tokens 500 \
     --repeats 3 --serve-flush-ms 5 --serve-flush-ms 20 --serve-flush-ms 50 --out "$OUT/serveprobe/bench" 2>&1 |
     grep -v "^\[TM\]" | tee "$OUT/serveprobe/bench.log" | grep -A1 -E "^  (cosyfast|serve)"
-  for v in "uvicorn 5 0" "uvicorn 20 0" "granian 5 0" "uvicorn 5 30"; do
+  for v in "uvicorn 5 0" "uvicorn 20 0" "uvicorn 50 0" ${SP_GRANIAN:+"granian 5 0"} "uvicorn 5 30"; do
     read -r http flush prof <<< "$v"
     log="$OUT/serveprobe/loop_${http}_f${flush}_p${prof}.txt"
     timeout 90 python3 "$OLDPWD/benchmarks/serve_loop_cost.py" --engine turbomind --size full --new-tokens 500 \
