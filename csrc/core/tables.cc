@@ -6,25 +6,10 @@
 
 namespace cosyfast {
 
-uint16_t FloatToBFloat16(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  if ((bits & 0x7f800000u) == 0x7f800000u && (bits & 0x007fffffu)) return static_cast<uint16_t>((bits >> 16) | 0x40);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
 std::vector<uint16_t> ToBFloat16(std::span<const float> values) {
   std::vector<uint16_t> out(values.size());
   std::transform(values.begin(), values.end(), out.begin(), FloatToBFloat16);
   return out;
-}
-
-float BFloat16ToFloat(uint16_t b) {
-  uint32_t bits = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
 }
 
 Table::Table(const float* data, int64_t rows, int64_t dim, Storage storage)
