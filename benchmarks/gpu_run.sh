@@ -108,18 +108,26 @@ if [[ $STAGES == *fastdecode* ]]; then
   [[ $FD_PARTS == *divergence* ]] && python3 "$OLDPWD/benchmarks/greedy_divergence.py" --out "$OUT" 2>&1 | grep '"summary"'
 fi
 if [[ $STAGES == *serveprobe* ]]; then
-  # Issue 19's first-token question in one call (~4-5 min): the serve rows at three flush intervals
-  # against in-process (same process), then the event loop's CPU per request and the spacing of a
-  # burst's requests at the handler on the bench's workload under uvicorn (flush 5, 20 and 50 ms;
-  # granian with SP_GRANIAN=1), and the loop's profile. Everything under $OUT/serveprobe: the caller
-  # tars it (few files come back from the device); each part has a time limit so that a cut call
-  # keeps the earlier ones.
+  # Issue 19's first-token question in one call (~5 min as it stands; SP_FLUSH and SP_LOOPS shorten
+  # it): what one request's start costs the calling thread (start_cost.py, ~40 s), the serve rows at
+  # the flush intervals SP_FLUSH (ms; default 5 20 50) against in-process (same process), then the
+  # event loop's CPU per request and the spacing of a burst's requests at the handler on the bench's
+  # workload (SP_LOOPS: "http flush-ms profile-rows" per run; default uvicorn at 5, 20 and 50 ms,
+  # then 5 ms under cProfile; granian with SP_GRANIAN=1). Everything under $OUT/serveprobe: the
+  # caller tars it (few files come back from the device); each part has a time limit so that a cut
+  # call keeps the earlier ones.
   mkdir -p "$OUT/serveprobe"
+  timeout 60 python3 "$OLDPWD/benchmarks/start_cost.py" --streams 64 --rounds 5 2>&1 | grep -E "^(Model|Python)" |
+    tee "$OUT/serveprobe/start_cost.txt"
+  flush_args=(); for f in ${SP_FLUSH:-5 20 50}; do flush_args+=(--serve-flush-ms "$f"); done
   timeout "${SP_BENCH_S:-240}" python3 -m cosyfast.bench --paths cosyfast,serve --concurrency "${SP_SWEEP:-1,16,64,256}" --new-tokens 500 \
-    --repeats 3 --serve-flush-ms 5 --serve-flush-ms 20 --serve-flush-ms 50 --out "$OUT/serveprobe/bench" 2>&1 |
+    --repeats 3 "${flush_args[@]}" --out "$OUT/serveprobe/bench" 2>&1 |
     grep -v "^\[TM\]" | tee "$OUT/serveprobe/bench.log" | grep -A1 -E "^  (cosyfast|serve)"
-  for v in "uvicorn 5 0" "uvicorn 20 0" "uvicorn 50 0" ${SP_GRANIAN:+"granian 5 0"} "uvicorn 5 30"; do
+  loops=${SP_LOOPS:-"uvicorn 5 0;uvicorn 20 0;uvicorn 50 0;${SP_GRANIAN:+granian 5 0;}uvicorn 5 30"}
+  IFS=';' read -r -a runs <<< "$loops"
+  for v in "${runs[@]}"; do
     read -r http flush prof <<< "$v"
+    [ -n "$http" ] || continue
     log="$OUT/serveprobe/loop_${http}_f${flush}_p${prof}.txt"
     timeout 90 python3 "$OLDPWD/benchmarks/serve_loop_cost.py" --engine turbomind --size full --new-tokens 500 \
       --rounds 5 --http "$http" --flush-ms "$flush" --profile "$prof" > "$log" 2>&1
