@@ -254,6 +254,26 @@ def test_seed_gives_one_stream_alone(setup):
     assert a != c
 
 
+def test_start_timing_counts_each_start_and_its_parts(setup):
+    """_core._turbomind_start_timing (what start_cost.py splits a start by) counts every start once
+    and its parts add up to no more than the wall time of the starts."""
+    from cosyfast import _core
+
+    kind, _, _, _, model = setup
+    text, ptext, pspeech = request(kind, seed=5)
+    before = _core._turbomind_start_timing()
+    t0 = time.perf_counter()
+    streams = [model.stream(text, ptext, pspeech, seed=i, min_len=1, max_len=2) for i in range(8)]
+    wall_ns = (time.perf_counter() - t0) * 1e9
+    for s in streams:
+        s.drain()
+    after = _core._turbomind_start_timing()
+    parts = {k: after[k] - before[k] for k in ("plan_ns", "inputs_ns", "submit_ns")}
+    report(test="start_timing", kind=kind, starts=after["starts"] - before["starts"], wall_ns=wall_ns, **parts)
+    assert after["starts"] - before["starts"] == 8
+    assert all(v > 0 for v in parts.values()) and sum(parts.values()) <= wall_ns
+
+
 def test_64_sessions_with_random_cancels_leave_nothing_live(setup):
     kind, _, _, _, model = setup
     rng = random.Random(5)

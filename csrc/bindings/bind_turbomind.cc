@@ -128,6 +128,19 @@ void BindTurboMind(py::module_& m) {
         return py::make_tuple(c.taken, c.left);
       },
       "(GEMMs the decode hook ran, GEMMs it left to TurboMind) in this process, engines with fast_decode on.");
+  m.def(
+      "_turbomind_start_timing",
+      [] {
+        const tm::StartTiming t = tm::GetStartTiming();
+        py::dict d;
+        d["starts"] = t.starts;
+        d["plan_ns"] = t.plan_ns;
+        d["inputs_ns"] = t.inputs_ns;
+        d["submit_ns"] = t.submit_ns;
+        return d;
+      },
+      "Where the calling thread's time went in TurboMind starts, summed over this process: {starts, plan_ns, "
+      "inputs_ns, submit_ns} (engines/turbomind/tm_generator.h, StartTiming).");
   m.def("_turbomind_weight_digest", &WeightDigest, py::arg("model"),
         "Test hook: {param path: (shape, dtype, FNV-1a hash of its bytes)} of a TurboMind's weight tree.");
 

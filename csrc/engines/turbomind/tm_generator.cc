@@ -1,6 +1,8 @@
 #include "engines/turbomind/tm_generator.h"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <limits>
@@ -12,6 +14,15 @@
 
 namespace cosyfast::tm {
 namespace {
+
+struct StartClock {
+  std::atomic<int64_t> starts{0}, plan_ns{0}, inputs_ns{0}, submit_ns{0};
+};
+StartClock g_start_clock;
+
+int64_t Nanoseconds(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(to - from).count();
+}
 
 // One utterance: what the caller holds (cancel, lengths) and what hears TurboMind (tokens to
 // the sink, the end to the sink and the counters).
@@ -235,9 +246,11 @@ std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request
                                                 bool native) {
   if (!sink) throw std::invalid_argument("a request needs a token sink");
   const EngineOptions& o = engine_->options();
+  const auto planning = std::chrono::steady_clock::now();
   // The prompt speech as ids, the rest as rows: engines/turbomind_inputs.h says why.
   PromptPlan plan =
       PlanPrompt(*tables_, vocab_, request, o.max_session_len, /*fed_back_last=*/false, /*speech_as_ids=*/true);
+  const auto planned = std::chrono::steady_clock::now();
   TurboMindPromptInputs inputs = TurboMindPrompt(plan);
 
   RequestSpec spec;
@@ -259,13 +272,24 @@ std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request
   auto handle = std::make_shared<PromptRequest>(std::move(sink), counters_, plan.prompt_len,
                                                 native ? 0 : plan.min_len, plan.max_len);
   counters_->live++;
+  const auto submitting = std::chrono::steady_clock::now();
   try {
     handle->Attach(engine_->Start(std::move(spec), handle));
   } catch (...) {
     counters_->live--;
     throw;
   }
+  const auto submitted = std::chrono::steady_clock::now();
+  g_start_clock.starts.fetch_add(1, std::memory_order_relaxed);
+  g_start_clock.plan_ns.fetch_add(Nanoseconds(planning, planned), std::memory_order_relaxed);
+  g_start_clock.inputs_ns.fetch_add(Nanoseconds(planned, submitting), std::memory_order_relaxed);
+  g_start_clock.submit_ns.fetch_add(Nanoseconds(submitting, submitted), std::memory_order_relaxed);
   return handle;
+}
+
+StartTiming GetStartTiming() {
+  const auto& c = g_start_clock;
+  return {c.starts.load(), c.plan_ns.load(), c.inputs_ns.load(), c.submit_ns.load()};
 }
 
 turbomind::CosyVoiceConfig Generator::SamplingConfig(const SamplingOptions& s) const {
