@@ -139,8 +139,8 @@ void BindTurboMind(py::module_& m) {
         d["submit_ns"] = t.submit_ns;
         return d;
       },
-      "Where the calling thread's time went in TurboMind starts, summed over this process: {starts, plan_ns, "
-      "inputs_ns, submit_ns} (engines/turbomind/tm_generator.h, StartTiming).");
+      "Where the calling thread's time went in this process's TurboMind starts (whole-text requests that "
+      "started; not bistreams): {starts, plan_ns, inputs_ns, submit_ns} (engines/turbomind/tm_generator.h).");
   m.def("_turbomind_weight_digest", &WeightDigest, py::arg("model"),
         "Test hook: {param path: (shape, dtype, FNV-1a hash of its bytes)} of a TurboMind's weight tree.");
 

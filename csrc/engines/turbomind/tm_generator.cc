@@ -289,7 +289,8 @@ std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request
 
 StartTiming GetStartTiming() {
   const auto& c = g_start_clock;
-  return {c.starts.load(), c.plan_ns.load(), c.inputs_ns.load(), c.submit_ns.load()};
+  constexpr auto relaxed = std::memory_order_relaxed;  // sums for a report, not a consistent snapshot
+  return {c.starts.load(relaxed), c.plan_ns.load(relaxed), c.inputs_ns.load(relaxed), c.submit_ns.load(relaxed)};
 }
 
 turbomind::CosyVoiceConfig Generator::SamplingConfig(const SamplingOptions& s) const {

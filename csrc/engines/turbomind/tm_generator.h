@@ -25,13 +25,14 @@ struct GeneratorStats {
   int64_t stopped = 0, length = 0, cancelled = 0, failed = 0;  // finished sessions by reason
 };
 
-// Where the calling thread's time goes in Generator::Start, summed over the process's starts: a
-// serve burst is admitted one start after another on the event loop (issue 19), so a start's cost
-// spaces the burst's first tokens. Steady-clock nanoseconds; the bench's start_cost.py reads them.
+// Where the calling thread's time goes in Generator::Start (whole-text requests that started; not
+// bistreams), summed over the process: a serve burst is admitted one start after another on the
+// event loop (issue 19), so a start's cost spaces the burst's first tokens. Steady-clock
+// nanoseconds; benchmarks/start_cost.py reads them.
 struct StartTiming {
   int64_t starts = 0;
   int64_t plan_ns = 0;    // PlanPrompt: checks, lengths, the rows from the tables (float32)
-  int64_t inputs_ns = 0;  // TurboMind's inputs: the rows as bf16, the spec
+  int64_t inputs_ns = 0;  // TurboMind's inputs (the rows as bf16), the spec, the request handle
   int64_t submit_ns = 0;  // Engine::Start: TurboMind's request made and queued
 };
 StartTiming GetStartTiming();
