@@ -109,13 +109,13 @@ if [[ $STAGES == *fastdecode* ]]; then
 fi
 if [[ $STAGES == *serveprobe* ]]; then
   # Issue 19's first-token question in one call (~5 min as it stands; SP_FLUSH and SP_LOOPS shorten
-  # it): what one request's start costs the calling thread (start_cost.py, ~40 s; 120 s at most), the serve rows at
-  # the flush intervals SP_FLUSH (ms; default 5 20 50) against in-process (same process), then the
-  # event loop's CPU per request and the spacing of a burst's requests at the handler on the bench's
-  # workload (SP_LOOPS: "http flush-ms profile-rows" per run; default uvicorn at 5, 20 and 50 ms,
-  # then 5 ms under cProfile; granian too when SP_GRANIAN is set, to any value). Everything under $OUT/serveprobe: the
-  # caller tars it (few files come back from the device); each part has a time limit so that a cut
-  # call keeps the earlier ones.
+  # it): what one request's start costs the calling thread (start_cost.py, ~40 s; 120 s at most),
+  # the serve rows at the flush intervals SP_FLUSH (ms; default 5 20 50) against in-process (same
+  # process), then the event loop's CPU per request and the spacing of a burst's requests at the
+  # handler on the bench's workload (SP_LOOPS: "http flush-ms profile-rows" per run; default uvicorn
+  # at 5, 20 and 50 ms, then 5 ms under cProfile; granian too when SP_GRANIAN is set, to any value).
+  # Everything under $OUT/serveprobe: the caller tars it (few files come back from the device); each
+  # part has a time limit so that a cut call keeps the earlier ones.
   mkdir -p "$OUT/serveprobe"
   timeout 120 python3 "$OLDPWD/benchmarks/start_cost.py" --streams 64 --rounds 5 2>&1 | grep -v "^\[TM\]" |
     tee "$OUT/serveprobe/start_cost.log" | grep -E "^(Model|Python|the core)" | tee "$OUT/serveprobe/start_cost.txt"

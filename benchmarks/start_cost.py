@@ -6,8 +6,8 @@ waits on something, not computes) for STREAMS requests of the bench's workload (
 started one after another, in three states: the engine idle, the engine decoding STREAMS other
 sessions, and again idle; and the Python that runs before the core (request_options and the id
 checks); on TurboMind, the core's own split of a start (planning the prompt, TurboMind's inputs,
-the submission: _core._turbomind_start_timing) over one more round with the engine idle. Medians over ROUNDS rounds; every started session
-is cancelled and drained untimed.
+the submission: _core._turbomind_start_timing) over one more round with the engine idle. Medians
+over ROUNDS rounds; every started session is cancelled and drained untimed.
 
     python benchmarks/start_cost.py [--engine turbomind|cpu] [--size full|tiny] [--streams 64] [--rounds 5]
 """
@@ -39,13 +39,16 @@ def main(argv: list[str] | None = None) -> None:
     with cosyfast.load(ensure_default_model(kind="cosyvoice2", size=args.size), engine=args.engine,
                        max_batch=max(8, 2 * args.streams)) as model:
 
+        def start(r: dict) -> object:
+            return model.stream(r["text_ids"], r["prompt_text_ids"], r["prompt_speech_tokens"], seed=r["seed"],
+                                **work.length_options())
+
         def starts() -> tuple[list, float, float]:
             """Starts every request; (streams, wall us per start, thread CPU us per start)."""
             streams, wall, cpu = [], 0.0, 0.0
             for r in requests:
                 w0, c0 = time.perf_counter(), time.thread_time()
-                streams.append(model.stream(r["text_ids"], r["prompt_text_ids"], r["prompt_speech_tokens"],
-                                            seed=r["seed"], **work.length_options()))
+                streams.append(start(r))
                 wall += time.perf_counter() - w0
                 cpu += time.thread_time() - c0
             return streams, wall / len(requests) * 1e6, cpu / len(requests) * 1e6
@@ -62,8 +65,7 @@ def main(argv: list[str] | None = None) -> None:
             streams, wall, cpu = starts()
             rows["idle"].append((wall, cpu))
             end(streams)
-            others = [model.stream(r["text_ids"], r["prompt_text_ids"], r["prompt_speech_tokens"], seed=r["seed"],
-                                   **work.length_options()) for r in requests]
+            others = [start(r) for r in requests]
             time.sleep(0.1)  # past their prefill: decoding
             streams, wall, cpu = starts()
             rows["busy"].append((wall, cpu))
