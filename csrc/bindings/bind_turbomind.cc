@@ -134,13 +134,14 @@ void BindTurboMind(py::module_& m) {
         const tm::StartTiming t = tm::GetStartTiming();
         py::dict d;
         d["starts"] = t.starts;
-        d["plan_ns"] = t.plan_ns;
-        d["inputs_ns"] = t.inputs_ns;
+        d["check_ns"] = t.check_ns;
+        d["wait_ns"] = t.wait_ns;
+        d["assemble_ns"] = t.assemble_ns;
         d["submit_ns"] = t.submit_ns;
         return d;
       },
-      "Where the calling thread's time went in this process's TurboMind starts (whole-text requests that "
-      "started; not bistreams): {starts, plan_ns, inputs_ns, submit_ns} (engines/turbomind/tm_generator.h).");
+      "Where this process's TurboMind starts spent their time (whole-text requests; not bistreams): {starts, "
+      "check_ns (the caller), wait_ns, assemble_ns, submit_ns (the starter thread)} (engines/turbomind/tm_generator.h).");
   m.def("_turbomind_weight_digest", &WeightDigest, py::arg("model"),
         "Test hook: {param path: (shape, dtype, FNV-1a hash of its bytes)} of a TurboMind's weight tree.");
 
@@ -203,11 +204,9 @@ void BindTurboMind(py::module_& m) {
             GenerationRequest request{std::move(text_ids), std::move(prompt_text_ids), std::move(prompt_speech_tokens),
                                       options};
             auto queue = std::make_shared<TokenQueue>();
-            std::shared_ptr<RequestHandle> handle;
-            {
-              py::gil_scoped_release release;
-              handle = g.Start(request, queue, native);
-            }
+            // With the GIL: a start is its checks and a queue push (the starter thread does the
+            // rest), and a hand-off could leave this thread waiting out another's switch interval.
+            auto handle = g.Start(request, queue, native);
             return NewStream(std::move(handle), std::move(queue));
           },
           py::arg("text_ids"), py::arg("prompt_text_ids"), py::arg("prompt_speech_tokens"), py::arg("options"),

@@ -23,11 +23,15 @@ Table::Table(const float* data, int64_t rows, int64_t dim, Storage storage)
   }
 }
 
-void Table::CopyRow(int64_t r, float* out, const char* table_name) const {
+void Table::CheckRow(int64_t r, const char* table_name) const {
   if (r < 0 || r >= rows_) {
     throw std::invalid_argument(std::string(table_name) + ": id " + std::to_string(r) + " is outside [0, " +
-                            std::to_string(rows_) + ")");
+                                std::to_string(rows_) + ")");
   }
+}
+
+void Table::CopyRow(int64_t r, float* out, const char* table_name) const {
+  CheckRow(r, table_name);
   if (storage_ == Storage::kFloat32) {
     std::memcpy(out, f32_.data() + r * dim_, dim_ * sizeof(float));
   } else {
@@ -76,9 +80,8 @@ void PromptTables::Validate() const {
   }
 }
 
-std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab& vocab,
-                                  const std::vector<int32_t>& text_ids,
-                                  const std::vector<int32_t>& prompt_speech_tokens, bool speech_rows) {
+void CheckPromptIds(const PromptTables& tables, const SpeechVocab& vocab, const std::vector<int32_t>& text_ids,
+                    const std::vector<int32_t>& prompt_speech_tokens) {
   if (vocab.required_text_id >= 0 &&
       std::find(text_ids.begin(), text_ids.end(), vocab.required_text_id) == text_ids.end()) {
     throw std::invalid_argument(vocab.name + " needs the text to contain id " + std::to_string(vocab.required_text_id) +
@@ -90,6 +93,13 @@ std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab&
                                   std::to_string(vocab.speech_token_size) + ")");
     }
   }
+  for (int32_t t : text_ids) tables.text_embedding.CheckRow(t, "text id");
+}
+
+std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab& vocab,
+                                  const std::vector<int32_t>& text_ids,
+                                  const std::vector<int32_t>& prompt_speech_tokens, bool speech_rows) {
+  CheckPromptIds(tables, vocab, text_ids, prompt_speech_tokens);
   std::vector<PromptRow> rows;
   rows.reserve(2 + text_ids.size() + prompt_speech_tokens.size());
   rows.push_back({PromptRow::Kind::kSos});

@@ -24,6 +24,8 @@ class Table {
   Storage storage() const { return storage_; }
   // Writes row `r` as float32 into out[0..dim). Throws std::invalid_argument naming the table.
   void CopyRow(int64_t r, float* out, const char* table_name) const;
+  // CopyRow's check alone.
+  void CheckRow(int64_t r, const char* table_name) const;
 
  private:
   int64_t rows_ = 0, dim_ = 0;
@@ -90,5 +92,10 @@ void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, 
 std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab& vocab,
                                   const std::vector<int32_t>& text_ids,
                                   const std::vector<int32_t>& prompt_speech_tokens, bool speech_rows = true);
+
+// AssemblePrompt's checks alone, the same sentences, no rows built: what a caller that assembles
+// later (on another thread) checks up front.
+void CheckPromptIds(const PromptTables& tables, const SpeechVocab& vocab, const std::vector<int32_t>& text_ids,
+                    const std::vector<int32_t>& prompt_speech_tokens);
 
 }  // namespace cosyfast

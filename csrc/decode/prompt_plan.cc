@@ -5,16 +5,17 @@
 
 namespace cosyfast {
 
-PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
-                      int session_limit, bool fed_back_last, bool speech_as_ids) {
+PromptPlan CheckPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
+                       int session_limit, bool fed_back_last, bool speech_as_ids) {
   request.options.Validate();
   if (request.text_ids.empty()) throw std::invalid_argument("the text is empty: give at least one text id");
-  std::vector<int32_t> all_text = request.prompt_text_ids;
-  all_text.insert(all_text.end(), request.text_ids.begin(), request.text_ids.end());
   PromptPlan plan;
-  plan.rows = AssemblePrompt(tables, vocab, all_text, request.prompt_speech_tokens, /*speech_rows=*/!speech_as_ids);
+  plan.all_text = request.prompt_text_ids;
+  plan.all_text.insert(plan.all_text.end(), request.text_ids.begin(), request.text_ids.end());
+  CheckPromptIds(tables, vocab, plan.all_text, request.prompt_speech_tokens);
   if (speech_as_ids) plan.speech_ids = request.prompt_speech_tokens;
-  plan.prompt_len = static_cast<int>(plan.rows.size() / tables.hidden() + plan.speech_ids.size());
+  // sos + text + task_id + the prompt speech (as rows or as ids)
+  plan.prompt_len = static_cast<int>(2 + plan.all_text.size() + request.prompt_speech_tokens.size());
   if (plan.prompt_len >= session_limit) {
     throw std::invalid_argument("the prompt has " + std::to_string(plan.prompt_len) +
                                 " positions (sos + prompt text + text + task_id + prompt speech), which leaves no room under the "
@@ -33,6 +34,13 @@ PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, cons
                                 std::to_string(plan.text_len) + " ids: nothing would be generated");
   }
   plan.min_len = length.MinLen(plan.text_len);
+  return plan;
+}
+
+PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
+                      int session_limit, bool fed_back_last, bool speech_as_ids) {
+  PromptPlan plan = CheckPrompt(tables, vocab, request, session_limit, fed_back_last, speech_as_ids);
+  plan.rows = AssemblePrompt(tables, vocab, plan.all_text, request.prompt_speech_tokens, /*speech_rows=*/!speech_as_ids);
   return plan;
 }
 

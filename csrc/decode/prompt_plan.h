@@ -28,7 +28,8 @@ struct BistreamRequest {
 };
 
 struct PromptPlan {
-  std::vector<float> rows;  // [sos, prompt text + text, task_id, prompt speech] x hidden
+  std::vector<int32_t> all_text;  // prompt text + text: the text rows' ids
+  std::vector<float> rows;  // [sos, prompt text + text, task_id, prompt speech] x hidden (PlanPrompt)
   // With PlanPrompt's speech_as_ids: the prompt speech tokens, which then follow the rows as ids
   // (rows holds [sos, prompt text + text, task_id] only).
   std::vector<int32_t> speech_ids;
@@ -45,6 +46,12 @@ struct PromptPlan {
 // the speech embedding looks them up itself).
 PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
                       int session_limit, bool fed_back_last, bool speech_as_ids = false);
+
+// PlanPrompt without the rows (every check, the lengths, all_text, speech_ids): for a caller that
+// must answer bad input now and assembles the rows later, on another thread (AssemblePrompt of
+// all_text).
+PromptPlan CheckPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
+                       int session_limit, bool fed_back_last, bool speech_as_ids = false);
 
 // The checks of a bistream request's start (its text pieces are checked as they come).
 void CheckBistream(const PromptTables& tables, const SpeechVocab& vocab, const BistreamRequest& request);

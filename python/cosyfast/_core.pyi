@@ -55,6 +55,9 @@ class _Testing:
     @staticmethod
     def sample_many(method: str, scores: npt.ArrayLike, decoded: Sequence[int], options: SamplingOptions, seed: int,
                     n: int) -> npt.NDArray[np.int32]: ...
+    # decode/serial_executor.h under test: {ran, dropped, threads, on_caller}.
+    @staticmethod
+    def serial_executor_trace(jobs: int, close_while_busy: bool) -> dict[str, Any]: ...
     # TurboMind's weight layouts as the C++ loader uploads them (bf16 bits), in every build.
     @staticmethod
     def turbomind_layer_layout(config: dict[str, Any], layer: dict[str, npt.ArrayLike],

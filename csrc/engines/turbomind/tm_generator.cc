@@ -16,7 +16,7 @@ namespace cosyfast::tm {
 namespace {
 
 struct StartClock {
-  std::atomic<int64_t> starts{0}, plan_ns{0}, inputs_ns{0}, submit_ns{0};
+  std::atomic<int64_t> starts{0}, check_ns{0}, wait_ns{0}, assemble_ns{0}, submit_ns{0};
 };
 StartClock g_start_clock;
 
@@ -25,7 +25,8 @@ int64_t Nanoseconds(std::chrono::steady_clock::time_point from, std::chrono::ste
 }
 
 // One utterance: what the caller holds (cancel, lengths) and what hears TurboMind (tokens to
-// the sink, the end to the sink and the counters).
+// the sink, the end to the sink and the counters). Made on the caller's thread, attached to its
+// TurboMind request on the starter thread; a cancel may come before, between or after.
 class PromptRequest final : public RequestHandle, public RequestObserver {
  public:
   PromptRequest(std::shared_ptr<TokenSink> sink, std::shared_ptr<Generator::Counters> counters, int prompt_len,
@@ -37,6 +38,18 @@ class PromptRequest final : public RequestHandle, public RequestObserver {
     std::lock_guard<std::mutex> lock(mutex_);
     request_ = std::move(request);
     if (cancel_requested_) request_->Cancel();
+  }
+
+  bool cancel_requested() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return cancel_requested_;
+  }
+
+  // The end of a request that never reached TurboMind (cancelled while queued, or refused):
+  // TurboMind will not call OnEnd for it.
+  void EndUnstarted(FinishReason reason, const std::string& error) {
+    counters_->Ended(reason);
+    sink_->OnFinish(reason, error);
   }
 
   void RequestCancel() override {
@@ -245,14 +258,38 @@ Generator::Generator(std::shared_ptr<const PromptTables> tables, SpeechVocab voc
 std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink,
                                                 bool native) {
   if (!sink) throw std::invalid_argument("a request needs a token sink");
-  const EngineOptions& o = engine_->options();
-  const auto planning = std::chrono::steady_clock::now();
+  const auto checking = std::chrono::steady_clock::now();
   // The prompt speech as ids, the rest as rows: engines/turbomind_inputs.h says why.
-  PromptPlan plan =
-      PlanPrompt(*tables_, vocab_, request, o.max_session_len, /*fed_back_last=*/false, /*speech_as_ids=*/true);
-  const auto planned = std::chrono::steady_clock::now();
-  TurboMindPromptInputs inputs = TurboMindPrompt(plan);
+  auto plan = std::make_shared<PromptPlan>(CheckPrompt(*tables_, vocab_, request, engine_->options().max_session_len,
+                                                       /*fed_back_last=*/false, /*speech_as_ids=*/true));
+  auto handle = std::make_shared<PromptRequest>(std::move(sink), counters_, plan->prompt_len,
+                                                native ? 0 : plan->min_len, plan->max_len);
+  counters_->live++;
+  const auto queued = std::chrono::steady_clock::now();
+  g_start_clock.check_ns.fetch_add(Nanoseconds(checking, queued), std::memory_order_relaxed);
+  starter_.Post([this, plan, handle, native, queued](bool run) {
+    if (!run || handle->cancel_requested()) return handle->EndUnstarted(FinishReason::kCancelled, "");
+    const auto assembling = std::chrono::steady_clock::now();
+    try {
+      RequestSpec spec = PromptSpec(*plan, native);
+      const auto submitting = std::chrono::steady_clock::now();
+      handle->Attach(engine_->Start(std::move(spec), handle));
+      const auto submitted = std::chrono::steady_clock::now();
+      g_start_clock.starts.fetch_add(1, std::memory_order_relaxed);
+      g_start_clock.wait_ns.fetch_add(Nanoseconds(queued, assembling), std::memory_order_relaxed);
+      g_start_clock.assemble_ns.fetch_add(Nanoseconds(assembling, submitting), std::memory_order_relaxed);
+      g_start_clock.submit_ns.fetch_add(Nanoseconds(submitting, submitted), std::memory_order_relaxed);
+    } catch (const std::exception& e) {  // the request never reached TurboMind
+      handle->EndUnstarted(FinishReason::kError, e.what());
+    }
+  });
+  return handle;
+}
 
+RequestSpec Generator::PromptSpec(PromptPlan& plan, bool native) const {
+  // The speech goes as ids (plan.speech_ids), so no speech rows.
+  plan.rows = AssemblePrompt(*tables_, vocab_, plan.all_text, plan.speech_ids, /*speech_rows=*/false);
+  TurboMindPromptInputs inputs = TurboMindPrompt(plan);
   RequestSpec spec;
   spec.ids = std::move(inputs.ids);
   spec.rows = std::move(inputs.rows);
@@ -268,29 +305,14 @@ std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request
   c.stop_begin = c.mask_begin = stop_begin_;
   c.stop_end = c.mask_end = stop_end_;
   c.min_len = plan.min_len;
-
-  auto handle = std::make_shared<PromptRequest>(std::move(sink), counters_, plan.prompt_len,
-                                                native ? 0 : plan.min_len, plan.max_len);
-  counters_->live++;
-  const auto submitting = std::chrono::steady_clock::now();
-  try {
-    handle->Attach(engine_->Start(std::move(spec), handle));
-  } catch (...) {
-    counters_->live--;
-    throw;
-  }
-  const auto submitted = std::chrono::steady_clock::now();
-  g_start_clock.starts.fetch_add(1, std::memory_order_relaxed);
-  g_start_clock.plan_ns.fetch_add(Nanoseconds(planning, planned), std::memory_order_relaxed);
-  g_start_clock.inputs_ns.fetch_add(Nanoseconds(planned, submitting), std::memory_order_relaxed);
-  g_start_clock.submit_ns.fetch_add(Nanoseconds(submitting, submitted), std::memory_order_relaxed);
-  return handle;
+  return spec;
 }
 
 StartTiming GetStartTiming() {
   const auto& c = g_start_clock;
   constexpr auto relaxed = std::memory_order_relaxed;  // sums for a report, not a consistent snapshot
-  return {c.starts.load(relaxed), c.plan_ns.load(relaxed), c.inputs_ns.load(relaxed), c.submit_ns.load(relaxed)};
+  return {c.starts.load(relaxed), c.check_ns.load(relaxed), c.wait_ns.load(relaxed), c.assemble_ns.load(relaxed),
+          c.submit_ns.load(relaxed)};
 }
 
 turbomind::CosyVoiceConfig Generator::SamplingConfig(const SamplingOptions& s) const {

@@ -1,8 +1,10 @@
 // The front door of a model on the TurboMind engine: the counterpart of decode/generator.h for an
-// engine that runs every utterance's decode loop itself. Start() checks a request and assembles
-// its prompt on the caller's thread (the same PlanPrompt as the round scheduler), turns its
-// options into TurboMind's CosyVoice sampling (bias, min_len mask, stop range, RAS, seed) and
-// starts one TurboMind request; tokens reach the sink from TurboMind's signal thread.
+// engine that runs every utterance's decode loop itself. Start() checks a request on the caller's
+// thread (the checks of the round scheduler's PlanPrompt: bad input throws there) and hands the
+// rest to the generator's starter thread, in order: the prompt's rows, its options as
+// TurboMind's CosyVoice sampling (bias, min_len mask, stop range, RAS, seed) and one TurboMind
+// request. Tokens reach the sink from TurboMind's signal thread; a start that is cancelled
+// before it ran, or that TurboMind refuses, ends on the starter thread.
 #pragma once
 
 #include <atomic>
@@ -12,8 +14,9 @@
 
 #include "core/options.h"
 #include "core/tables.h"
-#include "decode/prompt_plan.h"
 #include "decode/bistream.h"
+#include "decode/prompt_plan.h"
+#include "decode/serial_executor.h"
 #include "decode/session.h"
 #include "engines/turbomind/tm_engine.h"
 
@@ -25,15 +28,16 @@ struct GeneratorStats {
   int64_t stopped = 0, length = 0, cancelled = 0, failed = 0;  // finished sessions by reason
 };
 
-// Where the calling thread's time goes in Generator::Start (whole-text requests that started; not
-// bistreams), summed over the process: a serve burst is admitted one start after another on the
-// event loop (issue 19), so a start's cost spaces the burst's first tokens. Steady-clock
+// Where a whole-text start's time goes (not bistreams), summed over the process: a serve burst
+// is admitted one request after another on the event loop (issue 19), so the caller's part spaces
+// the burst's first tokens; the starter thread's part spaces their submissions. Steady-clock
 // nanoseconds; benchmarks/start_cost.py reads them.
 struct StartTiming {
-  int64_t starts = 0;
-  int64_t plan_ns = 0;    // PlanPrompt: checks, lengths, the rows from the tables (float32)
-  int64_t inputs_ns = 0;  // TurboMind's inputs (the rows as bf16), the spec, the request handle
-  int64_t submit_ns = 0;  // Engine::Start: TurboMind's request made and queued
+  int64_t starts = 0;       // submitted to TurboMind (a start cancelled or failed before is not counted)
+  int64_t check_ns = 0;     // the caller: CheckPrompt (options, ids, lengths) and the handle
+  int64_t wait_ns = 0;      // queued for the starter thread
+  int64_t assemble_ns = 0;  // the starter: the rows, TurboMind's inputs (bf16), the spec
+  int64_t submit_ns = 0;    // the starter: Engine::Start (TurboMind's request made and queued)
 };
 StartTiming GetStartTiming();
 
@@ -44,7 +48,8 @@ class Generator {
             std::shared_ptr<Engine> engine);
 
   // CosyVoice's inference(). `native`: TurboMind's own top-k/top-p sampler with no bias, RAS,
-  // min_len or stops, max_len tokens always (the benchmark's turbomind-native path).
+  // min_len or stops, max_len tokens always (the benchmark's turbomind-native path). Throws
+  // std::invalid_argument for bad input; returns once the request is checked and queued.
   std::shared_ptr<RequestHandle> Start(const GenerationRequest& request, std::shared_ptr<TokenSink> sink,
                                        bool native = false);
 
@@ -83,6 +88,12 @@ class Generator {
   // The CosyVoice sampling every request of this model shares; the caller sets the per-request
   // fields (lengths, masks, stops).
   turbomind::CosyVoiceConfig SamplingConfig(const SamplingOptions& s) const;
+  // A whole-text request's TurboMind spec from its checked plan (CheckPrompt), rows assembled
+  // here: the starter thread's part of a start.
+  RequestSpec PromptSpec(PromptPlan& plan, bool native) const;
+
+  // Last: destroyed first, while what its queued starts use is still there.
+  SerialExecutor starter_;
 };
 
 }  // namespace cosyfast::tm

@@ -1,0 +1,42 @@
+// One thread that runs posted jobs one at a time, in the order they were posted. The TurboMind
+// generator starts its requests on it (engines/turbomind/tm_generator.h): a start's prompt
+// assembly and submission then cost the caller nothing, so a server's event loop admits a burst
+// of requests without computing each one's prompt in turn (issue 19).
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <deque>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+namespace cosyfast {
+
+class SerialExecutor {
+ public:
+  // `run` is false for a job dropped because the executor is closing: the job must still end
+  // what it stands for (a request's sink hears that it was cancelled). Jobs must not throw.
+  using Job = std::function<void(bool run)>;
+
+  SerialExecutor();
+  // Finishes the job in progress, drops the queued ones (each called with false, on the calling
+  // thread), then joins.
+  ~SerialExecutor();
+  SerialExecutor(const SerialExecutor&) = delete;
+  SerialExecutor& operator=(const SerialExecutor&) = delete;
+
+  void Post(Job job);
+  size_t queued() const;  // posted and not yet taken by the thread
+
+ private:
+  void Run();
+
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<Job> jobs_;  // guarded by mutex_
+  bool closing_ = false;  // guarded by mutex_
+  std::thread thread_;    // last: started once the members above exist
+};
+
+}  // namespace cosyfast
