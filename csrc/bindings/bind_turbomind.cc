@@ -128,6 +128,9 @@ void BindTurboMind(py::module_& m) {
         return py::make_tuple(c.taken, c.left);
       },
       "(GEMMs the decode hook ran, GEMMs it left to TurboMind) in this process, engines with fast_decode on.");
+  m.def("_turbomind_requests_alive", &tm::RequestsAlive,
+        "TurboMind requests (engines/turbomind/tm_engine.h) alive in this process: a finished request whose "
+        "caller let go is freed.");
   m.def(
       "_turbomind_start_timing",
       [] {
@@ -193,8 +196,9 @@ void BindTurboMind(py::module_& m) {
                        std::shared_ptr<tm::Engine> engine) {
              std::vector<float> bias;
              if (decoder_bias) bias.assign(decoder_bias->data(), decoder_bias->data() + decoder_bias->size());
-             return std::make_shared<tm::Generator>(std::move(tables), VocabFromDict(vocab), std::move(bias),
-                                                    std::move(engine));
+             // Its destructor joins the starter thread (a start may be under way): without the GIL.
+             return OwnedReleasingGil(new tm::Generator(std::move(tables), VocabFromDict(vocab), std::move(bias),
+                                                        std::move(engine)));
            }),
            py::kw_only(), py::arg("tables"), py::arg("vocab"), py::arg("decoder_bias"), py::arg("engine"))
       .def(

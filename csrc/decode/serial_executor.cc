@@ -1,25 +1,43 @@
 #include "decode/serial_executor.h"
 
+#include <stdexcept>
 #include <utility>
+
+#include "core/process.h"
 
 namespace cosyfast {
 
-SerialExecutor::SerialExecutor() : thread_([this] { Run(); }) {}
+SerialExecutor::SerialExecutor()
+    : fork_count_(ForkCount()), thread_(std::make_unique<std::thread>([this] { Run(); })) {}
 
 SerialExecutor::~SerialExecutor() {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    closing_ = true;
+  if (fork_count_ != ForkCount()) {
+    (void)thread_.release();  // the parent's thread: neither joinable nor ours to free here
+    return;
   }
-  wake_.notify_one();
-  thread_.join();
-  for (Job& job : jobs_) job(false);  // the thread is gone: no lock needed
+  Close();
+  thread_->join();
+  for (Job& job : jobs_) {  // the thread is gone: no lock needed
+    try {
+      job(false);
+    } catch (...) {  // see Run: the remaining jobs still end their requests
+    }
+  }
 }
 
 void SerialExecutor::Post(Job job) {
+  if (fork_count_ != ForkCount()) throw std::runtime_error(ForkedError());
   {
     std::lock_guard<std::mutex> lock(mutex_);
     jobs_.push_back(std::move(job));
+  }
+  wake_.notify_one();
+}
+
+void SerialExecutor::Close() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    closing_ = true;
   }
   wake_.notify_one();
 }

@@ -6,8 +6,10 @@
 
 #include <condition_variable>
 #include <cstddef>
+#include <cstdint>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -20,23 +22,28 @@ class SerialExecutor {
   using Job = std::function<void(bool run)>;
 
   SerialExecutor();
-  // Finishes the job in progress, drops the queued ones (each called with false, on the calling
-  // thread), then joins.
+  // Close(), then joins (the job in progress finishes) and drops the queued jobs, each called
+  // with false on the calling thread. In a forked child (core/process.h) the thread exists only
+  // in the parent: nothing is joined or called.
   ~SerialExecutor();
   SerialExecutor(const SerialExecutor&) = delete;
   SerialExecutor& operator=(const SerialExecutor&) = delete;
 
+  // Throws std::runtime_error in a forked child (no thread would ever run the job).
   void Post(Job job);
+  // The thread takes no job after the one it is running; the destructor drops the rest.
+  void Close();
   size_t queued() const;  // posted and not yet taken by the thread
 
  private:
   void Run();
 
+  const uint64_t fork_count_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Job> jobs_;  // guarded by mutex_
   bool closing_ = false;  // guarded by mutex_
-  std::thread thread_;    // last: started once the members above exist
+  std::unique_ptr<std::thread> thread_;  // last: started once the members above exist
 };
 
 }  // namespace cosyfast

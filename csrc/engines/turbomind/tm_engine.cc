@@ -20,6 +20,8 @@ int64_t NextRequestId() {
   return next.fetch_add(1);
 }
 
+std::atomic<int64_t> g_requests_alive{0};  // Request objects in the process (RequestsAlive)
+
 std::string StatusSentence(int status) {
   switch (status) {
     case ft::Request::kInvalid: return "TurboMind refused the request as malformed (input embeddings or ranges)";
@@ -107,7 +109,21 @@ void EngineCore::Ended(int64_t id) {
 
 Request::Request(std::shared_ptr<EngineCore> core, int64_t id, std::shared_ptr<RequestObserver> observer,
                  int stop_begin, int stop_end)
-    : core_(std::move(core)), id_(id), observer_(std::move(observer)), stop_begin_(stop_begin), stop_end_(stop_end) {}
+    : core_(std::move(core)), id_(id), observer_(std::move(observer)), stop_begin_(stop_begin), stop_end_(stop_end) {
+  g_requests_alive.fetch_add(1, std::memory_order_relaxed);
+}
+
+Request::~Request() { g_requests_alive.fetch_sub(1, std::memory_order_relaxed); }
+
+int64_t RequestsAlive() { return g_requests_alive.load(std::memory_order_relaxed); }
+
+void Request::EndObserver(const RequestEnd& end) {
+  // Let go of the observer as it hears the end: it holds this request (to cancel it), so keeping
+  // both would keep each alive after the caller has dropped its handle, with TurboMind's request
+  // and its inputs and outputs (a leak per request, and a core that ~Engine waits for in vain).
+  std::shared_ptr<RequestObserver> observer = std::move(observer_);
+  observer->OnEnd(end);
+}
 
 void Request::Cancel() {
   // ModelRequest::Cancel finds the engine's request through a weak reference: a request that
@@ -156,7 +172,7 @@ void Request::Drain() {
     if (end.kind == RequestEnd::Kind::kError) end.error = StatusSentence(status);
     ended_ = true;
     core_->Ended(id_);
-    observer_->OnEnd(end);
+    EndObserver(end);
     return;
   }
   const int32_t* ids = outputs_->at("output_ids").data<int32_t>();
@@ -176,7 +192,7 @@ void Request::Drain() {
   if (finished) {
     ended_ = true;
     core_->Ended(id_);
-    observer_->OnEnd(end);
+    EndObserver(end);
   } else if (!go_on) {
     model_request_->Cancel();  // TurboMind answers with kCancel
   }

@@ -79,6 +79,7 @@ class Request : public std::enable_shared_from_this<Request> {
  public:
   Request(std::shared_ptr<EngineCore> core, int64_t id, std::shared_ptr<RequestObserver> observer, int stop_begin,
           int stop_end);
+  ~Request();
   void Cancel();  // any thread; idempotent
   int64_t id() const { return id_; }
 
@@ -87,6 +88,7 @@ class Request : public std::enable_shared_from_this<Request> {
   void Submit(RequestSpec spec);  // once, by Engine::Start
   void OnSignal();                // TurboMind's signal thread
   void Drain();                   // mutex_ held
+  void EndObserver(const RequestEnd& end);  // mutex_ held: tells the observer and lets go of it
 
   std::shared_ptr<EngineCore> core_;
   const int64_t id_;
@@ -101,6 +103,10 @@ class Request : public std::enable_shared_from_this<Request> {
   bool ended_ = false;
   int read_ = 0;  // output positions already passed on
 };
+
+// Request objects alive in this process: a test that finished requests are freed once their
+// callers let go (an observer that kept its request would keep both).
+int64_t RequestsAlive();
 
 class Engine {
  public:

@@ -264,25 +264,36 @@ std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request
                                                        /*fed_back_last=*/false, /*speech_as_ids=*/true));
   auto handle = std::make_shared<PromptRequest>(std::move(sink), counters_, plan->prompt_len,
                                                 native ? 0 : plan->min_len, plan->max_len);
-  counters_->live++;
+  counters_->live++;  // before the job is queued: a quick job's end must find it counted
   const auto queued = std::chrono::steady_clock::now();
   g_start_clock.check_ns.fetch_add(Nanoseconds(checking, queued), std::memory_order_relaxed);
-  starter_.Post([this, plan, handle, native, queued](bool run) {
+  auto job = [this, plan, handle, native, queued](bool run) {
     if (!run || handle->cancel_requested()) return handle->EndUnstarted(FinishReason::kCancelled, "");
     const auto assembling = std::chrono::steady_clock::now();
-    try {
+    std::shared_ptr<Request> request;
+    std::chrono::steady_clock::time_point submitting;
+    try {  // only what may fail before TurboMind has the request: after that, TurboMind ends it
       RequestSpec spec = PromptSpec(*plan, native);
-      const auto submitting = std::chrono::steady_clock::now();
-      handle->Attach(engine_->Start(std::move(spec), handle));
-      const auto submitted = std::chrono::steady_clock::now();
-      g_start_clock.starts.fetch_add(1, std::memory_order_relaxed);
-      g_start_clock.wait_ns.fetch_add(Nanoseconds(queued, assembling), std::memory_order_relaxed);
-      g_start_clock.assemble_ns.fetch_add(Nanoseconds(assembling, submitting), std::memory_order_relaxed);
-      g_start_clock.submit_ns.fetch_add(Nanoseconds(submitting, submitted), std::memory_order_relaxed);
-    } catch (const std::exception& e) {  // the request never reached TurboMind
-      handle->EndUnstarted(FinishReason::kError, e.what());
+      submitting = std::chrono::steady_clock::now();
+      request = engine_->Start(std::move(spec), handle);
+    } catch (const std::exception& e) {
+      return handle->EndUnstarted(FinishReason::kError, e.what());
+    } catch (...) {
+      return handle->EndUnstarted(FinishReason::kError, "the request could not be started");
     }
-  });
+    const auto submitted = std::chrono::steady_clock::now();
+    handle->Attach(std::move(request));
+    g_start_clock.starts.fetch_add(1, std::memory_order_relaxed);
+    g_start_clock.wait_ns.fetch_add(Nanoseconds(queued, assembling), std::memory_order_relaxed);
+    g_start_clock.assemble_ns.fetch_add(Nanoseconds(assembling, submitting), std::memory_order_relaxed);
+    g_start_clock.submit_ns.fetch_add(Nanoseconds(submitting, submitted), std::memory_order_relaxed);
+  };
+  try {
+    starter_.Post(std::move(job));
+  } catch (...) {
+    counters_->live--;
+    throw;
+  }
   return handle;
 }
 
