@@ -242,9 +242,17 @@ void BindTurboMindLayout(py::module_& testing) {
          std::vector<int32_t> prompt_text_ids, std::vector<int32_t> prompt_speech_tokens, int session_limit,
          bool speech_as_ids) {
         GenerationRequest request{std::move(text_ids), std::move(prompt_text_ids), std::move(prompt_speech_tokens), {}};
-        const PromptPlan plan = PlanPrompt(*tables, VocabFromDict(vocab), request, session_limit,
-                                           /*fed_back_last=*/false, speech_as_ids);
-        const TurboMindPromptInputs in = TurboMindPrompt(plan);
+        TurboMindPromptInputs in;
+        PromptPlan plan;
+        if (speech_as_ids) {  // what the generator sends: checks, then bf16 rows from the tables
+          plan = CheckPrompt(*tables, VocabFromDict(vocab), request, session_limit, /*fed_back_last=*/false, true);
+          in = TurboMindPrompt(*tables, plan);
+        } else {  // the all-rows request, built the float way and rounded afterwards
+          plan = PlanPrompt(*tables, VocabFromDict(vocab), request, session_limit, /*fed_back_last=*/false, false);
+          in.rows = ToBFloat16(plan.rows);
+          in.row_positions = plan.prompt_len;
+          in.ids.assign(plan.prompt_len, 0);
+        }
         py::dict out;
         out["ids"] = in.ids;
         out["rows"] = Bf16Array(in.rows, {in.row_positions, tables->hidden()});
@@ -257,7 +265,8 @@ void BindTurboMindLayout(py::module_& testing) {
       py::arg("tables"), py::arg("vocab"), py::arg("text_ids"), py::arg("prompt_text_ids"),
       py::arg("prompt_speech_tokens"), py::arg("session_limit"), py::arg("speech_as_ids"),
       "What TurboMind's generator sends for a whole-text request (engines/turbomind_inputs.h): ids, bf16 rows "
-      "for [0, row_positions), and the plan's lengths.");
+      "for [0, row_positions), and the plan's lengths; speech_as_ids=False: the all-rows request (float rows "
+      "rounded to bf16), the independent reference.");
 }
 
 void BindCpuEngine(py::module_& m) {

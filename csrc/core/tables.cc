@@ -40,6 +40,16 @@ void Table::CopyRow(int64_t r, float* out, const char* table_name) const {
   }
 }
 
+void Table::CopyRow(int64_t r, uint16_t* out, const char* table_name) const {
+  CheckRow(r, table_name);
+  if (storage_ == Storage::kFloat32) {
+    const float* row = f32_.data() + r * dim_;
+    std::transform(row, row + dim_, out, FloatToBFloat16);
+  } else {
+    std::memcpy(out, bf16_.data() + r * dim_, dim_ * sizeof(uint16_t));
+  }
+}
+
 void SpeechVocab::Validate() const {
   if (speech_token_size <= 0) throw std::invalid_argument("speech_token_size must be > 0");
   if (decoder_rows <= speech_token_size) {
@@ -113,20 +123,38 @@ std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab&
   return out;
 }
 
-void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<float>& out) {
+namespace {
+
+void CopyVector(const std::vector<float>& row, float* out) { std::copy(row.begin(), row.end(), out); }
+void CopyVector(const std::vector<float>& row, uint16_t* out) {
+  std::transform(row.begin(), row.end(), out, FloatToBFloat16);
+}
+
+template <typename T>
+void AppendRowsAs(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<T>& out) {
   const int64_t h = tables.hidden();
   const size_t start = out.size();
   out.resize(start + rows.size() * static_cast<size_t>(h));
-  float* p = out.data() + start;
+  T* p = out.data() + start;
   for (const PromptRow& row : rows) {
     switch (row.kind) {
-      case PromptRow::Kind::kSos: std::copy(tables.sos.begin(), tables.sos.end(), p); break;
-      case PromptRow::Kind::kTaskId: std::copy(tables.task_id.begin(), tables.task_id.end(), p); break;
+      case PromptRow::Kind::kSos: CopyVector(tables.sos, p); break;
+      case PromptRow::Kind::kTaskId: CopyVector(tables.task_id, p); break;
       case PromptRow::Kind::kText: tables.text_embedding.CopyRow(row.id, p, "text id"); break;
       case PromptRow::Kind::kSpeech: tables.speech_embedding.CopyRow(row.id, p, "speech token"); break;
     }
     p += h;
   }
+}
+
+}  // namespace
+
+void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<float>& out) {
+  AppendRowsAs(tables, rows, out);
+}
+
+void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<uint16_t>& out) {
+  AppendRowsAs(tables, rows, out);
 }
 
 }  // namespace cosyfast

@@ -24,6 +24,9 @@ class Table {
   Storage storage() const { return storage_; }
   // Writes row `r` as float32 into out[0..dim). Throws std::invalid_argument naming the table.
   void CopyRow(int64_t r, float* out, const char* table_name) const;
+  // The same row as bf16 bits (a bf16 table's own bytes; a float32 table's values rounded as
+  // FloatToBFloat16).
+  void CopyRow(int64_t r, uint16_t* out, const char* table_name) const;
   // CopyRow's check alone.
   void CheckRow(int64_t r, const char* table_name) const;
 
@@ -83,6 +86,9 @@ struct PromptRow {
 // Appends the rows' floats (hidden each) to `out`: the one assembler every session type uses.
 // Throws std::invalid_argument naming a text id or speech token outside its table.
 void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<float>& out);
+// The same rows as bf16 bits, each value as FloatToBFloat16 would round the float row: what
+// TurboMind is sent, made in one pass without the float rows (engines/turbomind_inputs.h).
+void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<uint16_t>& out);
 
 // Builds the prompt rows [sos, text_ids..., task_id, speech_embedding[prompt_speech]...] as
 // float32, (2 + text + speech) x hidden. `text_ids` is prompt text followed by text. Without

@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/tables.h"
 #include "decode/prompt_plan.h"
 
 namespace cosyfast {
@@ -22,7 +23,9 @@ struct TurboMindPromptInputs {
   int row_positions = 0;       // the rows fill positions [0, row_positions)
 };
 
-// From a plan made with PlanPrompt's speech_as_ids (a plan without speech ids gives all rows).
-TurboMindPromptInputs TurboMindPrompt(const PromptPlan& plan);
+// From a plan made with speech_as_ids (CheckPrompt's is enough: the rows are built here, from the
+// tables straight to bf16, without the float rows: one pass and half the memory, on the
+// generator's starter thread). Throws std::invalid_argument for a plan whose speech went as rows.
+TurboMindPromptInputs TurboMindPrompt(const PromptTables& tables, const PromptPlan& plan);
 
 }  // namespace cosyfast

@@ -297,10 +297,8 @@ std::shared_ptr<RequestHandle> Generator::Start(const GenerationRequest& request
   return handle;
 }
 
-RequestSpec Generator::PromptSpec(PromptPlan& plan, bool native) const {
-  // The speech goes as ids (plan.speech_ids), so no speech rows.
-  plan.rows = AssemblePrompt(*tables_, vocab_, plan.all_text, plan.speech_ids, /*speech_rows=*/false);
-  TurboMindPromptInputs inputs = TurboMindPrompt(plan);
+RequestSpec Generator::PromptSpec(const PromptPlan& plan, bool native) const {
+  TurboMindPromptInputs inputs = TurboMindPrompt(*tables_, plan);
   RequestSpec spec;
   spec.ids = std::move(inputs.ids);
   spec.rows = std::move(inputs.rows);

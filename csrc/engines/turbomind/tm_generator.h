@@ -90,7 +90,7 @@ class Generator {
   turbomind::CosyVoiceConfig SamplingConfig(const SamplingOptions& s) const;
   // A whole-text request's TurboMind spec from its checked plan (CheckPrompt), rows assembled
   // here: the starter thread's part of a start.
-  RequestSpec PromptSpec(PromptPlan& plan, bool native) const;
+  RequestSpec PromptSpec(const PromptPlan& plan, bool native) const;
 
   // Last: destroyed first, while what its queued starts use is still there.
   SerialExecutor starter_;
