@@ -15,7 +15,8 @@ loop's thread alone). Where the first token's time goes, from the moment the cli
 go, p50 and p90 over the run's requests in ms (first_token_timeline_ms): the client sends it
 (client_sent), the request reaches the handler (received), the engine is handed it (admitted; on
 TurboMind: queued for the generator's starter thread) and has its first token (engine_first), the
-event loop hands that to the response (first_delivered), the client reads it (client_first). The row's first_token_ms counts from each request's own send.
+event loop hands that to the response (first_delivered), the client reads it (client_first). The
+row's first_token_ms counts from each request's own send.
 Measured on the 2-core CPU box, tiny model, 64 streams from one client process: the first token
 p50 was 75 ms with an httpx client (36 ms of it between first_delivered and client_first) and 24 ms
 with this one."""
