@@ -134,6 +134,10 @@ def test_prompt_speech_as_ids_gives_turbomind_the_bytes_the_rows_held(kind: str,
     tok_embeddings, _ = _core.testing.turbomind_vocab_layout(w.speech_embedding, w.speech_embedding)
     embedded = np.concatenate([now["rows"], tok_embeddings[now["ids"][now["row_positions"]:]]])
     np.testing.assert_array_equal(embedded, before["rows"])
+    # and the rows by numpy and torch alone (both paths above share the C++ row assembler): rounding
+    # a bf16 table's already rounded values changes nothing, so one reference serves both dtypes
+    want = bf16(np.concatenate([w.sos[None], w.text_embedding[prompt_text + text], w.task_id[None]]))
+    np.testing.assert_array_equal(now["rows"], want)
     # a speech token outside the table is still refused when it goes as an id
     with pytest.raises(ValueError, match="prompt speech token"):
         _core.testing.turbomind_prompt(tables, w.vocab, text, prompt_text, [w.vocab["speech_token_size"]], 512, True)

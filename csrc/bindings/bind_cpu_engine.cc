@@ -266,7 +266,7 @@ void BindTurboMindLayout(py::module_& testing) {
       py::arg("prompt_speech_tokens"), py::arg("session_limit"), py::arg("speech_as_ids"),
       "What TurboMind's generator sends for a whole-text request (engines/turbomind_inputs.h): ids, bf16 rows "
       "for [0, row_positions), and the plan's lengths; speech_as_ids=False: the all-rows request (float rows "
-      "rounded to bf16), the independent reference.");
+      "rounded to bf16), a reference built another way.");
 }
 
 void BindCpuEngine(py::module_& m) {

@@ -10,7 +10,7 @@
 namespace cosyfast {
 
 // A row-major [rows, dim] table stored as float32 or bfloat16 (half the memory for the
-// 151936-row text table). Rows are read out as float32.
+// 151936-row text table). Rows are read out as float32 or as bf16 bits.
 class Table {
  public:
   enum class Storage { kFloat32, kBFloat16 };
@@ -83,7 +83,8 @@ struct PromptRow {
   int32_t id = 0;  // kText: a text id; kSpeech: a speech token
 };
 
-// Appends the rows' floats (hidden each) to `out`: the one assembler every session type uses.
+// Appends the rows' floats (hidden each) to `out`: the one assembler every session type uses
+// (with the bf16 overload below, one template).
 // Throws std::invalid_argument naming a text id or speech token outside its table.
 void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<float>& out);
 // The same rows as bf16 bits, each value as FloatToBFloat16 would round the float row: what

@@ -48,8 +48,8 @@ PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, cons
                       int session_limit, bool fed_back_last, bool speech_as_ids = false);
 
 // PlanPrompt without the rows (every check, the lengths, all_text, speech_ids): for a caller that
-// must answer bad input now and assembles the rows later, on another thread (AssemblePrompt of
-// all_text).
+// must answer bad input now and builds the rows later, on another thread (TurboMind's generator:
+// TurboMindPrompt(tables, plan), bf16 rows from the tables).
 PromptPlan CheckPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
                        int session_limit, bool fed_back_last, bool speech_as_ids = false);
 

@@ -3,7 +3,6 @@
 #include <stdexcept>
 #include <string>
 
-
 namespace cosyfast {
 
 TurboMindPromptInputs TurboMindPrompt(const PromptTables& tables, const PromptPlan& plan) {

@@ -25,7 +25,8 @@ struct TurboMindPromptInputs {
 
 // From a plan made with speech_as_ids (CheckPrompt's is enough: the rows are built here, from the
 // tables straight to bf16, without the float rows: one pass and half the memory, on the
-// generator's starter thread). Throws std::invalid_argument for a plan whose speech went as rows.
+// generator's starter thread). Throws std::invalid_argument for a plan with prompt speech but no
+// speech ids (its speech went as rows), or a text id outside the table.
 TurboMindPromptInputs TurboMindPrompt(const PromptTables& tables, const PromptPlan& plan);
 
 }  // namespace cosyfast

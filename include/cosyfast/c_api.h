@@ -127,10 +127,10 @@ COSYFAST_API int32_t cosyfast_model_vocab_size(const CosyfastModel* model);     
 COSYFAST_API int32_t cosyfast_model_max_session_len(const CosyfastModel* model);
 COSYFAST_API int32_t cosyfast_model_live_sessions(const CosyfastModel* model);  /* started, not finished */
 
-/* Checks the request and queues it (its prompt is assembled later: on the turbomind engine by
- * the model's starter thread, in order); returns at once. NULL on failure (an id out of range, an
- * empty text, a bad option: the message names it). A failure after that (the engine refusing the
- * request) ends the request with finish reason "error". */
+/* Checks the request and queues it (its prompt is assembled here on the cpu engine, later on
+ * turbomind, by the model's starter thread, in order); returns at once. NULL on failure (an id
+ * out of range, an empty text, a bad option: the message names it). A failure after that (the
+ * engine refusing the request) ends the request with finish reason "error". */
 COSYFAST_API CosyfastRequest* cosyfast_request_start(CosyfastModel* model, const CosyfastInput* input,
                                                      const CosyfastRequestOptions* options);
 /* Waits for the next token (timeout_s < 0: forever). Returns one of COSYFAST_NEXT_*. */

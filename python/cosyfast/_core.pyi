@@ -65,7 +65,8 @@ class _Testing:
     @staticmethod
     def turbomind_vocab_layout(embed_tokens: npt.ArrayLike, lm_head: npt.ArrayLike
                                ) -> tuple[npt.NDArray[np.uint16], npt.NDArray[np.uint16]]: ...
-    # What TurboMind's generator sends for a whole-text request: ids, rows (bf16 bits), lengths.
+    # What TurboMind's generator sends for a whole-text request: ids, rows (bf16 bits), lengths;
+    # speech_as_ids=False: the all-rows request (float rows rounded to bf16), the tests' reference.
     @staticmethod
     def turbomind_prompt(tables: PromptTables, vocab: dict[str, Any], text_ids: Sequence[int],
                          prompt_text_ids: Sequence[int], prompt_speech_tokens: Sequence[int], session_limit: int,

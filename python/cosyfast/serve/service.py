@@ -331,8 +331,9 @@ class Service:
         self._dispatcher: _Dispatcher | None = None
         # The bench's view of where a first token's time goes: when set to a list, every ended
         # session appends its timeline (perf_counter seconds: received by the handler, admitted =
-        # handed to the engine (TurboMind: queued for its starter thread), engine_first, first_delivered to the response; engine_first needs
-        # _core._record_arrivals on when the session started).
+        # handed to the engine (TurboMind: queued for its starter thread), engine_first,
+        # first_delivered to the response; engine_first needs _core._record_arrivals on when the
+        # session started).
         self.timelines: list[dict[str, float | None]] | None = None
 
     @property
