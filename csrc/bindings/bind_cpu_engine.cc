@@ -248,7 +248,7 @@ void BindTurboMindLayout(py::module_& testing) {
           plan = CheckPrompt(*tables, VocabFromDict(vocab), request, session_limit, /*fed_back_last=*/false, true);
           in = TurboMindPrompt(*tables, plan);
         } else {  // the all-rows request, built the float way and rounded afterwards
-          plan = PlanPrompt(*tables, VocabFromDict(vocab), request, session_limit, /*fed_back_last=*/false, false);
+          plan = PlanPrompt(*tables, VocabFromDict(vocab), request, session_limit, /*fed_back_last=*/false);
           in.rows = ToBFloat16(plan.rows);
           in.row_positions = plan.prompt_len;
           in.ids.assign(plan.prompt_len, 0);

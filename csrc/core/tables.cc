@@ -106,18 +106,14 @@ void CheckPromptIds(const PromptTables& tables, const SpeechVocab& vocab, const 
   for (int32_t t : text_ids) tables.text_embedding.CheckRow(t, "text id");
 }
 
-std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab& vocab,
-                                  const std::vector<int32_t>& text_ids,
-                                  const std::vector<int32_t>& prompt_speech_tokens, bool speech_rows) {
-  CheckPromptIds(tables, vocab, text_ids, prompt_speech_tokens);
+std::vector<float> AssemblePrompt(const PromptTables& tables, const std::vector<int32_t>& text_ids,
+                                  const std::vector<int32_t>& prompt_speech_tokens) {
   std::vector<PromptRow> rows;
   rows.reserve(2 + text_ids.size() + prompt_speech_tokens.size());
   rows.push_back({PromptRow::Kind::kSos});
   for (int32_t t : text_ids) rows.push_back({PromptRow::Kind::kText, t});
   rows.push_back({PromptRow::Kind::kTaskId});
-  if (speech_rows) {
-    for (int32_t t : prompt_speech_tokens) rows.push_back({PromptRow::Kind::kSpeech, t});
-  }
+  for (int32_t t : prompt_speech_tokens) rows.push_back({PromptRow::Kind::kSpeech, t});
   std::vector<float> out;
   AppendRows(tables, rows, out);
   return out;

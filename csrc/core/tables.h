@@ -92,16 +92,14 @@ void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, 
 void AppendRows(const PromptTables& tables, const std::vector<PromptRow>& rows, std::vector<uint16_t>& out);
 
 // Builds the prompt rows [sos, text_ids..., task_id, speech_embedding[prompt_speech]...] as
-// float32, (2 + text + speech) x hidden. `text_ids` is prompt text followed by text. Without
-// `speech_rows` the speech rows are left out (still checked): an engine that embeds speech ids
-// itself takes them as ids.
-// Throws std::invalid_argument for an id outside its table or a missing required id.
-std::vector<float> AssemblePrompt(const PromptTables& tables, const SpeechVocab& vocab,
-                                  const std::vector<int32_t>& text_ids,
-                                  const std::vector<int32_t>& prompt_speech_tokens, bool speech_rows = true);
+// float32, (2 + text + speech) x hidden. `text_ids` is prompt text followed by text. The ids are
+// the caller's to check first (CheckPromptIds; decode/prompt_plan's PlanPrompt does); an id
+// outside its table still throws std::invalid_argument here.
+std::vector<float> AssemblePrompt(const PromptTables& tables, const std::vector<int32_t>& text_ids,
+                                  const std::vector<int32_t>& prompt_speech_tokens);
 
-// AssemblePrompt's checks alone, the same sentences, no rows built: what a caller that assembles
-// later (on another thread) checks up front.
+// A prompt's ids, checked before its rows are built (there or on another thread): the required
+// text id, the speech tokens' range and the text ids' range. Throws std::invalid_argument.
 void CheckPromptIds(const PromptTables& tables, const SpeechVocab& vocab, const std::vector<int32_t>& text_ids,
                     const std::vector<int32_t>& prompt_speech_tokens);
 

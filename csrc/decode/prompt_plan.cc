@@ -38,9 +38,9 @@ PromptPlan CheckPrompt(const PromptTables& tables, const SpeechVocab& vocab, con
 }
 
 PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
-                      int session_limit, bool fed_back_last, bool speech_as_ids) {
-  PromptPlan plan = CheckPrompt(tables, vocab, request, session_limit, fed_back_last, speech_as_ids);
-  plan.rows = AssemblePrompt(tables, vocab, plan.all_text, request.prompt_speech_tokens, /*speech_rows=*/!speech_as_ids);
+                      int session_limit, bool fed_back_last) {
+  PromptPlan plan = CheckPrompt(tables, vocab, request, session_limit, fed_back_last, /*speech_as_ids=*/false);
+  plan.rows = AssemblePrompt(tables, plan.all_text, request.prompt_speech_tokens);
   return plan;
 }
 

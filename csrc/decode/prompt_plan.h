@@ -30,8 +30,8 @@ struct BistreamRequest {
 struct PromptPlan {
   std::vector<int32_t> all_text;  // prompt text + text: the text rows' ids
   std::vector<float> rows;  // [sos, prompt text + text, task_id, prompt speech] x hidden (PlanPrompt)
-  // With PlanPrompt's speech_as_ids: the prompt speech tokens, which then follow the rows as ids
-  // (rows holds [sos, prompt text + text, task_id] only).
+  // With CheckPrompt's speech_as_ids: the prompt speech tokens, which then follow the text rows
+  // as ids.
   std::vector<int32_t> speech_ids;
   int prompt_len = 0;       // every position: rows, then speech_ids
   int text_len = 0;         // text ids without the prompt text: sets min_len and max_len
@@ -42,14 +42,14 @@ struct PromptPlan {
 // Throws std::invalid_argument naming what is wrong. `session_limit`: the engine's positions per
 // session; `fed_back_last`: whether the engine must also hold the last emitted token (a round
 // engine feeds every token back before it samples the next; TurboMind's loop does not feed the
-// last one); `speech_as_ids`: the prompt speech goes as ids (an engine whose token embedding is
-// the speech embedding looks them up itself).
+// last one). The plan's rows hold the whole prompt, the prompt speech as rows.
 PromptPlan PlanPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
-                      int session_limit, bool fed_back_last, bool speech_as_ids = false);
+                      int session_limit, bool fed_back_last);
 
 // PlanPrompt without the rows (every check, the lengths, all_text, speech_ids): for a caller that
 // must answer bad input now and builds the rows later, on another thread (TurboMind's generator:
-// TurboMindPrompt(tables, plan), bf16 rows from the tables).
+// TurboMindPrompt(tables, plan), bf16 rows from the tables). `speech_as_ids`: the prompt speech
+// goes as ids (an engine whose token embedding is the speech embedding looks them up itself).
 PromptPlan CheckPrompt(const PromptTables& tables, const SpeechVocab& vocab, const GenerationRequest& request,
                        int session_limit, bool fed_back_last, bool speech_as_ids = false);
 

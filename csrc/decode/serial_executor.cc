@@ -42,11 +42,6 @@ void SerialExecutor::Close() {
   wake_.notify_one();
 }
 
-size_t SerialExecutor::queued() const {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return jobs_.size();
-}
-
 void SerialExecutor::Run() {
   for (;;) {
     Job job;

@@ -5,7 +5,6 @@
 #pragma once
 
 #include <condition_variable>
-#include <cstddef>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -33,7 +32,6 @@ class SerialExecutor {
   void Post(Job job);
   // The thread takes no job after the one it is running; the destructor drops the rest.
   void Close();
-  size_t queued() const;  // posted and not yet taken by the thread
 
  private:
   void Run();
